@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh Debian machine (as root, or with sudo):
+#   make demo   -- mount the bucket `demo` of the embedded default cluster at ./mnt
+#   make test   -- run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync git sqlite3 tar rclone nodejs npm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test deps system-deps clean bench
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@if [ -f tests/s3/js/package.json ]; then cd tests/s3/js && npm install --silent --no-audit --no-fund; fi
+	@touch $(STAMP)
+
+deps: system-deps $(STAMP)
+
+test: deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: deps
+	$(VENV)/bin/r2fs demo
+
+bench: deps
+	$(PY) tools/bench $(WORKLOAD)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,171 @@
+"""Plain values that cross the store API: what callers get back and pass in.
+
+They are frozen dataclasses so that a manifest handed to the FUSE layer or the
+S3 layer can be kept as a snapshot (an open file keeps reading the version it
+opened) without anyone mutating it underneath.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: HTTP metadata keys the store keeps (lowercase header names).
+HTTP_METADATA_KEYS = (
+    "content-type",
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+)
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One immutable, content-addressed piece of an object."""
+
+    id: bytes  # 32-byte keyed BLAKE2b of the plaintext
+    size: int  # plaintext length
+
+    @property
+    def hex(self) -> str:
+        return self.id.hex()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object's manifest as callers see it (R2's `R2Object`)."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str  # MD5 hex, or "<hex>-N" for multipart / chunk-assembled objects; no quotes
+    uploaded: float  # seconds since the epoch (time of the write that made this version)
+    version: str  # unique per write; changes on every put/copy/metadata update
+    http_metadata: dict[str, str] = field(default_factory=dict)
+    custom_metadata: dict[str, str] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)  # e.g. {"crc32": base64}
+    parts: tuple[int, ...] | None = None  # part sizes of a multipart object
+    chunks: tuple[ChunkRef, ...] = ()
+    inline: bool = False  # content lives in the manifest itself (small object)
+
+    def chunk_spans(self) -> list[tuple[int, ChunkRef]]:
+        """(offset, chunk) for every chunk, in order."""
+        spans, off = [], 0
+        for ref in self.chunks:
+            spans.append((off, ref))
+            off += ref.size
+        return spans
+
+
+@dataclass(frozen=True)
+class Range:
+    """A byte range: `offset` (+ optional `length`), or the last `suffix` bytes."""
+
+    offset: int | None = None
+    length: int | None = None
+    suffix: int | None = None
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """R2's `onlyIf`: S3's If-Match / If-None-Match / If-(Un)Modified-Since.
+
+    `etag_matches` / `etag_does_not_match` take an ETag without quotes, or "*".
+    Times are seconds since the epoch. S3 precedence rules apply (see
+    `r2fs/engine/conditions.py`).
+    """
+
+    etag_matches: str | None = None
+    etag_does_not_match: str | None = None
+    uploaded_before: float | None = None  # If-Unmodified-Since
+    uploaded_after: float | None = None  # If-Modified-Since
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    name: str
+    created: float
+    location: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # public, cors, ... (owned by layers above)
+
+
+@dataclass
+class ObjectList:
+    objects: list[ObjectInfo]
+    delimited_prefixes: list[str]
+    truncated: bool
+    cursor: str | None  # pass back as `cursor=` to continue; None when not truncated
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    part_number: int
+    etag: str
+    size: int
+    uploaded: float
+    chunks: tuple[ChunkRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    key: str
+    upload_id: str
+    initiated: float
+    http_metadata: dict[str, str] = field(default_factory=dict)
+    custom_metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change to a key, in commit order (for cache invalidation)."""
+
+    seq: int
+    bucket: str
+    key: str
+
+
+@dataclass
+class NodeStatus:
+    id: str
+    path: str
+    region: str
+    free_bytes: int
+    shard_count: int
+    shard_bytes: int
+    available: bool
+
+
+@dataclass
+class ClusterStatus:
+    path: str
+    k: int
+    m: int
+    chunk_size: int
+    nodes: list[NodeStatus]
+    buckets: int
+    objects: int
+    chunks: int
+    logical_bytes: int  # sum of object sizes
+    unique_bytes: int  # sum of distinct chunk plaintext sizes (after dedup)
+    stored_bytes: int  # shard bytes on the nodes (after encryption + RS overhead)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # bucket -> name -> n
+    extra: dict[str, Any] = field(default_factory=dict)  # sections added by other subsystems
+
+
+@dataclass
+class GcReport:
+    chunks_removed: int = 0
+    shards_removed: int = 0
+    bytes_freed: int = 0
+    orphans_removed: int = 0
+
+
+def now() -> float:
+    return time.time()
