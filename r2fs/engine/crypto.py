@@ -1,0 +1,71 @@
+"""Chunk encryption: AES-256-GCM with a per-chunk key.
+
+Sealed chunk format (version 1)::
+
+    version (1 byte) | nonce (12 bytes) | ciphertext (len(plaintext)) | GCM tag (16 bytes)
+
+The key is derived from the master key and the chunk id, and the AAD is the
+version byte + chunk id, so a sealed chunk only opens as the chunk it was
+written for: a shard set swapped between two chunks fails authentication
+instead of returning the other chunk's bytes.
+
+`encrypt_into`/`decrypt_into` write straight into one preallocated buffer:
+measured 1.3-2.3 GB/s against 0.6-1.0 GB/s for the allocating calls (DESIGN.md),
+and it saves the copy that prefixing the header would otherwise cost.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import ChunkCorrupt
+from .keys import MasterKey
+
+SEAL_VERSION = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+_HEADER = 1 + NONCE_SIZE
+#: len(sealed) - len(plaintext)
+SEAL_OVERHEAD = _HEADER + TAG_SIZE
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _aad(chunk_id: bytes) -> bytes:
+    return bytes([SEAL_VERSION]) + chunk_id
+
+
+def seal_chunk(master: MasterKey, chunk_id: bytes, plaintext: Buffer) -> bytearray:
+    """Encrypt and authenticate one chunk; returns a fresh buffer the caller owns.
+
+    A random nonce per seal: the key is already unique per chunk id, the
+    nonce keeps re-sealing the same chunk (after gc, in another process) safe too.
+    """
+    n = len(plaintext)
+    out = bytearray(SEAL_OVERHEAD + n)
+    out[0] = SEAL_VERSION
+    nonce = os.urandom(NONCE_SIZE)
+    out[1:_HEADER] = nonce
+    AESGCM(master.chunk_key(chunk_id)).encrypt_into(
+        nonce, plaintext, _aad(chunk_id), memoryview(out)[_HEADER:])
+    return out
+
+
+def open_chunk(master: MasterKey, chunk_id: bytes, sealed: Buffer) -> bytearray:
+    """Decrypt and authenticate; ChunkCorrupt on any failure, never unauthenticated bytes."""
+    view = memoryview(sealed)
+    if len(view) < SEAL_OVERHEAD:
+        raise ChunkCorrupt(f"chunk {chunk_id.hex()}: sealed data truncated ({len(view)} bytes)")
+    if view[0] != SEAL_VERSION:
+        raise ChunkCorrupt(f"chunk {chunk_id.hex()}: unknown encryption format version {view[0]}")
+    out = bytearray(len(view) - SEAL_OVERHEAD)
+    try:
+        AESGCM(master.chunk_key(chunk_id)).decrypt_into(
+            view[1:_HEADER], view[_HEADER:], _aad(chunk_id), out)
+    except InvalidTag:
+        raise ChunkCorrupt(
+            f"chunk {chunk_id.hex()} failed authentication (tampered data or wrong master key)") from None
+    return out

@@ -1,0 +1,216 @@
+"""Node directories (where shard files live) and rendezvous placement over them.
+
+A node is one directory, ideally on its own disk. `LocalNode` is the only
+thing that touches its files, so that a remote node (an S3-compatible store)
+can later take its place behind the same small interface.
+
+Writes are crash-safe: temp file in the same directory, write, fdatasync,
+rename over the final name, fsync of the directory. A reader therefore sees
+either no shard file or a complete one; a process killed mid-write leaves at
+most a temp file (`.*.tmp`), which `names()` still reports so an orphan scan
+can remove it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from typing import Iterator, Sequence
+
+from .errors import R2fsError
+
+Buffer = bytes | bytearray | memoryview
+
+TEMP_SUFFIX = ".tmp"
+
+
+class NodeUnavailable(R2fsError):
+    """A node directory is missing or refuses writes (unmounted disk, full, read-only)."""
+
+
+class LocalNode:
+    """A node backed by a local directory."""
+
+    def __init__(self, node_id: str, path: str, region: str = "default") -> None:
+        self.id = node_id
+        self.path = os.path.abspath(path)
+        self.region = region
+        self._known_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalNode({self.id!r}, {self.path!r}, region={self.region!r})"
+
+    # --- paths -------------------------------------------------------------------
+
+    def _file(self, name: str) -> str:
+        """Absolute path of a node-relative name; names never leave the node dir."""
+        if (not name or name.startswith("/") or "\\" in name
+                or any(part in ("", ".", "..") for part in name.split("/"))):
+            raise ValueError(f"invalid node file name {name!r}")
+        return os.path.join(self.path, name)
+
+    def _ensure_dir(self, directory: str) -> None:
+        """Create `directory` below the node root, fsyncing each new entry's parent.
+
+        The node root itself is never created: if it is gone (disk not
+        mounted), writing there would silently fill the wrong disk.
+        """
+        if directory in self._known_dirs:
+            return
+        if not os.path.isdir(self.path):
+            raise NodeUnavailable(f"node {self.id}: directory {self.path} is missing")
+        missing = []
+        d = directory
+        while d != self.path and not os.path.isdir(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                continue  # another thread or process made it; it fsynced the parent
+            _fsync_dir(os.path.dirname(d))
+        with self._lock:
+            if len(self._known_dirs) > 100_000:  # bounded: at most 65,536 shard dirs anyway
+                self._known_dirs.clear()
+            self._known_dirs.add(directory)
+
+    # --- shard files ---------------------------------------------------------------
+
+    def write(self, name: str, data: Buffer) -> None:
+        self.write_parts(name, [data])
+
+    def write_parts(self, name: str, parts: Sequence[Buffer]) -> None:
+        """Durably write the concatenation of `parts` as `name` (vectored, no join)."""
+        path = self._file(name)
+        directory = os.path.dirname(path)
+        try:
+            self._ensure_dir(directory)
+        except OSError as e:
+            raise NodeUnavailable(f"node {self.id}: cannot create {directory}: {e.strerror}") from None
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            # the directory vanished under us (node dir removed): forget the cache, retry once
+            with self._lock:
+                self._known_dirs.clear()
+            self._ensure_dir(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, parts)
+            os.fdatasync(fd)
+            os.close(fd)
+            fd = -1
+            os.rename(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(directory)
+
+    def read(self, name: str) -> bytes:
+        with open(self._file(name), "rb", buffering=0) as f:
+            return f.readall()
+
+    def delete(self, name: str) -> bool:
+        try:
+            os.unlink(self._file(name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size_of(self, name: str) -> int | None:
+        try:
+            return os.stat(self._file(name)).st_size
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> Iterator[tuple[str, float]]:
+        """Every file under shards/ (shards and leftover temp files) with its mtime.
+
+        Streams the directory tree: memory does not grow with the shard count.
+        """
+        for path, st in self._walk():
+            yield os.path.relpath(path, self.path), st.st_mtime
+
+    def _walk(self) -> Iterator[tuple[str, os.stat_result]]:
+        stack = [os.path.join(self.path, "shards")]
+        while stack:
+            try:
+                it = os.scandir(stack.pop())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            yield entry.path, entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted while we looked
+
+    # --- capacity and health ------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def usage(self) -> tuple[int, int]:
+        """(shard file count, bytes) -- a full walk; for status, not hot paths."""
+        count = total = 0
+        for _, st in self._walk():
+            count += 1
+            total += st.st_size
+        return count, total
+
+    def available(self) -> bool:
+        return os.path.isdir(self.path) and os.access(self.path, os.R_OK | os.X_OK)
+
+
+def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views[:512])  # stay below IOV_MAX
+        while written:
+            if written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][written:]
+                written = 0
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def place(chunk_id: bytes, node_ids: Sequence[str], n: int) -> list[str]:
+    """The `n` nodes for a chunk's shards, best first: rendezvous (HRW) hashing.
+
+    Each (chunk, node) pair gets a pseudo-random score and the n highest win.
+    Deterministic without any shared table, even spread, and adding or
+    removing a node only changes the chunks whose top n included that node.
+    """
+    if n > len(node_ids):
+        raise ValueError(f"cannot place {n} shards on {len(node_ids)} nodes")
+    if len(set(node_ids)) != len(node_ids):
+        raise ValueError("duplicate node ids")
+
+    def score(node_id: str) -> bytes:
+        return hashlib.blake2b(node_id.encode("utf-8"), key=chunk_id[:64], digest_size=8,
+                               person=b"r2fs-hrw").digest()
+
+    return sorted(node_ids, key=lambda nid: (score(nid), nid), reverse=True)[:n]
