@@ -3,20 +3,64 @@
 Modelled on R2's Workers bucket binding, async on trio. Everything below it
 (LMDB, shard files, caches) is private to `r2fs.engine`.
 
-CONTRACT SKELETON -- bodies are being filled in; signatures are final.
+Consistency comes from one rule: metadata is mutable and changed only inside
+one LMDB write transaction per operation; data is immutable and
+content-addressed. A put stores its chunks first (they are unreferenced until
+the commit) and then commits the manifest, chunk refcounts and a change record
+together -- so a manifest never points at a missing chunk, whatever is killed
+when. Blocking work (LMDB writes, hashing, crypto, erasure coding, disk) runs in
+worker threads so the trio loop stays responsive.
 """
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Iterable
+import base64
+import binascii
+import hashlib
+import io
+import os
+import secrets
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
+import trio
+
+from . import conditions, config as cfgmod
+from .chunks import ChunkStore
+from .errors import (
+    BadDigest,
+    BucketAlreadyExists,
+    BucketNotEmpty,
+    ChunkMissing,
+    ClusterExists,
+    ClusterNotFound,
+    DataUnavailable,
+    EntityTooSmall,
+    InvalidPart,
+    InvalidPartOrder,
+    InvalidRange,
+    KeyExists,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    WrongMasterKey,
+)
+from .keys import MasterKey
+from .meta import CHUNK_DELETING, CHUNK_LIVE, Meta
+from .names import check_bucket_name, check_key
+from .nodes import LocalNode, place
 from .types import (
+    MiB,
     BucketInfo,
     Change,
     ChunkRef,
     ClusterStatus,
     Conditional,
     GcReport,
+    NodeStatus,
     ObjectInfo,
     ObjectList,
     PartInfo,
@@ -25,253 +69,1050 @@ from .types import (
 )
 
 PutValue = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO | None
+T = TypeVar("T")
+
+#: A deduplicated chunk's `touched` time is refreshed at most this often (a write txn).
+TOUCH_INTERVAL = 10.0
+#: Chunks stored concurrently by one put (bounds memory: ~this many chunks + one).
+PUT_INFLIGHT = 3
+MIN_PART_SIZE = 5 * MiB
+MAX_PARTS = 10_000
+SMALL_INLINE_CRYPTO = 64 * 1024  # below this, seal/unseal on the loop thread (cheaper than a hop)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+@contextmanager
+def _single_errors() -> Iterator[None]:
+    """Let a lone error from a nursery out as itself (callers catch NoSuchKey, BadDigest...)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = []
+
+        def flatten(g: BaseExceptionGroup) -> None:
+            for e in g.exceptions:
+                flatten(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
+        flatten(group)
+        errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+
+
+# --- manifests ---------------------------------------------------------------------
+
+
+def _info(bucket: str, key: str, m: dict) -> ObjectInfo:
+    return ObjectInfo(
+        bucket=bucket, key=key, size=m["s"], etag=m["e"], uploaded=m["u"], version=m["ver"],
+        http_metadata=dict(m.get("h") or {}), custom_metadata=dict(m.get("c") or {}),
+        checksums=dict(m.get("ck") or {}),
+        parts=tuple(m["p"]) if m.get("p") else None,
+        chunks=tuple(ChunkRef(bytes(c[0]), c[1]) for c in m.get("ch") or ()),
+        inline_data=m.get("in"),
+    )
+
+
+def _manifest(*, size: int, etag: str, chunks: Iterable[ChunkRef], http: dict | None,
+              custom: dict | None, checksums: dict | None = None, parts: Iterable[int] | None = None,
+              inline: bytes | None = None, uploaded: float | None = None) -> dict:
+    return {
+        "s": size, "e": etag, "u": time.time() if uploaded is None else uploaded,
+        "ver": uuid.uuid4().hex, "h": dict(http or {}), "c": dict(custom or {}),
+        "ck": dict(checksums or {}), "p": list(parts) if parts else None,
+        "ch": [[c.id, c.size] for c in chunks], "in": inline,
+    }
+
+
+def _refs(m: dict | None) -> list[ChunkRef]:
+    if not m:
+        return []
+    return [ChunkRef(bytes(c[0]), c[1]) for c in m.get("ch") or ()]
+
+
+def _chunk_etag(chunks: list[ChunkRef]) -> str:
+    """A stable ETag for a manifest assembled from chunks (no whole-content MD5)."""
+    h = hashlib.md5(b"".join(c.id for c in chunks))
+    return f"{h.hexdigest()}-{len(chunks)}"
+
+
+def _resolve_range(rng: Range | None, size: int, what: str) -> tuple[int, int]:
+    if rng is None:
+        return 0, size
+    if rng.suffix is not None:
+        if rng.suffix <= 0:
+            raise InvalidRange(f"{what}: empty suffix range")
+        n = min(rng.suffix, size)
+        if n == 0:
+            raise InvalidRange(f"{what}: range not satisfiable for an empty object")
+        return size - n, n
+    off = rng.offset or 0
+    if off < 0 or off >= size:
+        raise InvalidRange(f"{what}: range start {off} is beyond the object size {size}")
+    length = size - off if rng.length is None else min(rng.length, size - off)
+    if length <= 0:
+        raise InvalidRange(f"{what}: empty range")
+    return off, length
+
+
+async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes]:
+    """The input cut into pieces of exactly `size` bytes (the last may be shorter)."""
+    if value is None:
+        return
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        mv = memoryview(value)
+        for off in range(0, len(mv), size):
+            yield bytes(mv[off:off + size])
+        return
+    if hasattr(value, "read") and not hasattr(value, "__aiter__"):
+        f: BinaryIO = value  # type: ignore[assignment]
+        while True:
+            piece = await _in_thread(f.read, size)
+            if not piece:
+                return
+            while len(piece) < size:  # short reads from pipes
+                more = await _in_thread(f.read, size - len(piece))
+                if not more:
+                    break
+                piece += more
+            yield piece
+            if len(piece) < size:
+                return
+    else:
+        buf = bytearray()
+        async for part in value:  # type: ignore[union-attr]
+            buf += part
+            while len(buf) >= size:
+                yield bytes(buf[:size])
+                del buf[:size]
+        if buf:
+            yield bytes(buf)
+
+
+class _Ingested:
+    __slots__ = ("chunks", "size", "md5", "inline")
+
+    def __init__(self) -> None:
+        self.chunks: list[ChunkRef] = []
+        self.size = 0
+        self.md5 = hashlib.md5()
+        self.inline: bytes | None = None
+
+
+# --- reading ---------------------------------------------------------------------
 
 
 class ObjectBody:
     """A GET result: the object's metadata plus a streamed body.
 
-    `info` is the manifest snapshot the body is read from (a concurrent
-    overwrite does not change what this body returns). `offset`/`length` give
-    the range actually served.
+    `info` is the manifest snapshot the body is read from: a concurrent
+    overwrite does not change what this body returns (its chunks are immutable;
+    they stay readable until gc's grace period has passed).
     """
 
-    info: ObjectInfo
-    offset: int
-    length: int
+    def __init__(self, bucket: "Bucket", info: ObjectInfo, offset: int, length: int) -> None:
+        self.bucket = bucket
+        self.info = info
+        self.offset = offset
+        self.length = length
+        self._closed = False
 
-    def __aiter__(self) -> AsyncIterator[bytes]:  # yields pieces of at most one chunk
-        raise NotImplementedError
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.bucket._iter_range(self.info, self.offset, self.length)
 
     async def read(self) -> bytes:
-        """The whole (ranged) body in memory; for small objects and tests."""
-        raise NotImplementedError
+        return b"".join([piece async for piece in self])
 
     async def aclose(self) -> None:
-        raise NotImplementedError
+        self._closed = True
 
 
 class Bucket:
     """A handle on one bucket; cheap to make. Operations raise NoSuchBucket."""
 
-    name: str
+    def __init__(self, cluster: "Cluster", name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.name}>"
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _what(self, key: str) -> str:
+        return f"{self.name}/{key}"
+
+    def _require_bucket(self, txn: Any) -> dict:
+        rec = self.cluster.meta.get(txn, "buckets", self.name.encode())
+        if rec is None:
+            raise NoSuchBucket(f"no such bucket: {self.name}")
+        return rec
+
+    async def _write(self, fn: Callable[[Any], T]) -> T:
+        return await self.cluster._write(fn)
+
+    def _replace_object(self, txn: Any, key: str, manifest: dict, *, bucket: str | None = None,
+                        ref_new: bool = True) -> dict | None:
+        """Install `manifest` at key; moves refcounts (new +1 unless ref_new=False, old -1)."""
+        c = self.cluster
+        b = bucket or self.name
+        if ref_new:
+            c._ref(txn, _refs(manifest), context=f"{b}/{key}")
+        old = c.meta.objects.get(txn, b, key)
+        if old is not None:
+            c._unref(txn, _refs(old))
+        c.meta.objects.put(txn, b, key, manifest)
+        c.meta.record_change(txn, b, key)
+        return old
+
+    # --- reads ---------------------------------------------------------------------
 
     async def head(self, key: str) -> ObjectInfo:
-        """Raises NoSuchKey."""
-        raise NotImplementedError
+        check_key(key)
+        with self.cluster.meta.read() as txn:
+            self._require_bucket(txn)
+            m = self.cluster.meta.objects.get(txn, self.name, key)
+        if m is None:
+            raise NoSuchKey(f"no such key: {self._what(key)}")
+        return _info(self.name, key, m)
 
     async def get(self, key: str, *, range: Range | None = None,
                   only_if: Conditional | None = None) -> ObjectBody:
-        """Raises NoSuchKey, InvalidRange, PreconditionFailed, NotModified."""
-        raise NotImplementedError
+        info = await self.head(key)
+        conditions.check_read(info, only_if)
+        off, length = _resolve_range(range, info.size, self._what(key)) if range else (0, info.size)
+        return ObjectBody(self, info, off, length)
 
     async def read_range(self, info: ObjectInfo, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset+length) of the given manifest snapshot (clipped to its size).
+        end = min(info.size, offset + length)
+        if offset >= end:
+            return b""
+        return b"".join([p async for p in self._iter_range(info, offset, end - offset)])
 
-        Touches only the chunks in the range. Used by FUSE reads of an open file.
+    async def _iter_range(self, info: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
+        end = offset + length
+        if info.inline:
+            data = await self.cluster._open_inline(info)
+            if end > offset:
+                yield data[offset:end]
+            return
+        context = self._what(info.key)
+        for start, ref in info.chunk_spans():
+            stop = start + ref.size
+            if stop <= offset or ref.size == 0:
+                continue
+            if start >= end:
+                break
+            data = await self.cluster.read_chunk(ref, context=context)
+            lo, hi = max(offset, start) - start, min(end, stop) - start
+            yield data if (lo == 0 and hi == len(data)) else data[lo:hi]
+
+    async def list(self, *, prefix: str = "", delimiter: str | None = None,
+                   cursor: str | None = None, start_after: str | None = None,
+                   limit: int = 1000) -> ObjectList:
+        after: bytes | None = start_after.encode("utf-8") if start_after else None
+        if cursor:
+            try:
+                c = base64.urlsafe_b64decode(cursor.encode()).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise InvalidRange(f"invalid listing cursor {cursor!r}") from None
+            cb = c.encode("utf-8")
+            if delimiter and c.startswith(prefix) and delimiter in c[len(prefix):]:
+                cb += b"\xff"  # the cursor was a common prefix: skip everything under it
+            after = cb if after is None or cb > after else after
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        last = None
+        truncated = False
+        meta = self.cluster.meta
+        with meta.read() as txn:
+            self._require_bucket(txn)
+            if limit <= 0:
+                return ObjectList([], [], False, None)
+            while True:
+                restart = None
+                for key, m in meta.objects.scan(txn, self.name, prefix, after):
+                    if len(objects) + len(prefixes) >= limit:
+                        truncated = True
+                        break
+                    if delimiter:
+                        i = key.find(delimiter, len(prefix))
+                        if i >= 0:
+                            cp = key[:i + len(delimiter)]
+                            prefixes.append(cp)
+                            last = cp
+                            restart = cp.encode("utf-8") + b"\xff"
+                            break
+                    objects.append(_info(self.name, key, m))
+                    last = key
+                if restart is None or truncated:
+                    break
+                after = restart
+        next_cursor = None
+        if truncated and last is not None:
+            next_cursor = base64.urlsafe_b64encode(last.encode("utf-8")).decode()
+        return ObjectList(objects, prefixes, truncated, next_cursor)
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def _ingest(self, value: PutValue, *, allow_inline: bool) -> _Ingested:
+        """Cut, hash, encrypt, erasure-code and store the input's chunks.
+
+        Up to PUT_INFLIGHT chunks are in flight at once (bounded memory); the
+        MD5 for the ETag is fed in order.
         """
-        raise NotImplementedError
+        c = self.cluster
+        out = _Ingested()
+        results: dict[int, ChunkRef] = {}
+        slots = trio.Semaphore(PUT_INFLIGHT)
+
+        async def store(i: int, piece: bytes) -> None:
+            try:
+                results[i] = await c.write_chunk(piece)
+            finally:
+                slots.release()
+
+        with _single_errors():
+            async with trio.open_nursery() as nursery:
+                await self._feed(value, out, nursery, slots, store, allow_inline)
+        out.chunks = [results[i] for i in range(len(results))]
+        if allow_inline and out.size == 0:
+            out.inline = await c._seal_inline(b"")
+        return out
+
+    async def _feed(self, value: PutValue, out: _Ingested, nursery: trio.Nursery,
+                    slots: trio.Semaphore, store: Callable, allow_inline: bool) -> None:
+        c = self.cluster
+        index = 0
+        async for piece in _pieces(value, c.config.chunk_size):
+            if index == 0 and allow_inline and len(piece) < c.config.chunk_size and \
+                    len(piece) <= c.config.inline_threshold:
+                # Shorter than a chunk: this is the whole object.
+                out.md5.update(piece)
+                out.size = len(piece)
+                out.inline = await c._seal_inline(piece)
+                return
+            if len(piece) > 65536:
+                await _in_thread(out.md5.update, piece)
+            else:
+                out.md5.update(piece)
+            out.size += len(piece)
+            await slots.acquire()
+            nursery.start_soon(store, index, piece)
+            index += 1
 
     async def put(self, key: str, value: PutValue, *, http_metadata: dict[str, str] | None = None,
                   custom_metadata: dict[str, str] | None = None,
                   only_if: Conditional | None = None,
                   content_md5: bytes | None = None,
                   checksums: dict[str, str] | None = None) -> ObjectInfo:
-        """Store a whole object; atomic: readers see the old or the new version.
+        check_key(key)
+        what = self._what(key)
+        with self.cluster.meta.read() as txn:  # fail fast, before storing any data
+            self._require_bucket(txn)
+            if only_if is not None:
+                cur = self.cluster.meta.objects.get(txn, self.name, key)
+                conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
+        got = await self._ingest(value, allow_inline=True)
+        digest = got.md5.digest()
+        if content_md5 is not None and content_md5 != digest:
+            raise BadDigest(f"{what}: the Content-MD5 you specified did not match what was received")
+        manifest = _manifest(size=got.size, etag=digest.hex(), chunks=got.chunks,
+                             http=http_metadata, custom=custom_metadata, checksums=checksums,
+                             inline=got.inline)
+        return await self._commit(key, manifest, only_if)
 
-        `value` may be bytes, an async iterable of bytes (e.g. a streamed HTTP
-        body -- if it raises, nothing is committed), a binary file object, or None.
-        `content_md5` (raw 16-byte digest) is verified -> BadDigest.
-        `checksums` are stored as given (the S3 layer verifies them).
-        `only_if` is checked against the current version in the commit
-        transaction -> PreconditionFailed (etag_does_not_match="*" = create only).
-        """
-        raise NotImplementedError
+    async def _commit(self, key: str, manifest: dict, only_if: Conditional | None) -> ObjectInfo:
+        what = self._what(key)
+
+        def txn_fn(txn: Any) -> None:
+            self._require_bucket(txn)
+            if only_if is not None:
+                cur = self.cluster.meta.objects.get(txn, self.name, key)
+                conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
+            self._replace_object(txn, key, manifest)
+
+        await self._write(txn_fn)
+        return _info(self.name, key, manifest)
 
     async def put_chunks(self, key: str, chunks: list[ChunkRef], *, etag: str | None = None,
                          http_metadata: dict[str, str] | None = None,
                          custom_metadata: dict[str, str] | None = None,
                          only_if: Conditional | None = None) -> ObjectInfo:
-        """Commit a manifest made of chunks already stored with `Cluster.write_chunk`.
-
-        For writers that re-encode only changed chunks (the FUSE layer). The
-        size is the sum of the chunk sizes. `etag=None` derives a stable
-        "<hex>-N" ETag from the chunk ids. Raises ChunkMissing if a chunk was
-        garbage-collected meanwhile.
-        """
-        raise NotImplementedError
+        check_key(key)
+        chunks = list(chunks)
+        manifest = _manifest(size=sum(c.size for c in chunks), etag=etag or _chunk_etag(chunks),
+                             chunks=chunks, http=http_metadata, custom=custom_metadata)
+        return await self._commit(key, manifest, only_if)
 
     async def update_metadata(self, key: str, *, http_metadata: dict[str, str] | None = None,
                               custom_metadata: dict[str, str] | None = None,
                               only_if: Conditional | None = None) -> ObjectInfo:
-        """Replace the given metadata dicts (None = keep), no data moved. New version."""
-        raise NotImplementedError
+        check_key(key)
+        what = self._what(key)
+        meta = self.cluster.meta
+
+        def txn_fn(txn: Any) -> dict:
+            self._require_bucket(txn)
+            cur = meta.objects.get(txn, self.name, key)
+            if cur is None:
+                raise NoSuchKey(f"no such key: {what}")
+            conditions.check_write(_info(self.name, key, cur), only_if, what)
+            new = dict(cur)
+            new["ver"] = uuid.uuid4().hex
+            if http_metadata is not None:
+                new["h"] = dict(http_metadata)
+            if custom_metadata is not None:
+                new["c"] = dict(custom_metadata)
+            meta.objects.put(txn, self.name, key, new)
+            meta.record_change(txn, self.name, key)
+            return new
+
+        return _info(self.name, key, await self._write(txn_fn))
 
     async def delete(self, keys: str | Iterable[str]) -> list[str]:
-        """Delete one or many keys in one transaction; missing keys are ignored.
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        for k in keys:
+            check_key(k)
+        c = self.cluster
 
-        Returns the keys that existed.
-        """
-        raise NotImplementedError
+        def txn_fn(txn: Any) -> list[str]:
+            self._require_bucket(txn)
+            gone = []
+            for k in keys:
+                old = c.meta.objects.delete(txn, self.name, k)
+                if old is not None:
+                    c._unref(txn, _refs(old))
+                    c.meta.record_change(txn, self.name, k)
+                    gone.append(k)
+            return gone
 
-    async def list(self, *, prefix: str = "", delimiter: str | None = None,
-                   cursor: str | None = None, start_after: str | None = None,
-                   limit: int = 1000) -> ObjectList:
-        """Keys in UTF-8 byte order, like S3. `cursor` continues a truncated listing."""
-        raise NotImplementedError
+        return await self._write(txn_fn)
 
     async def copy(self, src_key: str, dst_key: str, *, dst_bucket: str | None = None,
                    http_metadata: dict[str, str] | None = None,
                    custom_metadata: dict[str, str] | None = None,
                    only_if: Conditional | None = None) -> ObjectInfo:
-        """Copy without moving data (chunk refcounts only).
+        check_key(src_key)
+        check_key(dst_key)
+        dst = dst_bucket or self.name
+        target = self.cluster.bucket(dst)
+        meta = self.cluster.meta
 
-        Metadata None = copied from the source (S3 COPY directive); given =
-        replaced (REPLACE). `only_if` applies to the source. Copying a key onto
-        itself with new metadata is allowed.
-        """
-        raise NotImplementedError
+        def txn_fn(txn: Any) -> dict:
+            self._require_bucket(txn)
+            target._require_bucket(txn)
+            src = meta.objects.get(txn, self.name, src_key)
+            if src is None:
+                raise NoSuchKey(f"no such key: {self._what(src_key)}")
+            conditions.check_write(_info(self.name, src_key, src), only_if, self._what(src_key))
+            new = dict(src)
+            new["ver"] = uuid.uuid4().hex
+            new["u"] = time.time()
+            if http_metadata is not None:
+                new["h"] = dict(http_metadata)
+            if custom_metadata is not None:
+                new["c"] = dict(custom_metadata)
+            target._replace_object(txn, dst_key, new)
+            return new
+
+        return _info(dst, dst_key, await self._write(txn_fn))
 
     async def rename(self, src_key: str, dst_key: str, *, replace: bool = True) -> ObjectInfo:
-        """Atomic metadata-only rename. NoSuchKey; KeyExists when replace=False."""
-        raise NotImplementedError
+        check_key(src_key)
+        check_key(dst_key)
+        meta = self.cluster.meta
+
+        def txn_fn(txn: Any) -> dict:
+            self._require_bucket(txn)
+            src = meta.objects.get(txn, self.name, src_key)
+            if src is None:
+                raise NoSuchKey(f"no such key: {self._what(src_key)}")
+            if src_key == dst_key:
+                return src
+            if not replace and meta.objects.get(txn, self.name, dst_key) is not None:
+                raise KeyExists(f"{self._what(dst_key)} already exists")
+            meta.objects.delete(txn, self.name, src_key)
+            meta.record_change(txn, self.name, src_key)
+            self._replace_object(txn, dst_key, src, ref_new=False)
+            return src
+
+        return _info(self.name, dst_key, await self._write(txn_fn))
 
     async def rename_prefix(self, src_prefix: str, dst_prefix: str, *,
                             replace_keys: Iterable[str] = ()) -> int:
-        """Move every key under src_prefix to dst_prefix in one transaction.
+        if not src_prefix or not dst_prefix:
+            raise InvalidRange("rename_prefix needs non-empty prefixes")
+        replaceable = set(replace_keys)
+        meta = self.cluster.meta
+        c = self.cluster
 
-        Refuses with KeyExists if any destination key exists, except those in
-        `replace_keys`, which are deleted in the same transaction (POSIX
-        rename of a directory over an empty one). Returns the number moved.
-        """
-        raise NotImplementedError
+        def txn_fn(txn: Any) -> int:
+            self._require_bucket(txn)
+            moving = list(meta.objects.scan(txn, self.name, src_prefix))
+            src_keys = {k for k, _ in moving}
+            plan = []
+            for k, m in moving:
+                dk = dst_prefix + k[len(src_prefix):]
+                check_key(dk)
+                if dk not in src_keys and dk not in replaceable and \
+                        meta.objects.get(txn, self.name, dk) is not None:
+                    raise KeyExists(f"{self._what(dk)} already exists")
+                plan.append((k, dk, m))
+            for k in replaceable:
+                old = meta.objects.delete(txn, self.name, k)
+                if old is not None:
+                    c._unref(txn, _refs(old))
+                    meta.record_change(txn, self.name, k)
+            for k, _, _ in plan:
+                meta.objects.delete(txn, self.name, k)
+                meta.record_change(txn, self.name, k)
+            for _, dk, m in plan:
+                self._replace_object(txn, dk, m, ref_new=False)
+            return len(plan)
 
-    # --- multipart -------------------------------------------------------------
+        return await self._write(txn_fn)
+
+    # --- multipart ----------------------------------------------------------------
+
+    def _require_upload(self, txn: Any, key: str, upload_id: str) -> dict:
+        up = self.cluster.meta.get(txn, "uploads", upload_id.encode())
+        if up is None or up["bucket"] != self.name or up["key"] != key:
+            raise NoSuchUpload(f"no such upload {upload_id} for {self._what(key)}")
+        return up
+
+    @staticmethod
+    def _part_key(upload_id: str, part_number: int) -> bytes:
+        return upload_id.encode() + part_number.to_bytes(4, "big")
 
     async def create_multipart_upload(self, key: str, *, http_metadata: dict[str, str] | None = None,
                                       custom_metadata: dict[str, str] | None = None) -> str:
-        raise NotImplementedError
+        check_key(key)
+        upload_id = uuid.uuid4().hex
+        meta = self.cluster.meta
+
+        def txn_fn(txn: Any) -> None:
+            self._require_bucket(txn)
+            meta.put(txn, "uploads", upload_id.encode(), {
+                "bucket": self.name, "key": key, "initiated": time.time(),
+                "h": dict(http_metadata or {}), "c": dict(custom_metadata or {})})
+
+        await self._write(txn_fn)
+        return upload_id
+
+    async def _commit_part(self, key: str, upload_id: str, part_number: int,
+                           got: _Ingested) -> PartInfo:
+        meta = self.cluster.meta
+        c = self.cluster
+        rec = {"etag": got.md5.hexdigest(), "md5": got.md5.digest(), "size": got.size,
+               "uploaded": time.time(), "ch": [[r.id, r.size] for r in got.chunks]}
+
+        def txn_fn(txn: Any) -> None:
+            self._require_bucket(txn)
+            self._require_upload(txn, key, upload_id)
+            pk = self._part_key(upload_id, part_number)
+            c._ref(txn, got.chunks, context=self._what(key))
+            old = meta.get(txn, "parts", pk)
+            if old is not None:
+                c._unref(txn, _refs(old))
+            meta.put(txn, "parts", pk, rec)
+
+        await self._write(txn_fn)
+        return PartInfo(part_number, rec["etag"], got.size, rec["uploaded"], tuple(got.chunks))
+
+    def _check_part_number(self, part_number: int) -> None:
+        if not 1 <= part_number <= MAX_PARTS:
+            raise InvalidPart(f"part number must be between 1 and {MAX_PARTS} (got {part_number})")
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, value: PutValue, *,
                           content_md5: bytes | None = None) -> PartInfo:
-        raise NotImplementedError
+        check_key(key)
+        self._check_part_number(part_number)
+        with self.cluster.meta.read() as txn:
+            self._require_bucket(txn)
+            self._require_upload(txn, key, upload_id)
+        got = await self._ingest(value, allow_inline=False)
+        if content_md5 is not None and content_md5 != got.md5.digest():
+            raise BadDigest(f"{self._what(key)} part {part_number}: Content-MD5 mismatch")
+        return await self._commit_part(key, upload_id, part_number, got)
 
     async def upload_part_copy(self, key: str, upload_id: str, part_number: int,
                                src_bucket: str, src_key: str, *, range: Range | None = None,
                                only_if: Conditional | None = None) -> PartInfo:
-        raise NotImplementedError
+        check_key(key)
+        self._check_part_number(part_number)
+        with self.cluster.meta.read() as txn:
+            self._require_bucket(txn)
+            self._require_upload(txn, key, upload_id)
+        src = self.cluster.bucket(src_bucket)
+        info = await src.head(src_key)
+        conditions.check_write(info, only_if, src._what(src_key))
+        off, length = _resolve_range(range, info.size, src._what(src_key)) if range else (0, info.size)
+        body = ObjectBody(src, info, off, length)
+        got = await self._ingest(body, allow_inline=False)
+        return await self._commit_part(key, upload_id, part_number, got)
 
     async def complete_multipart_upload(self, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,
                                         only_if: Conditional | None = None) -> ObjectInfo:
-        """parts: (part_number, etag) ascending. InvalidPart, InvalidPartOrder,
-        EntityTooSmall (every part but the last >= 5 MiB). ETag "<md5 of part md5s>-N"."""
-        raise NotImplementedError
+        check_key(key)
+        meta = self.cluster.meta
+        c = self.cluster
+        what = self._what(key)
+
+        def txn_fn(txn: Any) -> dict:
+            self._require_bucket(txn)
+            up = self._require_upload(txn, key, upload_id)
+            if not parts:
+                raise InvalidPart(f"{what}: a multipart upload needs at least one part")
+            if only_if is not None:
+                cur = meta.objects.get(txn, self.name, key)
+                conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
+            prev = 0
+            chosen = []
+            for i, (pn, etag) in enumerate(parts):
+                if pn <= prev:
+                    raise InvalidPartOrder(f"{what}: parts must be listed in ascending order")
+                prev = pn
+                rec = meta.get(txn, "parts", self._part_key(upload_id, pn))
+                if rec is None or rec["etag"] != etag.strip().strip('"'):
+                    raise InvalidPart(f"{what}: part {pn} was not uploaded or its ETag differs")
+                if i < len(parts) - 1 and rec["size"] < MIN_PART_SIZE:
+                    raise EntityTooSmall(f"{what}: part {pn} is smaller than 5 MiB")
+                chosen.append(rec)
+            chosen_pns = {pn for pn, _ in parts}
+            all_parts = list(meta.scan(txn, "parts", upload_id.encode()))
+            for pk, rec in all_parts:
+                if int.from_bytes(pk[-4:], "big") not in chosen_pns:
+                    c._unref(txn, _refs(rec))
+                meta.delete(txn, "parts", pk)
+            meta.delete(txn, "uploads", upload_id.encode())
+            chunks = [r for rec in chosen for r in _refs(rec)]
+            etag = hashlib.md5(b"".join(bytes(r["md5"]) for r in chosen)).hexdigest()
+            manifest = _manifest(size=sum(r["size"] for r in chosen), etag=f"{etag}-{len(chosen)}",
+                                 chunks=chunks, http=up["h"], custom=up["c"],
+                                 parts=[r["size"] for r in chosen])
+            self._replace_object(txn, key, manifest, ref_new=False)
+            return manifest
+
+        return _info(self.name, key, await self._write(txn_fn))
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
-        raise NotImplementedError
+        meta = self.cluster.meta
+        c = self.cluster
+
+        def txn_fn(txn: Any) -> None:
+            self._require_bucket(txn)
+            self._require_upload(txn, key, upload_id)
+            for pk, rec in list(meta.scan(txn, "parts", upload_id.encode())):
+                c._unref(txn, _refs(rec))
+                meta.delete(txn, "parts", pk)
+            meta.delete(txn, "uploads", upload_id.encode())
+
+        await self._write(txn_fn)
 
     async def list_parts(self, key: str, upload_id: str, *, part_number_marker: int = 0,
                          max_parts: int = 1000) -> tuple[list[PartInfo], bool]:
-        """(parts, truncated)."""
-        raise NotImplementedError
+        meta = self.cluster.meta
+        out: list[PartInfo] = []
+        truncated = False
+        with meta.read() as txn:
+            self._require_bucket(txn)
+            self._require_upload(txn, key, upload_id)
+            start = self._part_key(upload_id, part_number_marker + 1)
+            for pk, rec in meta.scan(txn, "parts", upload_id.encode(), start=start):
+                if len(out) >= max_parts:
+                    truncated = True
+                    break
+                out.append(PartInfo(int.from_bytes(pk[-4:], "big"), rec["etag"], rec["size"],
+                                    rec["uploaded"], tuple(_refs(rec))))
+        return out, truncated
 
     async def list_multipart_uploads(self, *, prefix: str = "", key_marker: str = "",
                                      upload_id_marker: str = "",
                                      limit: int = 1000) -> tuple[list[UploadInfo], bool]:
-        raise NotImplementedError
+        meta = self.cluster.meta
+        with meta.read() as txn:
+            self._require_bucket(txn)
+            ups = [UploadInfo(u["key"], uid.decode(), u["initiated"], u["h"], u["c"])
+                   for uid, u in meta.scan(txn, "uploads")
+                   if u["bucket"] == self.name and u["key"].startswith(prefix)]
+        ups.sort(key=lambda u: (u.key.encode(), u.initiated, u.upload_id))
+        if key_marker:
+            ups = [u for u in ups if u.key > key_marker or
+                   (u.key == key_marker and upload_id_marker and u.upload_id > upload_id_marker)]
+        return ups[:limit], len(ups) > limit
 
 
 class Cluster:
     """An open cluster: LMDB metadata + node directories + master key."""
 
-    path: str
+    def __init__(self, path: str, config: cfgmod.ClusterConfig, master: MasterKey, meta: Meta) -> None:
+        self.path = path
+        self.config = config
+        self.master = master
+        self.meta = meta
+        self.nodes = {n.id: LocalNode(n.id, n.path, n.region) for n in config.nodes}
+        self.chunks = ChunkStore(master, self.nodes, config.k, config.m, config.stripe_size)
+
+    # --- lifecycle -------------------------------------------------------------------
 
     @classmethod
     def init(cls, path: str, *, nodes: int = 6, k: int = 4, m: int = 2,
-             chunk_size: int = 4 * 1024 * 1024, regions: dict[str, int] | None = None) -> "Cluster":
-        """Create a new cluster (ClusterExists, InvalidClusterConfig) and open it."""
-        raise NotImplementedError
+             chunk_size: int = 4 * MiB, regions: dict[str, int] | None = None) -> "Cluster":
+        path = os.path.abspath(path)
+        cfgmod.validate_layout(nodes, k, m, chunk_size)
+        if os.path.exists(os.path.join(path, cfgmod.CONFIG_FILE)):
+            raise ClusterExists(f"a cluster already exists at {path}")
+        os.makedirs(path, exist_ok=True)
+        key_path = os.path.join(path, "master.key")
+        if os.path.exists(key_path):
+            raise ClusterExists(f"{path} holds a master key but no cluster.toml "
+                                "(a half-made cluster?); refusing to overwrite it")
+        master = MasterKey.create(key_path)
+        cfg = cfgmod.new_config(path, nodes=nodes, k=k, m=m, chunk_size=chunk_size,
+                                regions=regions, key_check=master.check_value())
+        for n in cfg.nodes:
+            os.makedirs(n.path, exist_ok=True)
+        for sub in ("staging", "cache"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        Meta(os.path.join(path, "meta")).close()
+        tmp = os.path.join(path, cfgmod.CONFIG_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(cfgmod.render(cfg, path))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(path, cfgmod.CONFIG_FILE))  # the cluster exists from here
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: str, *, create: bool = False) -> "Cluster":
-        """Open (ClusterNotFound, WrongMasterKey, UnsupportedFormat); create=True
-        makes the embedded default cluster if nothing is there."""
-        raise NotImplementedError
+        path = os.path.abspath(path)
+        if not os.path.exists(os.path.join(path, cfgmod.CONFIG_FILE)):
+            if not create:
+                raise ClusterNotFound(f"no r2fs cluster at {path} (run `r2fs init`)")
+            try:
+                return cls.init(path)
+            except ClusterExists:
+                if not os.path.exists(os.path.join(path, cfgmod.CONFIG_FILE)):
+                    raise
+        cfg = cfgmod.load(path)
+        master = MasterKey.load(os.path.join(path, "master.key"))
+        if master.check_value() != cfg.key_check:
+            raise WrongMasterKey(f"{os.path.join(path, 'master.key')} is not the master key of "
+                                 f"the cluster at {path}; nothing was decrypted")
+        meta = Meta(os.path.join(path, "meta"))
+        return cls(path, cfg, master, meta)
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.meta.close()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def _write(self, fn: Callable[[Any], T]) -> T:
+        return await _in_thread(self.meta.write, fn)
+
+    # --- buckets -----------------------------------------------------------------------
 
     def bucket(self, name: str) -> Bucket:
-        raise NotImplementedError
+        return Bucket(self, name)
+
+    @staticmethod
+    def _bucket_info(name: str, rec: dict) -> BucketInfo:
+        return BucketInfo(name, rec["created"], rec.get("location"), dict(rec.get("settings") or {}))
 
     async def create_bucket(self, name: str, *, location: str | None = None) -> BucketInfo:
-        """InvalidBucketName, BucketAlreadyExists."""
-        raise NotImplementedError
+        check_bucket_name(name)
+        rec = {"created": time.time(), "location": location, "settings": {}}
+
+        def txn_fn(txn: Any) -> None:
+            if self.meta.get(txn, "buckets", name.encode()) is not None:
+                raise BucketAlreadyExists(f"bucket {name} already exists")
+            self.meta.put(txn, "buckets", name.encode(), rec)
+
+        await self._write(txn_fn)
+        return self._bucket_info(name, rec)
 
     async def delete_bucket(self, name: str) -> None:
-        """NoSuchBucket, BucketNotEmpty (objects or multipart uploads in progress)."""
-        raise NotImplementedError
+        def txn_fn(txn: Any) -> None:
+            if self.meta.get(txn, "buckets", name.encode()) is None:
+                raise NoSuchBucket(f"no such bucket: {name}")
+            if self.meta.objects.bucket_has_objects(txn, name):
+                raise BucketNotEmpty(f"bucket {name} is not empty")
+            for _, up in self.meta.scan(txn, "uploads"):
+                if up["bucket"] == name:
+                    raise BucketNotEmpty(f"bucket {name} has multipart uploads in progress")
+            self.meta.delete(txn, "buckets", name.encode())
+
+        await self._write(txn_fn)
 
     async def head_bucket(self, name: str) -> BucketInfo:
-        raise NotImplementedError
+        with self.meta.read() as txn:
+            rec = self.meta.get(txn, "buckets", name.encode())
+        if rec is None:
+            raise NoSuchBucket(f"no such bucket: {name}")
+        return self._bucket_info(name, rec)
 
     async def list_buckets(self) -> list[BucketInfo]:
-        raise NotImplementedError
+        with self.meta.read() as txn:
+            return [self._bucket_info(k.decode(), v) for k, v in self.meta.scan(txn, "buckets")]
 
     async def update_bucket_settings(self, name: str, **settings: Any) -> BucketInfo:
-        """Set (value) or remove (None) entries of BucketInfo.settings: public, cors..."""
-        raise NotImplementedError
+        def txn_fn(txn: Any) -> dict:
+            rec = self.meta.get(txn, "buckets", name.encode())
+            if rec is None:
+                raise NoSuchBucket(f"no such bucket: {name}")
+            s = dict(rec.get("settings") or {})
+            for k, v in settings.items():
+                if v is None:
+                    s.pop(k, None)
+                else:
+                    s[k] = v
+            rec["settings"] = s
+            self.meta.put(txn, "buckets", name.encode(), rec)
+            return rec
 
-    # --- chunks (for writers that manage their own chunking: FUSE) ---------------
+        return self._bucket_info(name, await self._write(txn_fn))
+
+    # --- chunks ------------------------------------------------------------------------
+
+    def _ref(self, txn: Any, refs: Iterable[ChunkRef], *, context: str) -> None:
+        """+1 per occurrence; refuses (ChunkMissing) chunks gc removed or is removing."""
+        for cid, n in Counter(r.id for r in refs).items():
+            rec = self.meta.get(txn, "chunks", cid)
+            if rec is None or rec["s"] != CHUNK_LIVE:
+                raise ChunkMissing(f"{context}: chunk {cid.hex()} was garbage-collected while "
+                                   "it was being written; retry the write")
+            if rec["r"] == 0:
+                self.meta.delete(txn, "gcq", cid)
+            rec["r"] += n
+            self.meta.put(txn, "chunks", cid, rec)
+
+    def _unref(self, txn: Any, refs: Iterable[ChunkRef]) -> None:
+        for cid, n in Counter(r.id for r in refs).items():
+            rec = self.meta.get(txn, "chunks", cid)
+            if rec is None:
+                continue
+            rec["r"] = max(0, rec["r"] - n)
+            if rec["r"] == 0:
+                self.meta.put(txn, "gcq", cid, b"")
+            self.meta.put(txn, "chunks", cid, rec)
+
+    async def _seal_inline(self, data: bytes) -> bytes:
+        def work() -> bytes:
+            cid = self.master.chunk_id(data)
+            return cid + self.chunks.seal(cid, data)
+        return work() if len(data) <= SMALL_INLINE_CRYPTO else await _in_thread(work)
+
+    async def _open_inline(self, info: ObjectInfo) -> bytes:
+        blob = info.inline_data or b""
+
+        def work() -> bytes:
+            cid, sealed = blob[:32], blob[32:]
+            return self.chunks.unseal(cid, sealed)
+        try:
+            return work() if len(blob) <= SMALL_INLINE_CRYPTO else await _in_thread(work)
+        except DataUnavailable as exc:
+            raise type(exc)(f"{info.bucket}/{info.key}: {exc}") from None
 
     async def write_chunk(self, data: bytes) -> ChunkRef:
-        """Store one chunk (dedup: an existing chunk is only touched)."""
-        raise NotImplementedError
+        data = bytes(data)
+        cid = await _in_thread(self.master.chunk_id, data)
+        ref = ChunkRef(cid, len(data))
+        with self.meta.read() as txn:
+            rec = self.meta.get(txn, "chunks", cid)
+        now = time.time()
+        if rec is not None and rec["s"] == CHUNK_LIVE:
+            if rec["t"] < now - TOUCH_INTERVAL:
+                await self._write(lambda txn: self._touch(txn, cid))
+            return ref
+        gen = secrets.randbits(31)
+        placement = place(cid, self.config.node_ids, self.config.k + self.config.m)
+
+        def work() -> int:
+            sealed = self.chunks.seal(cid, data)
+            self.chunks.write_shards(cid, gen, sealed, placement)
+            return len(sealed)
+
+        sealed_len = await _in_thread(work)
+
+        def txn_fn(txn: Any) -> bool:
+            cur = self.meta.get(txn, "chunks", cid)
+            if cur is not None and cur["s"] == CHUNK_LIVE:
+                cur["t"] = time.time()
+                self.meta.put(txn, "chunks", cid, cur)
+                return False  # someone stored it first; ours are surplus
+            self.meta.put(txn, "chunks", cid, {"r": 0, "n": len(data), "l": sealed_len, "g": gen,
+                                               "p": placement, "s": CHUNK_LIVE, "t": time.time(),
+                                               "loc": "nodes"})
+            self.meta.put(txn, "gcq", cid, b"")
+            return True
+
+        if not await self._write(txn_fn):
+            await _in_thread(self.chunks.delete_shards, cid, gen, placement)
+        return ref
+
+    def _touch(self, txn: Any, cid: bytes) -> None:
+        rec = self.meta.get(txn, "chunks", cid)
+        if rec is not None:
+            rec["t"] = time.time()
+            self.meta.put(txn, "chunks", cid, rec)
+
+    def chunk_record(self, cid: bytes) -> dict | None:
+        with self.meta.read() as txn:
+            return self.meta.get(txn, "chunks", cid)
 
     async def read_chunk(self, ref: ChunkRef, *, context: str = "") -> bytes:
-        """Plaintext of a chunk; DataUnavailable naming `context` (bucket/key) on failure."""
-        raise NotImplementedError
+        rec = self.chunk_record(ref.id)
+        if rec is None:
+            raise DataUnavailable(f"{context}: chunk {ref.hex} has no record (metadata damaged?)")
+        return await _in_thread(lambda: self.chunks.read(ref.id, rec["g"], rec["p"], rec["l"],
+                                                          context=context))
 
-    # --- records for other subsystems (access keys, meters) ----------------------
+    # --- records for other subsystems ------------------------------------------------
+
+    @staticmethod
+    def _rkey(namespace: str, name: str) -> bytes:
+        return namespace.encode() + b"\0" + name.encode()
 
     async def put_record(self, namespace: str, name: str, value: dict[str, Any]) -> None:
-        raise NotImplementedError
+        await self._write(lambda txn: self.meta.put(txn, "records", self._rkey(namespace, name), value))
 
     async def get_record(self, namespace: str, name: str) -> dict[str, Any] | None:
-        raise NotImplementedError
+        with self.meta.read() as txn:
+            return self.meta.get(txn, "records", self._rkey(namespace, name))
 
     async def delete_record(self, namespace: str, name: str) -> bool:
-        raise NotImplementedError
+        return await self._write(lambda txn: self.meta.delete(txn, "records",
+                                                              self._rkey(namespace, name)))
 
     async def list_records(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        raise NotImplementedError
+        prefix = namespace.encode() + b"\0"
+        with self.meta.read() as txn:
+            return [(k[len(prefix):].decode(), v) for k, v in self.meta.scan(txn, "records", prefix)]
 
     def seal_secret(self, plaintext: bytes, context: str) -> bytes:
-        """Encrypt a small secret with a key derived from the master key."""
-        raise NotImplementedError
+        return self.master.seal_secret(plaintext, context)
 
     def open_secret(self, sealed: bytes, context: str) -> bytes:
-        raise NotImplementedError
+        return self.master.open_secret(sealed, context)
 
     async def add_counters(self, bucket: str, deltas: dict[str, int]) -> None:
-        """Add to per-bucket operation counters (class_a, class_b, ...)."""
-        raise NotImplementedError
+        def txn_fn(txn: Any) -> None:
+            for name, d in deltas.items():
+                k = bucket.encode() + b"\0" + name.encode()
+                self.meta.put(txn, "counters", k, (self.meta.get(txn, "counters", k) or 0) + d)
+        await self._write(txn_fn)
 
-    # --- change feed, status, gc ---------------------------------------------------
+    def counters(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self.meta.read() as txn:
+            for k, v in self.meta.scan(txn, "counters"):
+                b, _, name = k.decode().partition("\0")
+                out.setdefault(b, {})[name] = v
+        return out
+
+    # --- change feed, status, gc -----------------------------------------------------
 
     def change_seq(self) -> int:
-        """The sequence number of the latest committed change (cheap)."""
-        raise NotImplementedError
+        return self.meta.change_seq()
 
     def changes_since(self, seq: int, limit: int = 10000) -> list[Change]:
-        """Changes after `seq`, oldest first. If `seq` is older than the kept
-        history, returns one Change with key "" meaning: everything may have changed."""
-        raise NotImplementedError
+        oldest, changes = self.meta.changes_since(seq, limit)
+        if seq + 1 < oldest:
+            return [Change(self.change_seq(), "", "")]
+        return [Change(s, b, k) for s, b, k in changes]
 
     async def status(self) -> ClusterStatus:
-        raise NotImplementedError
+        def gather() -> ClusterStatus:
+            nodes = []
+            stored = 0
+            for n in self.nodes.values():
+                ok = n.available()
+                count, size = n.usage() if ok else (0, 0)
+                stored += size
+                nodes.append(NodeStatus(n.id, n.path, n.region, n.free_bytes() if ok else 0,
+                                        count, size, ok))
+            with self.meta.read() as txn:
+                buckets = self.meta.count(txn, "buckets")
+                objects = logical = 0
+                for _, group in self.meta.scan(txn, "objects"):
+                    for _, m in group:
+                        objects += 1
+                        logical += m["s"]
+                chunks = unique = 0
+                for _, rec in self.meta.scan(txn, "chunks"):
+                    chunks += 1
+                    unique += rec["n"]
+            return ClusterStatus(self.path, self.config.k, self.config.m, self.config.chunk_size,
+                                 nodes, buckets, objects, chunks, logical, unique, stored,
+                                 self.counters())
+        return await _in_thread(gather)
 
-    async def gc(self, *, grace: float = 60.0) -> GcReport:
-        """Remove shards of chunks unreferenced for at least `grace` seconds and
-        orphaned shard files older than `grace`."""
-        raise NotImplementedError
+    async def gc(self, *, grace: float = 60.0, orphan_grace: float = 600.0) -> GcReport:
+        report = GcReport()
+        cutoff = time.time() - grace
+
+        def mark(txn: Any) -> list[tuple[bytes, dict]]:
+            doomed = []
+            for cid, _ in list(self.meta.scan(txn, "gcq")):
+                rec = self.meta.get(txn, "chunks", cid)
+                if rec is None or rec["r"] > 0:
+                    self.meta.delete(txn, "gcq", cid)
+                    continue
+                if rec["s"] == CHUNK_DELETING or rec["t"] <= cutoff:
+                    rec["s"] = CHUNK_DELETING
+                    self.meta.put(txn, "chunks", cid, rec)
+                    doomed.append((cid, rec))
+            return doomed
+
+        doomed = await self._write(mark)
+        for cid, rec in doomed:
+            n, freed = await _in_thread(self.chunks.delete_shards, cid, rec["g"], rec["p"])
+            report.shards_removed += n
+            report.bytes_freed += freed
+
+        def forget(txn: Any) -> int:
+            removed = 0
+            for cid, rec in doomed:
+                cur = self.meta.get(txn, "chunks", cid)
+                if cur is not None and cur["s"] == CHUNK_DELETING and cur["g"] == rec["g"]:
+                    self.meta.delete(txn, "chunks", cid)
+                    self.meta.delete(txn, "gcq", cid)
+                    removed += 1
+            return removed
+
+        report.chunks_removed = await self._write(forget)
+        report.orphans_removed, freed = await _in_thread(self._remove_orphans, orphan_grace)
+        report.bytes_freed += freed
+        return report
+
+    def _remove_orphans(self, grace: float) -> tuple[int, int]:
+        """Shard files no chunk record claims (a writer killed mid-put), older than grace."""
+        cutoff = time.time() - grace
+        removed = freed = 0
+        for node in self.nodes.values():
+            if not node.available():
+                continue
+            for name, mtime in list(node.names()):
+                if mtime > cutoff:
+                    continue
+                parsed = ChunkStore.parse_shard_name(name)
+                if parsed is None:
+                    continue
+                cid, gen, _ = parsed
+                rec = self.chunk_record(cid)
+                if rec is not None and rec["g"] == gen:
+                    continue
+                size = node.size_of(name) or 0
+                if node.delete(name):
+                    removed += 1
+                    freed += size
+        return removed, freed

@@ -53,7 +53,12 @@ class ObjectInfo:
     checksums: dict[str, str] = field(default_factory=dict)  # e.g. {"crc32": base64}
     parts: tuple[int, ...] | None = None  # part sizes of a multipart object
     chunks: tuple[ChunkRef, ...] = ()
-    inline: bool = False  # content lives in the manifest itself (small object)
+    #: sealed (encrypted) content kept in the manifest itself (small objects)
+    inline_data: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def inline(self) -> bool:
+        return self.inline_data is not None
 
     def chunk_spans(self) -> list[tuple[int, ChunkRef]]:
         """(offset, chunk) for every chunk, in order."""

@@ -1,0 +1,127 @@
+"""cluster.toml: what a cluster is made of (nodes, k, m, chunk size).
+
+Written once by `init`; read by every process. The format carries a version
+number; a newer one is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidClusterConfig, UnsupportedFormat
+from .types import KiB, MiB
+
+CONFIG_FORMAT = 1
+CONFIG_FILE = "cluster.toml"
+
+
+@dataclass
+class NodeConfig:
+    id: str
+    path: str  # absolute
+    region: str = "default"
+    extra: dict[str, Any] = field(default_factory=dict)  # further tables, e.g. [nodes.ID.simulate]
+
+
+@dataclass
+class ClusterConfig:
+    k: int
+    m: int
+    chunk_size: int
+    nodes: list[NodeConfig]
+    cluster_id: str
+    key_check: str
+    stripe_size: int = 256 * KiB
+    inline_threshold: int = 128 * KiB
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole parsed file, for other subsystems
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [n.id for n in self.nodes]
+
+
+def validate_layout(nodes: int, k: int, m: int, chunk_size: int) -> None:
+    if k < 1:
+        raise InvalidClusterConfig(f"k must be at least 1 (got {k})")
+    if m < 0:
+        raise InvalidClusterConfig(f"m must not be negative (got {m})")
+    if nodes < 1:
+        raise InvalidClusterConfig(f"a cluster needs at least one node (got {nodes})")
+    if k + m > nodes:
+        raise InvalidClusterConfig(
+            f"k+m = {k + m} shards per chunk need at least {k + m} nodes (got {nodes})")
+    if k + m > 32:
+        raise InvalidClusterConfig(f"k+m must be at most 32 (got {k + m})")
+    if not (64 * KiB <= chunk_size <= 64 * MiB):
+        raise InvalidClusterConfig(f"chunk size must be between 64KiB and 64MiB (got {chunk_size})")
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(cfg: ClusterConfig, root: str) -> str:
+    lines = [
+        "# r2fs cluster. Written by `r2fs init`; read by every r2fs process.",
+        f"format = {CONFIG_FORMAT}",
+        f"cluster_id = {_quote(cfg.cluster_id)}",
+        f"k = {cfg.k}",
+        f"m = {cfg.m}",
+        f"chunk_size = {cfg.chunk_size}",
+        f"stripe_size = {cfg.stripe_size}",
+        f"inline_threshold = {cfg.inline_threshold}",
+        f"key_check = {_quote(cfg.key_check)}",
+        "",
+    ]
+    for n in cfg.nodes:
+        rel = os.path.relpath(n.path, root)
+        lines += [f"[nodes.{n.id}]", f"path = {_quote(rel)}", f"region = {_quote(n.region)}", ""]
+    return "\n".join(lines)
+
+
+def new_config(root: str, *, nodes: int, k: int, m: int, chunk_size: int,
+               regions: dict[str, int] | None, key_check: str) -> ClusterConfig:
+    validate_layout(nodes, k, m, chunk_size)
+    if regions:
+        if sum(regions.values()) != nodes:
+            raise InvalidClusterConfig(
+                f"regions list {sum(regions.values())} nodes but --nodes is {nodes}")
+        names = [r for r, n in regions.items() for _ in range(n)]
+    else:
+        names = ["default"] * nodes
+    node_cfgs = [NodeConfig(f"n{i}", os.path.join(root, "nodes", f"n{i}"), names[i])
+                 for i in range(nodes)]
+    return ClusterConfig(k=k, m=m, chunk_size=chunk_size, nodes=node_cfgs,
+                         cluster_id=uuid.uuid4().hex, key_check=key_check)
+
+
+def load(root: str) -> ClusterConfig:
+    path = os.path.join(root, CONFIG_FILE)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidClusterConfig(f"{path} is not valid TOML: {exc}") from None
+    fmt = raw.get("format")
+    if fmt != CONFIG_FORMAT:
+        raise UnsupportedFormat(f"{path} has format {fmt!r}; this r2fs reads format {CONFIG_FORMAT}")
+    try:
+        nodes = []
+        for node_id, table in raw["nodes"].items():
+            extra = {k: v for k, v in table.items() if k not in ("path", "region")}
+            p = table["path"]
+            nodes.append(NodeConfig(node_id, os.path.normpath(os.path.join(root, p)),
+                                    table.get("region", "default"), extra))
+        cfg = ClusterConfig(k=int(raw["k"]), m=int(raw["m"]), chunk_size=int(raw["chunk_size"]),
+                            nodes=nodes, cluster_id=str(raw["cluster_id"]),
+                            key_check=str(raw["key_check"]),
+                            stripe_size=int(raw.get("stripe_size", 256 * KiB)),
+                            inline_threshold=int(raw.get("inline_threshold", 128 * KiB)), raw=raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidClusterConfig(f"{path} is incomplete or malformed ({exc})") from None
+    validate_layout(len(cfg.nodes), cfg.k, cfg.m, cfg.chunk_size)
+    return cfg

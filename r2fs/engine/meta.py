@@ -1,0 +1,284 @@
+"""The LMDB metadata environment: one per cluster, shared by every process.
+
+LMDB gives what R2's per-key Durable Objects give: every change is one
+serialised, durable write transaction, and a commit is visible to every reader
+on the machine at once (read-after-write and list-after-write across
+processes). This module knows the schema; nothing outside `r2fs.engine` may
+import it.
+
+Schema (version `SCHEMA_VERSION`; named sub-databases, values are msgpack):
+
+  info      b"schema" -> int; b"seq" -> last change sequence number
+  buckets   name -> {created, location, settings}
+  objects   bucket NUL key[:KEY_PREFIX] -> [[key[KEY_PREFIX:], manifest], ...]
+            (LMDB keys are at most 511 bytes but object keys may be 1024, so
+            long keys are grouped under their first KEY_PREFIX bytes; see
+            ObjectTable -- UTF-8 byte order is preserved)
+  chunks    chunk id -> {r: refcount, n: plain len, l: sealed len, g: gen,
+                         p: placement [node ids], s: state, t: touched, loc}
+  gcq       chunk id -> b""   chunks whose refcount reached 0 (gc candidates)
+  uploads   upload id -> {bucket, key, initiated, h, c}
+  parts     upload id + part number (u32 BE) -> {etag, md5, size, uploaded, ch}
+  changes   seq (u64 BE) -> [bucket, key]      (last CHANGE_HISTORY entries)
+  records   namespace NUL name -> value       (access keys, settings of other layers)
+  counters  bucket NUL name -> int            (operation metering)
+  journal   chunk id -> {...}                 (replication journal, local uploads)
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import lmdb
+import msgpack
+
+from .errors import ClusterError, UnsupportedFormat
+
+SCHEMA_VERSION = 1
+KEY_PREFIX = 400  # bytes of an object key used in the LMDB key (+ bucket + NUL <= 511)
+CHANGE_HISTORY = 100_000
+MAP_SIZE = 64 << 30
+
+DB_NAMES = ("info", "buckets", "objects", "chunks", "gcq", "uploads", "parts",
+            "changes", "records", "counters", "journal")
+
+T = TypeVar("T")
+
+CHUNK_LIVE = 0
+CHUNK_DELETING = 1
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(raw: bytes | memoryview) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+def u64(n: int) -> bytes:
+    return struct.pack(">Q", n)
+
+
+# LMDB must not be opened twice in one process (closing one handle would drop
+# the other's locks), so environments are shared per real path.
+_ENVS: dict[str, tuple[lmdb.Environment, int]] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire_env(path: str) -> lmdb.Environment:
+    real = os.path.realpath(path)
+    with _ENVS_LOCK:
+        if real in _ENVS:
+            env, n = _ENVS[real]
+            _ENVS[real] = (env, n + 1)
+            return env
+        try:
+            env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + 2, subdir=True,
+                            lock=True, readahead=False, meminit=False, max_readers=1024,
+                            create=True)
+        except lmdb.Error as exc:
+            raise ClusterError(f"cannot open metadata at {real}: {exc}") from None
+        _ENVS[real] = (env, 1)
+        return env
+
+
+def _release_env(path: str) -> None:
+    real = os.path.realpath(path)
+    with _ENVS_LOCK:
+        env, n = _ENVS[real]
+        if n > 1:
+            _ENVS[real] = (env, n - 1)
+        else:
+            del _ENVS[real]
+            env.close()
+
+
+class Meta:
+    """An open metadata environment and its sub-databases."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        self.env = _acquire_env(path)
+        self._closed = False
+        try:
+            self.db = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
+            self._check_schema()
+        except BaseException:
+            self.close()
+            raise
+        self.objects = ObjectTable(self.db["objects"])
+
+    def _check_schema(self) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"schema", db=self.db["info"])
+            if raw is None:
+                txn.put(b"schema", pack(SCHEMA_VERSION), db=self.db["info"])
+                txn.put(b"seq", pack(0), db=self.db["info"])
+                return
+            version = unpack(raw)
+            if version != SCHEMA_VERSION:
+                raise UnsupportedFormat(
+                    f"metadata schema version {version} at {self.path} is not supported "
+                    f"by this r2fs (it reads version {SCHEMA_VERSION}); refusing to open")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release_env(self.path)
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(write=False, buffers=False) as txn:
+            yield txn
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `fn` in one write transaction (blocking: call it from a worker thread)."""
+        with self.env.begin(write=True) as txn:
+            return fn(txn)
+
+    # --- small typed helpers used inside transactions ----------------------------
+
+    def get(self, txn: lmdb.Transaction, db: str, key: bytes) -> Any:
+        raw = txn.get(key, db=self.db[db])
+        return None if raw is None else unpack(raw)
+
+    def put(self, txn: lmdb.Transaction, db: str, key: bytes, value: Any) -> None:
+        txn.put(key, pack(value), db=self.db[db])
+
+    def delete(self, txn: lmdb.Transaction, db: str, key: bytes) -> bool:
+        return txn.delete(key, db=self.db[db])
+
+    def scan(self, txn: lmdb.Transaction, db: str, prefix: bytes = b"",
+             start: bytes | None = None) -> Iterator[tuple[bytes, Any]]:
+        with txn.cursor(db=self.db[db]) as cur:
+            if not cur.set_range(start if start is not None else prefix):
+                return
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    return
+                yield k, unpack(v)
+
+    def count(self, txn: lmdb.Transaction, db: str) -> int:
+        return txn.stat(self.db[db])["entries"]
+
+    # --- change feed -------------------------------------------------------------
+
+    def record_change(self, txn: lmdb.Transaction, bucket: str, key: str) -> int:
+        seq = self.get(txn, "info", b"seq") + 1
+        self.put(txn, "info", b"seq", seq)
+        self.put(txn, "changes", u64(seq), [bucket, key])
+        if seq > CHANGE_HISTORY:
+            txn.delete(u64(seq - CHANGE_HISTORY), db=self.db["changes"])
+        return seq
+
+    def change_seq(self) -> int:
+        with self.read() as txn:
+            return self.get(txn, "info", b"seq")
+
+    def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
+        """(oldest kept seq, changes after `seq`)."""
+        with self.read() as txn:
+            out: list[tuple[int, str, str]] = []
+            oldest = None
+            with txn.cursor(db=self.db["changes"]) as cur:
+                if cur.first():
+                    oldest = struct.unpack(">Q", cur.key())[0]
+                if cur.set_range(u64(seq + 1)):
+                    for k, v in cur:
+                        bucket, key = unpack(v)
+                        out.append((struct.unpack(">Q", k)[0], bucket, key))
+                        if len(out) >= limit:
+                            break
+            return (oldest if oldest is not None else seq + 1), out
+
+
+def _split(bucket: str, key: str) -> tuple[bytes, bytes]:
+    kb = key.encode("utf-8")
+    return bucket.encode() + b"\0" + kb[:KEY_PREFIX], kb[KEY_PREFIX:]
+
+
+class ObjectTable:
+    """Object manifests by (bucket, key), in UTF-8 byte order, keys up to 1024 bytes.
+
+    Every LMDB value is a sorted list of [rest-of-key, manifest] pairs: a key of
+    at most KEY_PREFIX bytes is alone under its own LMDB key (rest b""); longer
+    keys share the LMDB key of their first KEY_PREFIX bytes. All keys in a group
+    start with the group's LMDB key and sort after every smaller group, so
+    iterating groups in order and entries within a group in order is the
+    global order.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def _group(self, txn: lmdb.Transaction, lkey: bytes) -> list[list[Any]]:
+        raw = txn.get(lkey, db=self.db)
+        return [] if raw is None else unpack(raw)
+
+    def get(self, txn: lmdb.Transaction, bucket: str, key: str) -> dict | None:
+        lkey, rest = _split(bucket, key)
+        for r, manifest in self._group(txn, lkey):
+            if r == rest:
+                return manifest
+        return None
+
+    def put(self, txn: lmdb.Transaction, bucket: str, key: str, manifest: dict) -> None:
+        lkey, rest = _split(bucket, key)
+        group = [e for e in self._group(txn, lkey) if e[0] != rest]
+        group.append([rest, manifest])
+        group.sort(key=lambda e: e[0])
+        txn.put(lkey, pack(group), db=self.db)
+
+    def delete(self, txn: lmdb.Transaction, bucket: str, key: str) -> dict | None:
+        lkey, rest = _split(bucket, key)
+        group = self._group(txn, lkey)
+        kept = [e for e in group if e[0] != rest]
+        if len(kept) == len(group):
+            return None
+        old = next(e[1] for e in group if e[0] == rest)
+        if kept:
+            txn.put(lkey, pack(kept), db=self.db)
+        else:
+            txn.delete(lkey, db=self.db)
+        return old
+
+    def scan(self, txn: lmdb.Transaction, bucket: str, prefix: str = "",
+             after: bytes | None = None) -> Iterator[tuple[str, dict]]:
+        """(key, manifest) for keys starting with `prefix` and (as UTF-8) > `after`.
+
+        `after` is raw bytes so that callers can skip a whole prefix P with
+        after=P + b"\\xff" (no UTF-8 string contains the byte 0xff).
+        """
+        bprefix = bucket.encode() + b"\0"
+        pbytes = prefix.encode("utf-8")
+        start = pbytes if after is None or after < pbytes else after
+        with txn.cursor(db=self.db) as cur:
+            if not cur.set_range(bprefix + start[:KEY_PREFIX]):
+                return
+            for lkey, raw in cur:
+                if not lkey.startswith(bprefix):
+                    return
+                head = lkey[len(bprefix):]
+                for rest, manifest in unpack(raw):
+                    full = head + rest
+                    if not full.startswith(pbytes):
+                        if full > pbytes:
+                            return
+                        continue
+                    if after is not None and full <= after:
+                        continue
+                    yield full.decode("utf-8"), manifest
+
+    def any_with_prefix(self, txn: lmdb.Transaction, bucket: str, prefix: str) -> bool:
+        for _ in self.scan(txn, bucket, prefix):
+            return True
+        return False
+
+    def bucket_has_objects(self, txn: lmdb.Transaction, bucket: str) -> bool:
+        return self.any_with_prefix(txn, bucket, "")
