@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import os
-import secrets
 import time
 import uuid
 from collections import Counter
@@ -49,9 +47,12 @@ from .errors import (
     WrongMasterKey,
 )
 from .keys import MasterKey
-from .meta import CHUNK_DELETING, CHUNK_LIVE, Meta
+from .gc import collect_garbage
+from .meta import CHUNK_LIVE, Meta
+from .reader import ChunkReader
+from .writer import ChunkWriter
 from .names import check_bucket_name, check_key
-from .nodes import LocalNode, place
+from .nodes import LocalNode
 from .types import (
     MiB,
     BucketInfo,
@@ -71,8 +72,6 @@ from .types import (
 PutValue = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO | None
 T = TypeVar("T")
 
-#: A deduplicated chunk's `touched` time is refreshed at most this often (a write txn).
-TOUCH_INTERVAL = 10.0
 #: Chunks stored concurrently by one put (bounds memory: ~this many chunks + one).
 PUT_INFLIGHT = 3
 MIN_PART_SIZE = 5 * MiB
@@ -371,7 +370,7 @@ class Bucket:
 
         async def store(i: int, piece: bytes) -> None:
             try:
-                results[i] = await c.write_chunk(piece)
+                results[i] = await c.write_chunk(piece, bucket=self.name)
             finally:
                 slots.release()
 
@@ -757,6 +756,8 @@ class Cluster:
         self.meta = meta
         self.nodes = {n.id: LocalNode(n.id, n.path, n.region) for n in config.nodes}
         self.chunks = ChunkStore(master, self.nodes, config.k, config.m, config.stripe_size)
+        self.writer = ChunkWriter(self)
+        self.reader = ChunkReader(self)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -922,59 +923,20 @@ class Cluster:
         except DataUnavailable as exc:
             raise type(exc)(f"{info.bucket}/{info.key}: {exc}") from None
 
-    async def write_chunk(self, data: bytes) -> ChunkRef:
-        data = bytes(data)
-        cid = await _in_thread(self.master.chunk_id, data)
-        ref = ChunkRef(cid, len(data))
-        with self.meta.read() as txn:
-            rec = self.meta.get(txn, "chunks", cid)
-        now = time.time()
-        if rec is not None and rec["s"] == CHUNK_LIVE:
-            if rec["t"] < now - TOUCH_INTERVAL:
-                await self._write(lambda txn: self._touch(txn, cid))
-            return ref
-        gen = secrets.randbits(31)
-        placement = place(cid, self.config.node_ids, self.config.k + self.config.m)
+    async def write_chunk(self, data: bytes, *, bucket: str | None = None) -> ChunkRef:
+        """Store one chunk (dedup: an existing chunk is only touched).
 
-        def work() -> int:
-            sealed = self.chunks.seal(cid, data)
-            self.chunks.write_shards(cid, gen, sealed, placement)
-            return len(sealed)
-
-        sealed_len = await _in_thread(work)
-
-        def txn_fn(txn: Any) -> bool:
-            cur = self.meta.get(txn, "chunks", cid)
-            if cur is not None and cur["s"] == CHUNK_LIVE:
-                cur["t"] = time.time()
-                self.meta.put(txn, "chunks", cid, cur)
-                return False  # someone stored it first; ours are surplus
-            self.meta.put(txn, "chunks", cid, {"r": 0, "n": len(data), "l": sealed_len, "g": gen,
-                                               "p": placement, "s": CHUNK_LIVE, "t": time.time(),
-                                               "loc": "nodes"})
-            self.meta.put(txn, "gcq", cid, b"")
-            return True
-
-        if not await self._write(txn_fn):
-            await _in_thread(self.chunks.delete_shards, cid, gen, placement)
-        return ref
-
-    def _touch(self, txn: Any, cid: bytes) -> None:
-        rec = self.meta.get(txn, "chunks", cid)
-        if rec is not None:
-            rec["t"] = time.time()
-            self.meta.put(txn, "chunks", cid, rec)
+        `bucket` lets placement follow the bucket's home region.
+        """
+        return await self.writer.write(bytes(data), bucket=bucket)
 
     def chunk_record(self, cid: bytes) -> dict | None:
         with self.meta.read() as txn:
             return self.meta.get(txn, "chunks", cid)
 
     async def read_chunk(self, ref: ChunkRef, *, context: str = "") -> bytes:
-        rec = self.chunk_record(ref.id)
-        if rec is None:
-            raise DataUnavailable(f"{context}: chunk {ref.hex} has no record (metadata damaged?)")
-        return await _in_thread(lambda: self.chunks.read(ref.id, rec["g"], rec["p"], rec["l"],
-                                                          context=context))
+        """Plaintext of a chunk, through the read tiers; DataUnavailable naming `context`."""
+        return await self.reader.read(ref, context=context)
 
     # --- records for other subsystems ------------------------------------------------
 
@@ -1031,6 +993,8 @@ class Cluster:
         return [Change(s, b, k) for s, b, k in changes]
 
     async def status(self) -> ClusterStatus:
+        """Counts from the metadata and the nodes, plus `extra` sections from the
+        read tiers and the writer (cache hits, replication backlog...)."""
         def gather() -> ClusterStatus:
             nodes = []
             stored = 0
@@ -1051,68 +1015,15 @@ class Cluster:
                 for _, rec in self.meta.scan(txn, "chunks"):
                     chunks += 1
                     unique += rec["n"]
-            return ClusterStatus(self.path, self.config.k, self.config.m, self.config.chunk_size,
-                                 nodes, buckets, objects, chunks, logical, unique, stored,
-                                 self.counters())
+            st = ClusterStatus(self.path, self.config.k, self.config.m, self.config.chunk_size,
+                               nodes, buckets, objects, chunks, logical, unique, stored,
+                               self.counters())
+            for part in (self.reader, self.writer):
+                st.extra.update(part.status())
+            return st
         return await _in_thread(gather)
 
     async def gc(self, *, grace: float = 60.0, orphan_grace: float = 600.0) -> GcReport:
-        report = GcReport()
-        cutoff = time.time() - grace
-
-        def mark(txn: Any) -> list[tuple[bytes, dict]]:
-            doomed = []
-            for cid, _ in list(self.meta.scan(txn, "gcq")):
-                rec = self.meta.get(txn, "chunks", cid)
-                if rec is None or rec["r"] > 0:
-                    self.meta.delete(txn, "gcq", cid)
-                    continue
-                if rec["s"] == CHUNK_DELETING or rec["t"] <= cutoff:
-                    rec["s"] = CHUNK_DELETING
-                    self.meta.put(txn, "chunks", cid, rec)
-                    doomed.append((cid, rec))
-            return doomed
-
-        doomed = await self._write(mark)
-        for cid, rec in doomed:
-            n, freed = await _in_thread(self.chunks.delete_shards, cid, rec["g"], rec["p"])
-            report.shards_removed += n
-            report.bytes_freed += freed
-
-        def forget(txn: Any) -> int:
-            removed = 0
-            for cid, rec in doomed:
-                cur = self.meta.get(txn, "chunks", cid)
-                if cur is not None and cur["s"] == CHUNK_DELETING and cur["g"] == rec["g"]:
-                    self.meta.delete(txn, "chunks", cid)
-                    self.meta.delete(txn, "gcq", cid)
-                    removed += 1
-            return removed
-
-        report.chunks_removed = await self._write(forget)
-        report.orphans_removed, freed = await _in_thread(self._remove_orphans, orphan_grace)
-        report.bytes_freed += freed
-        return report
-
-    def _remove_orphans(self, grace: float) -> tuple[int, int]:
-        """Shard files no chunk record claims (a writer killed mid-put), older than grace."""
-        cutoff = time.time() - grace
-        removed = freed = 0
-        for node in self.nodes.values():
-            if not node.available():
-                continue
-            for name, mtime in list(node.names()):
-                if mtime > cutoff:
-                    continue
-                parsed = ChunkStore.parse_shard_name(name)
-                if parsed is None:
-                    continue
-                cid, gen, _ = parsed
-                rec = self.chunk_record(cid)
-                if rec is not None and rec["g"] == gen:
-                    continue
-                size = node.size_of(name) or 0
-                if node.delete(name):
-                    removed += 1
-                    freed += size
-        return removed, freed
+        """Remove shards of chunks unreferenced for at least `grace` seconds and
+        orphaned shard files older than `orphan_grace`."""
+        return await collect_garbage(self, grace=grace, orphan_grace=orphan_grace)

@@ -1,0 +1,87 @@
+"""Garbage collection: removing chunks no manifest refers to, off the hot path.
+
+Deletes only decrement refcounts; chunks whose count reached 0 wait in the
+`gcq` table. gc (1) marks candidates older than the grace period as
+deleting in one transaction -- from then on no commit may take a reference to
+them (ChunkMissing) -- (2) deletes their shard files, (3) forgets the records
+whose generation is unchanged. A kill between the steps is harmless: a marked
+record is picked up again by the next run. Shard files no record claims
+(writers killed mid-put) are removed once older than `orphan_grace`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .chunks import ChunkStore
+from .meta import CHUNK_DELETING
+from .types import GcReport
+
+if TYPE_CHECKING:
+    from .store import Cluster
+
+
+async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) -> GcReport:
+    report = GcReport()
+    cutoff = time.time() - grace
+
+    def mark(txn: Any) -> list[tuple[bytes, dict]]:
+        doomed = []
+        for cid, _ in list(c.meta.scan(txn, "gcq")):
+            rec = c.meta.get(txn, "chunks", cid)
+            if rec is None or rec["r"] > 0:
+                c.meta.delete(txn, "gcq", cid)
+                continue
+            if rec["s"] == CHUNK_DELETING or rec["t"] <= cutoff:
+                rec["s"] = CHUNK_DELETING
+                c.meta.put(txn, "chunks", cid, rec)
+                doomed.append((cid, rec))
+        return doomed
+
+    doomed = await c._write(mark)
+    for cid, rec in doomed:
+        n, freed = await trio.to_thread.run_sync(c.chunks.delete_shards, cid, rec["g"], rec["p"])
+        report.shards_removed += n
+        report.bytes_freed += freed
+
+    def forget(txn: Any) -> int:
+        removed = 0
+        for cid, rec in doomed:
+            cur = c.meta.get(txn, "chunks", cid)
+            if cur is not None and cur["s"] == CHUNK_DELETING and cur["g"] == rec["g"]:
+                c.meta.delete(txn, "chunks", cid)
+                c.meta.delete(txn, "gcq", cid)
+                removed += 1
+        return removed
+
+    report.chunks_removed = await c._write(forget)
+    report.orphans_removed, freed = await trio.to_thread.run_sync(_remove_orphans, c, orphan_grace)
+    report.bytes_freed += freed
+    return report
+
+
+def _remove_orphans(c: "Cluster", grace: float) -> tuple[int, int]:
+    """Shard files no chunk record claims (a writer killed mid-put), older than grace."""
+    cutoff = time.time() - grace
+    removed = freed = 0
+    for node in c.nodes.values():
+        if not node.available():
+            continue
+        for name, mtime in list(node.names()):
+            if mtime > cutoff:
+                continue
+            parsed = ChunkStore.parse_shard_name(name)
+            if parsed is None:
+                continue
+            cid, gen, _ = parsed
+            rec = c.chunk_record(cid)
+            if rec is not None and rec["g"] == gen:
+                continue
+            size = node.size_of(name) or 0
+            if node.delete(name):
+                removed += 1
+                freed += size
+    return removed, freed
