@@ -40,6 +40,13 @@ class ChunkWriter:
         """Sections for `ClusterStatus.extra`."""
         return {}
 
+    def read_staged(self, cid: bytes) -> bytes | None:
+        """The sealed chunk if it is still in local staging (write mode `local`), else None.
+
+        In `sync` mode nothing is ever staged.
+        """
+        return None
+
     def placement(self, cid: bytes, bucket: str | None) -> list[str]:
         cfg = self.cluster.config
         return place(cid, cfg.node_ids, cfg.k + cfg.m)
