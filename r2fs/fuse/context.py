@@ -1,0 +1,37 @@
+"""What every part of a mount shares: the bucket, the inode table, settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engine.store import Bucket, Cluster
+from .attrs import Owner
+from .inodes import InodeTable
+from .reader import ChunkReader
+
+
+@dataclass
+class MountOptions:
+    attr_timeout: float = 5.0  # kernel attribute cache (the change poller invalidates)
+    entry_timeout: float = 5.0  # kernel name cache
+    poll_interval: float = 0.25  # change-sequence polling
+    writeback: bool = False  # FUSE writeback cache
+    fuse_options: set[str] = field(default_factory=set)  # passed through to libfuse
+
+
+@dataclass
+class MountContext:
+    cluster: Cluster
+    bucket: Bucket
+    bucket_name: str
+    owner: Owner
+    chunk_size: int
+    staging_dir: str
+    reader: ChunkReader
+    options: MountOptions
+    mounted_ns: int
+    layout: tuple[int, int, list[str]]  # k, m, node directories (for statfs)
+    table: InodeTable = field(default_factory=InodeTable)
+
+    def context(self, key: str) -> str:
+        return f"{self.bucket_name}/{key}"

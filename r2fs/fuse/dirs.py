@@ -1,0 +1,124 @@
+"""Directories over flat keys.
+
+A directory `a/b` exists if its marker key `a/b/` exists or any key starts
+with `a/b/`. Directories made through the mount always get a marker (so they
+survive becoming empty); a directory that only exists implicitly gets one
+when the mount removes its last entry. Resolution order for a path `p`: the
+object `p` (file or symlink) first, then the prefix `p/` (see names.py for
+why the file wins).
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from dataclasses import dataclass
+
+from ..engine.errors import NoSuchKey
+from ..engine.types import Conditional, ObjectInfo
+from . import attrs as A
+from .context import MountContext
+from .errmap import fail
+from .names import dir_prefix, split, visible_name
+
+
+@dataclass
+class Node:
+    """What a path currently is, as the bucket says."""
+
+    path: str
+    attrs: A.PosixAttrs
+    size: int
+    info: ObjectInfo | None  # the file object, or the directory marker (None: implicit/root)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.attrs.mode)
+
+
+def file_node(ctx: MountContext, path: str, info: ObjectInfo) -> Node:
+    kind = A.kind_of(info.key, info.custom_metadata)
+    attrs = A.from_metadata(info.custom_metadata, kind, ctx.owner, int(info.uploaded * A.NS))
+    return Node(path, attrs, info.size, info)
+
+
+def dir_node(ctx: MountContext, path: str, marker: ObjectInfo | None) -> Node:
+    if marker is None:
+        attrs = A.from_metadata({}, stat.S_IFDIR, ctx.owner, ctx.mounted_ns)
+    else:
+        attrs = A.from_metadata(marker.custom_metadata, stat.S_IFDIR, ctx.owner,
+                                int(marker.uploaded * A.NS))
+    return Node(path, attrs, 0, marker)
+
+
+async def resolve(ctx: MountContext, path: str) -> Node:
+    """The node at `path`; ENOENT if neither a file nor a directory is there."""
+    if path == "":
+        return dir_node(ctx, "", None)
+    try:
+        return file_node(ctx, path, await ctx.bucket.head(path))
+    except NoSuchKey:
+        pass
+    prefix = dir_prefix(path)
+    listing = await ctx.bucket.list(prefix=prefix, limit=1)
+    if not listing.objects:
+        raise fail(errno.ENOENT)
+    first = listing.objects[0]
+    return dir_node(ctx, path, first if first.key == prefix else None)
+
+
+async def has_entries(ctx: MountContext, path: str) -> bool:
+    """Whether directory `path` holds any key besides its own marker."""
+    prefix = dir_prefix(path)
+    listing = await ctx.bucket.list(prefix=prefix, limit=2)
+    return any(o.key != prefix for o in listing.objects)
+
+
+async def keep_parent(ctx: MountContext, path: str) -> None:
+    """After removing `path`: give its parent a marker if it would vanish."""
+    parent, _ = split(path)
+    if parent == "":
+        return
+    prefix = dir_prefix(parent)
+    listing = await ctx.bucket.list(prefix=prefix, limit=1)
+    if not listing.objects:
+        await make_marker(ctx, parent, A.new_attrs(stat.S_IFDIR, A.DEFAULT_DIR_PERM,
+                                                   ctx.owner.uid, ctx.owner.gid))
+
+
+async def make_marker(ctx: MountContext, path: str, attrs: A.PosixAttrs, *,
+                      base: dict[str, str] | None = None, create_only: bool = False) -> ObjectInfo:
+    only_if = Conditional(etag_does_not_match="*") if create_only else None
+    return await ctx.bucket.put(dir_prefix(path), b"", custom_metadata=A.to_metadata(attrs, base),
+                                only_if=only_if)
+
+
+async def entries(ctx: MountContext, path: str) -> list[Node]:
+    """The visible entries of directory `path`, in key order (the snapshot for readdir)."""
+    prefix = dir_prefix(path)
+    out: dict[str, Node] = {}
+    subdirs: list[str] = []
+    cursor = None
+    while True:
+        listing = await ctx.bucket.list(prefix=prefix, delimiter="/", cursor=cursor, limit=1000)
+        for info in listing.objects:
+            name = info.key[len(prefix):]
+            if info.key == prefix or not visible_name(name):
+                continue
+            out[name] = file_node(ctx, prefix + name, info)
+        for sub in listing.delimited_prefixes:
+            name = sub[len(prefix):-1]
+            if visible_name(name):
+                subdirs.append(name)
+        if not listing.truncated:
+            break
+        cursor = listing.cursor
+    for name in subdirs:
+        if name in out:  # a file `a` and keys under `a/`: the file wins
+            continue
+        try:
+            marker = await ctx.bucket.head(prefix + name + "/")
+        except NoSuchKey:
+            marker = None
+        out[name] = dir_node(ctx, prefix + name, marker)
+    return [out[name] for name in sorted(out, key=lambda n: n.encode("utf-8"))]

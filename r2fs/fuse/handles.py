@@ -1,0 +1,138 @@
+"""Open files: one shared write buffer per inode, however many handles.
+
+Two descriptors on the same file must see each other's writes at once, so
+the state (buffer, attributes, pending metadata) lives per inode and handles
+only count references and remember their open flags. All changes to one
+open file are serialised by its lock (a commit must not interleave with a
+write, or the write could be lost from the dirty set).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from ..engine.errors import NoSuchKey
+from ..engine.types import ObjectInfo
+from . import attrs as A
+from .context import MountContext
+from .writebuf import FileBuffer
+
+log = logging.getLogger("r2fs.fuse")
+
+
+@dataclass
+class OpenFile:
+    ino: int
+    buf: FileBuffer
+    attrs: A.PosixAttrs
+    meta: dict[str, str]  # custom metadata to write (attributes included at commit)
+    http: dict[str, str] | None
+    meta_dirty: bool = False
+    refs: int = 0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def dirty(self) -> bool:
+        return self.buf.changed or self.meta_dirty
+
+
+@dataclass
+class Handle:
+    fh: int
+    file: OpenFile
+    append: bool
+    writable: bool
+
+
+class OpenFiles:
+    def __init__(self, ctx: MountContext) -> None:
+        self._ctx = ctx
+        self._files: dict[int, OpenFile] = {}
+        self._handles: dict[int, Handle] = {}
+        self._fh = itertools.count(1)
+
+    def get(self, ino: int) -> OpenFile | None:
+        return self._files.get(ino)
+
+    def handle(self, fh: int) -> Handle:
+        return self._handles[fh]
+
+    def all(self) -> list[OpenFile]:
+        return list(self._files.values())
+
+    async def acquire(self, ino: int, path: str, info: ObjectInfo | None = None) -> OpenFile:
+        """The open state of `ino` (read from the bucket if nobody has it open)."""
+        of = self._files.get(ino)
+        if of is None:
+            if info is None:
+                info = await self._ctx.bucket.head(path)
+            of = self._new(ino, info)
+            # another task may have raced us through `head`
+            of = self._files.setdefault(ino, of)
+        of.refs += 1
+        self._ctx.table.pin(ino)
+        return of
+
+    def _new(self, ino: int, info: ObjectInfo) -> OpenFile:
+        ctx = self._ctx
+        kind = A.kind_of(info.key, info.custom_metadata)
+        attrs = A.from_metadata(info.custom_metadata, kind, ctx.owner, int(info.uploaded * A.NS))
+        buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, reader=ctx.reader, base=info,
+                         chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir)
+        return OpenFile(ino=ino, buf=buf, attrs=attrs, meta=dict(info.custom_metadata),
+                        http=dict(info.http_metadata) or None)
+
+    def open_handle(self, of: OpenFile, *, append: bool, writable: bool) -> Handle:
+        h = Handle(next(self._fh), of, append, writable)
+        self._handles[h.fh] = h
+        return h
+
+    async def release(self, of: OpenFile) -> None:
+        """Drop one reference; the last one commits and frees the buffer."""
+        try:
+            if of.refs == 1 and of.dirty:
+                async with of.lock:
+                    await self.commit(of)
+        finally:
+            of.refs -= 1
+            if of.refs == 0 and self._files.get(of.ino) is of:
+                del self._files[of.ino]
+                of.buf.close()
+            self._ctx.table.unpin(of.ino)
+
+    def close_handle(self, fh: int) -> Handle:
+        return self._handles.pop(fh)
+
+    async def commit(self, of: OpenFile) -> ObjectInfo | None:
+        """Make the file durable in the bucket (caller holds `of.lock`).
+
+        Orphans (unlinked while open) have nowhere to go and are kept local.
+        """
+        path = self._ctx.table.path_or_none(of.ino)
+        if path is None or not of.dirty:
+            return None
+        meta = A.to_metadata(of.attrs, of.meta)
+        if of.buf.changed:
+            info = await of.buf.commit(path, custom_metadata=meta, http_metadata=of.http)
+        else:
+            try:
+                info = await self._ctx.bucket.update_metadata(path, custom_metadata=meta)
+            except NoSuchKey:  # deleted by another writer meanwhile: recreate it
+                info = await of.buf.commit(path, custom_metadata=meta, http_metadata=of.http)
+            of.buf.base = info
+        of.meta = dict(info.custom_metadata)
+        of.meta_dirty = False
+        return info
+
+    async def commit_all(self) -> None:
+        """Flush every dirty file (unmount, signals)."""
+        for of in self.all():
+            try:
+                async with of.lock:
+                    await self.commit(of)
+            except Exception:  # noqa: BLE001 - keep flushing the others
+                log.exception("could not flush inode %d", of.ino)

@@ -1,0 +1,89 @@
+"""Noticing changes made by other writers (S3 gateway, Python API, other mounts).
+
+The kernel caches names and attributes (entry/attr timeouts) and file pages.
+Every `poll_interval` this task reads the cluster's change sequence; for each
+changed key of our bucket that the mount did not change itself, it tells the
+kernel to forget what it cached about that path and the directories on the
+way to it. Together with `open()` checking the object's version
+(close-to-open, handled in ops.py) this bounds staleness to about one poll.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyfuse3
+import trio
+
+from .context import MountContext
+from .inodes import ROOT
+from .names import split
+from .tracked import OwnChanges
+
+log = logging.getLogger("r2fs.fuse")
+
+
+class ChangePoller:
+    def __init__(self, ctx: MountContext, own: OwnChanges, is_open: "callable[[int], bool]") -> None:
+        self._ctx = ctx
+        self._own = own
+        self._is_open = is_open
+        self.seq = ctx.cluster.change_seq()
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self._ctx.options.poll_interval)
+            try:
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - never let the poller take the mount down
+                log.exception("change poll failed")
+
+    async def poll_once(self) -> None:
+        cluster = self._ctx.cluster
+        if cluster.change_seq() == self.seq:
+            return
+        paths: set[str] = set()
+        everything = False
+        while True:
+            changes = cluster.changes_since(self.seq)
+            if not changes:
+                break
+            for ch in changes:
+                self.seq = max(self.seq, ch.seq)
+                if ch.key == "" and ch.bucket == "":
+                    everything = True
+                elif ch.bucket == self._ctx.bucket_name and not self._own.is_own(ch.key):
+                    paths.add(ch.key[:-1] if ch.key.endswith("/") else ch.key)
+            if len(changes) < 10000:
+                break
+        self._own.expire()
+        if everything:
+            paths = {p for p, _ in self._ctx.table.items() if p}
+        for path in sorted(paths):
+            await self._invalidate(path)
+
+    async def _invalidate(self, path: str) -> None:
+        table = self._ctx.table
+        ino = table.known(path)
+        if ino is not None and not self._is_open(ino):
+            await _quietly(pyfuse3.invalidate_inode, ino, False)
+        # the path and every directory leading to it may have appeared or vanished
+        while path:
+            parent, name = split(path)
+            pino = ROOT if parent == "" else table.known(parent)
+            if pino is not None and table.known(path) is not None:
+                try:
+                    pyfuse3.invalidate_entry_async(pino, name.encode("utf-8"), ignore_enoent=True)
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("invalidate_entry %s: %s", path, exc)
+                if pino != ROOT:
+                    await _quietly(pyfuse3.invalidate_inode, pino, True)
+            path = parent
+
+
+async def _quietly(fn: "callable", *args: object) -> None:
+    """Kernel notifications may block (writeback) and fail with ENOENT: keep them off the loop."""
+    try:
+        await trio.to_thread.run_sync(fn, *args)
+    except OSError as exc:
+        log.debug("%s%s: %s", fn.__name__, args, exc)

@@ -1,0 +1,136 @@
+"""Running a mount: pyfuse3 + trio main loop, change poller, clean shutdown.
+
+SIGINT/SIGTERM/SIGHUP flush every dirty open file, then end the FUSE loop
+and unmount. An external `fusermount3 -u` ends the loop too; whatever is
+still dirty is flushed before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from ..engine.errors import R2fsError
+from ..engine.store import Cluster
+from .attrs import Owner
+from .context import MountContext, MountOptions
+from .invalidate import ChangePoller
+from .ops import R2Operations
+from .reader import ChunkReader
+from .tracked import OwnChanges, TrackedBucket
+
+log = logging.getLogger("r2fs.fuse")
+
+#: Options r2fs understands itself; everything else goes to libfuse.
+R2FS_OPTIONS = ("attr_timeout", "entry_timeout", "poll_interval", "writeback", "debug")
+
+
+class MountError(R2fsError):
+    """The mount could not be set up (bad options, mount point, bucket)."""
+
+
+def parse_options(text: str | None) -> tuple[MountOptions, bool]:
+    """`-o a=1,b` -> (MountOptions, debug)."""
+    opts = MountOptions()
+    debug = False
+    for item in filter(None, (text or "").split(",")):
+        name, has_value, value = item.partition("=")
+        name = name.strip()
+        try:
+            if name in ("attr_timeout", "entry_timeout", "poll_interval"):
+                setattr(opts, name, float(value))
+                if float(value) < 0 or (name == "poll_interval" and float(value) == 0):
+                    raise ValueError
+            elif name == "writeback":
+                opts.writeback = value.lower() not in ("0", "no", "false") if has_value else True
+            elif name == "debug":
+                debug = True
+            elif name in ("rw", "defaults", "nofail", "_netdev", "auto", "noauto", "user", "nouser"):
+                continue  # fstab words with no meaning here
+            else:
+                opts.fuse_options.add(item.strip())
+        except ValueError:
+            raise MountError(f"bad mount option {item!r}") from None
+    return opts, debug
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    out = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    out |= {"fsname=r2fs", "subtype=r2fs"}
+    out |= opts.fuse_options
+    return out
+
+
+async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: MountOptions,
+                staging_dir: str, on_ready: Callable[[], None] | None = None) -> None:
+    """Mount `bucket_name` at `mountpoint` and serve until unmounted or signalled."""
+    await cluster.head_bucket(bucket_name)  # NoSuchBucket before anything is mounted
+    status = await cluster.status()
+    own = OwnChanges()
+    bucket = TrackedBucket(cluster.bucket(bucket_name), own)
+    ctx = MountContext(cluster=cluster, bucket=bucket, bucket_name=bucket_name,  # type: ignore[arg-type]
+                       owner=Owner(os.getuid(), os.getgid()), chunk_size=status.chunk_size,
+                       staging_dir=staging_dir, reader=ChunkReader(cluster, bucket),  # type: ignore[arg-type]
+                       options=opts, mounted_ns=time.time_ns(),
+                       layout=(status.k, status.m, [n.path for n in status.nodes]))
+    ops = R2Operations(ctx)
+    poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options(opts))
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount at {mountpoint}: {exc} (see the log above for libfuse's reason)") from None
+    log.info("mounted bucket %r at %s", bucket_name, mountpoint)
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx.reader.nursery = nursery
+            nursery.start_soon(poller.run)
+            nursery.start_soon(_on_signals, ops)
+            if on_ready is not None:
+                on_ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await ops.files.commit_all()
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)
+
+
+async def _on_signals(ops: R2Operations) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: flushing and unmounting", signal.Signals(signum).name)
+            await ops.files.commit_all()
+            pyfuse3.terminate()
+            return
+
+
+def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | None,
+        cache_dir: str | None, on_ready: Callable[[], None] | None = None) -> int:
+    """Blocking entry point for the CLI (foreground)."""
+    opts, debug = parse_options(options)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+    cluster = Cluster.open(cluster_path)
+    base = cache_dir or os.path.join(cluster_path, "cache")
+    os.makedirs(base, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="fuse-staging-", dir=base)
+    try:
+        trio.run(serve, cluster, bucket_name, mountpoint, opts, staging, on_ready)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        cluster.close()
+    return 0

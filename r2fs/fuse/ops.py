@@ -1,0 +1,532 @@
+"""The FUSE request handlers (pyfuse3.Operations) of an r2fs mount.
+
+Each handler turns a kernel request into store calls; the rules for the tree
+are in dirs.py/names.py, open-file state in handles.py/writebuf.py, and
+errors become errno only in errmap.py (every handler is wrapped by it).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from ..engine.types import Conditional
+from . import attrs as A
+from .context import MountContext
+from .dirs import Node, dir_node, entries, has_entries, keep_parent, make_marker, resolve
+from .errmap import fail, guard_operations
+from .handles import OpenFile, OpenFiles
+from .inodes import ROOT
+from .names import component, dir_prefix, is_under, join, split
+
+log = logging.getLogger("r2fs.fuse")
+
+BLKSIZE = 1 << 20  # st_blksize: makes cp and stdio use big writes
+XATTR_NAMESPACE = "user."
+AttrChange = Callable[[A.PosixAttrs, dict[str, str]], tuple[A.PosixAttrs, dict[str, str]]]
+
+
+@dataclass
+class DirHandle:
+    ino: int
+    path: str
+    entries: list[tuple[str, int, A.PosixAttrs, int]] | None = None  # name, ino, attrs, size
+
+
+@guard_operations
+class R2Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+
+    def __init__(self, ctx: MountContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.table = ctx.table
+        self.files = OpenFiles(ctx)
+        self.enable_writeback_cache = ctx.options.writeback
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_dir = 1
+        self._root = A.from_metadata({}, stat.S_IFDIR, ctx.owner, ctx.mounted_ns)
+        self._root_meta: dict[str, str] = {}
+        self._cache_version: dict[int, str] = {}  # ino -> version the page cache holds
+        self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
+
+    # --- attributes ------------------------------------------------------------------
+
+    def _entry(self, ino: int, attrs: A.PosixAttrs, size: int, nlink: int = 1) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = self.ctx.options.entry_timeout
+        e.attr_timeout = self.ctx.options.attr_timeout
+        e.st_mode = attrs.mode
+        e.st_nlink = nlink
+        e.st_uid = attrs.uid
+        e.st_gid = attrs.gid
+        e.st_rdev = 0
+        e.st_size = size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = (size + 511) // 512
+        e.st_atime_ns = attrs.atime_ns
+        e.st_mtime_ns = attrs.mtime_ns
+        e.st_ctime_ns = attrs.ctime_ns
+        return e
+
+    def _open_entry(self, of: OpenFile) -> pyfuse3.EntryAttributes:
+        nlink = 1 if self.table.path_or_none(of.ino) is not None else 0
+        return self._entry(of.ino, of.attrs, of.buf.size, nlink)
+
+    async def _node_entry(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
+        of = self.files.get(ino)
+        if of is not None and not node.is_dir:
+            return self._open_entry(of)
+        return self._entry(ino, node.attrs, node.size)
+
+    async def _resolve(self, path: str) -> Node:
+        if path == "":
+            return Node("", self._root, 0, None)
+        return await resolve(self.ctx, path)
+
+    async def _exists(self, path: str) -> Node | None:
+        try:
+            return await self._resolve(path)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def _child(self, parent: int, name: bytes) -> str:
+        return join(self.table.path(parent), component(name))
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        known = self.table.known(path)
+        of = self.files.get(known) if known is not None else None
+        if of is not None:
+            entry = self._open_entry(of)
+        else:
+            node = await self._resolve(path)
+            entry = await self._node_entry(self.table.ino(path), node)
+        self.table.looked_up(entry.st_ino)
+        return entry
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.table.forget(ino, n)
+            if not self.table.exists(ino):
+                self._cache_version.pop(ino, None)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        of = self.files.get(inode)
+        if of is not None:
+            return self._open_entry(of)
+        if inode == ROOT:
+            return self._entry(ROOT, self._root, 0)
+        node = await self._resolve(self.table.path(inode))
+        return self._entry(inode, node.attrs, node.size)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        now = A.now_ns()
+
+        def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
+            if fields.update_mode:
+                a = a.with_perm(attr.st_mode)
+            if fields.update_uid:
+                a = replace(a, uid=attr.st_uid)
+            if fields.update_gid:
+                a = replace(a, gid=attr.st_gid)
+            if fields.update_mtime:
+                a = replace(a, mtime_ns=attr.st_mtime_ns)
+            if fields.update_atime:
+                a = replace(a, atime_ns=attr.st_atime_ns)
+            if fields.update_size:
+                a = replace(a, mtime_ns=now)
+            return replace(a, ctime_ns=now), meta
+
+        size = attr.st_size if fields.update_size else None
+        await self._change(inode, change, truncate=size)
+        return await self.getattr(inode)
+
+    async def _change(self, inode: int, change: AttrChange, truncate: int | None = None) -> None:
+        """Apply an attribute/metadata change to a file, symlink or directory."""
+        if inode == ROOT:
+            if truncate is not None:
+                raise fail(errno.EISDIR)
+            self._root, self._root_meta = change(self._root, self._root_meta)
+            return
+        of = self.files.get(inode)
+        if of is None:
+            path = self.table.path(inode)
+            node = await self._resolve(path)
+            if node.is_dir:
+                if truncate is not None:
+                    raise fail(errno.EISDIR)
+                meta = dict(node.info.custom_metadata) if node.info else {}
+                new_attrs, new_meta = change(node.attrs, meta)
+                await make_marker(self.ctx, path, new_attrs, base=new_meta)
+                return
+            of = await self.files.acquire(inode, path, node.info)
+        else:
+            of = await self.files.acquire(inode, "")
+        try:
+            async with of.lock:
+                if truncate is not None:
+                    if stat.S_ISLNK(of.attrs.mode):
+                        raise fail(errno.EINVAL)
+                    await of.buf.truncate(truncate)
+                of.attrs, of.meta = change(of.attrs, of.meta)
+                of.meta_dirty = True
+                info = await self.files.commit(of)
+                if info is not None and truncate is None:
+                    self._cache_version[inode] = info.version
+        finally:
+            await self.files.release(of)
+
+    # --- names -------------------------------------------------------------------------
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = await self._resolve(self.table.path(inode))
+        if not stat.S_ISLNK(node.attrs.mode) or node.info is None:
+            raise fail(errno.EINVAL)
+        return await self.ctx.reader.read(node.info, 0, node.size)
+
+    async def _create_object(self, parent: int, name: bytes, kind: int, perm: int,
+                             ctx: pyfuse3.RequestContext, content: bytes = b"") -> tuple[str, int, OpenFile | None, object]:
+        path = self._child(parent, name)
+        if await self._exists(path) is not None:
+            raise fail(errno.EEXIST)
+        attrs = A.new_attrs(kind, perm, ctx.uid, ctx.gid)
+        info = await self.ctx.bucket.put(path, content, custom_metadata=A.to_metadata(attrs),
+                                         only_if=Conditional(etag_does_not_match="*"))
+        ino = self.table.ino(path)
+        return path, ino, None, info
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise fail(errno.EPERM)  # only regular files can be objects
+        _, ino, _, info = await self._create_object(parent_inode, name, stat.S_IFREG, mode, ctx)
+        return await self._looked_up_file(ino, info)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _, ino, _, info = await self._create_object(parent_inode, name, stat.S_IFLNK, A.SYMLINK_PERM,
+                                                    ctx, bytes(target))
+        return await self._looked_up_file(ino, info)
+
+    async def _looked_up_file(self, ino: int, info: object) -> pyfuse3.EntryAttributes:
+        path = self.table.path(ino)
+        from .dirs import file_node
+        node = file_node(self.ctx, path, info)  # type: ignore[arg-type]
+        entry = self._entry(ino, node.attrs, node.size)
+        self.table.looked_up(ino)
+        return entry
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        if await self._exists(path) is not None:
+            raise fail(errno.EEXIST)
+        attrs = A.new_attrs(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        marker = await make_marker(self.ctx, path, attrs, create_only=True)
+        ino = self.table.ino(path)
+        self.table.looked_up(ino)
+        return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        path = self._child(parent_inode, name)
+        known = self.table.known(path)
+        of = self.files.get(known) if known is not None else None
+        if of is None:
+            node = await self._resolve(path)
+            if node.is_dir:
+                raise fail(errno.EISDIR)
+        else:
+            async with of.lock:  # the open handles keep the content, locally
+                await of.buf.materialize()
+        if not await self.ctx.bucket.delete(path):
+            raise fail(errno.ENOENT)
+        self.table.detach(path)
+        await keep_parent(self.ctx, path)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        path = self._child(parent_inode, name)
+        node = await self._resolve(path)
+        if not node.is_dir:
+            raise fail(errno.ENOTDIR)
+        if await has_entries(self.ctx, path):
+            raise fail(errno.ENOTEMPTY)
+        await self.ctx.bucket.delete(dir_prefix(path))
+        self.table.detach(path)
+        await keep_parent(self.ctx, path)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise fail(errno.EINVAL)
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        src = await self._resolve(old)
+        if old == new:
+            return
+        dst = await self._exists(new)
+        if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise fail(errno.EEXIST)
+        if src.is_dir:
+            if is_under(new, old):
+                raise fail(errno.EINVAL)
+            replace_keys: list[str] = []
+            if dst is not None:
+                if not dst.is_dir:
+                    raise fail(errno.ENOTDIR)
+                if await has_entries(self.ctx, new):
+                    raise fail(errno.ENOTEMPTY)
+                replace_keys = [dir_prefix(new)]
+            await self.ctx.bucket.rename_prefix(dir_prefix(old), dir_prefix(new), replace_keys=replace_keys)
+        else:
+            if dst is not None and dst.is_dir:
+                raise fail(errno.EISDIR)
+            victim = self.table.known(new)
+            vof = self.files.get(victim) if victim is not None else None
+            if vof is not None:
+                async with vof.lock:
+                    await vof.buf.materialize()
+            await self.ctx.bucket.rename(old, new, replace=True)
+        self.table.detach(new)
+        self.table.move(old, new)
+        await keep_parent(self.ctx, old)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise fail(errno.EPERM)  # objects have one name; documented
+
+    # --- files -------------------------------------------------------------------------
+
+    def _file_info(self, of: OpenFile, flags: int) -> pyfuse3.FileInfo:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        h = self.files.open_handle(of, append=bool(flags & os.O_APPEND), writable=writable)
+        version = of.buf.base.version if of.buf.base is not None else None
+        keep = (version is not None and not (flags & os.O_TRUNC)
+                and self._cache_version.get(of.ino) == version)
+        if version is not None:
+            self._cache_version[of.ino] = version
+        return pyfuse3.FileInfo(fh=h.fh, keep_cache=keep)
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        path = self.table.path(inode)
+        of = await self.files.acquire(inode, path)
+        try:
+            if stat.S_ISLNK(of.attrs.mode):
+                raise fail(errno.ELOOP)
+            if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and of.buf.size:
+                async with of.lock:
+                    await of.buf.truncate(0)
+                    now = A.now_ns()
+                    of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
+            return self._file_info(of, flags)
+        except BaseException:
+            await self.files.release(of)
+            raise
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = self._child(parent_inode, name)
+        attrs = A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid)
+        info = await self.ctx.bucket.put(path, b"", custom_metadata=A.to_metadata(attrs),
+                                         only_if=Conditional(etag_does_not_match="*"))
+        ino = self.table.ino(path)
+        of = await self.files.acquire(ino, path, info)
+        try:
+            fi = self._file_info(of, flags)
+        except BaseException:
+            await self.files.release(of)
+            raise
+        self._cache_version[ino] = info.version
+        self.table.looked_up(ino)
+        return fi, self._open_entry(of)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        of = self.files.handle(fh).file
+        if of.buf.dirty:
+            async with of.lock:
+                return await of.buf.read(off, size)
+        return await of.buf.read(off, size)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.files.handle(fh)
+        of = h.file
+        async with of.lock:
+            if h.append:
+                off = of.buf.size
+            n = await of.buf.write(off, buf)
+            now = A.now_ns()
+            of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
+            return n
+
+    async def _commit(self, of: OpenFile) -> None:
+        async with of.lock:
+            info = await self.files.commit(of)
+        if info is not None:
+            self._cache_version[of.ino] = info.version
+
+    async def flush(self, fh: int) -> None:
+        await self._commit(self.files.handle(fh).file)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._commit(self.files.handle(fh).file)
+
+    async def release(self, fh: int) -> None:
+        h = self.files.close_handle(fh)
+        await self.files.release(h.file)
+
+    # --- directories ----------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        path = self.table.path(inode)
+        node = await self._resolve(path)
+        if not node.is_dir:
+            raise fail(errno.ENOTDIR)
+        fh = self._next_dir
+        self._next_dir += 1
+        self._dirs[fh] = DirHandle(inode, path)
+        self.table.pin(inode)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        d = self._dirs[fh]
+        if d.entries is None or start_id == 0:
+            d.entries = await self._snapshot(d)
+        for i in range(start_id, len(d.entries)):
+            name, ino, attrs, size = d.entries[i]
+            of = self.files.get(ino) if name not in (".", "..") else None
+            entry = self._open_entry(of) if of is not None else self._entry(ino, attrs, size)
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), entry, i + 1):
+                return
+            if name not in (".", ".."):
+                self.table.looked_up(ino)
+
+    async def _snapshot(self, d: DirHandle) -> list[tuple[str, int, A.PosixAttrs, int]]:
+        """The listing readdir offsets index into: stable while entries come and go."""
+        me = await self._resolve(d.path)
+        parent = self.table.known(split(d.path)[0]) if d.path else ROOT
+        parent_node = me if d.path == "" else await self._exists(split(d.path)[0])
+        out = [(".", d.ino, me.attrs, 0),
+               ("..", parent or d.ino, (parent_node or me).attrs, 0)]
+        for node in await entries(self.ctx, d.path):
+            out.append((split(node.path)[1], self.table.ino(node.path), node.attrs, node.size))
+        return out
+
+    async def releasedir(self, fh: int) -> None:
+        d = self._dirs.pop(fh)
+        self.table.unpin(d.ino)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # every directory change is committed when it is made
+
+    # --- extended attributes ------------------------------------------------------
+
+    @staticmethod
+    def _xname(name: bytes) -> str:
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise fail(errno.EINVAL) from None
+        if not text.startswith(XATTR_NAMESPACE):
+            raise fail(errno.ENOTSUP)
+        return text
+
+    async def _meta(self, inode: int) -> dict[str, str]:
+        of = self.files.get(inode)
+        if of is not None:
+            return of.meta
+        if inode == ROOT:
+            return self._root_meta
+        node = await self._resolve(self.table.path(inode))
+        return node.info.custom_metadata if node.info is not None else {}
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            key = self._xname(name)
+        except pyfuse3.FUSEError:
+            raise fail(pyfuse3.ENOATTR) from None
+        value = A.get_xattrs(await self._meta(inode)).get(key)
+        if value is None:
+            raise fail(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [k.encode("utf-8") for k in A.get_xattrs(await self._meta(inode))]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        key = self._xname(name)
+        if len(key.encode()) > 255:
+            raise fail(errno.ERANGE)
+        if len(value) > 4096:
+            raise fail(errno.E2BIG)  # metadata travels in every manifest and HTTP header
+
+        def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
+            x = A.get_xattrs(meta)
+            x[key] = bytes(value)
+            return replace(a, ctime_ns=A.now_ns()), A.with_xattrs(meta, x)
+
+        await self._change(inode, change)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        key = self._xname(name)
+        if key not in A.get_xattrs(await self._meta(inode)):
+            raise fail(pyfuse3.ENOATTR)
+
+        def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
+            x = A.get_xattrs(meta)
+            x.pop(key, None)
+            return replace(a, ctime_ns=A.now_ns()), A.with_xattrs(meta, x)
+
+        await self._change(inode, change)
+
+    # --- file system ------------------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        cached = self._statfs
+        if cached is not None and time.monotonic() - cached[0] < 2.0:
+            return cached[1]
+        k, m, paths = self.ctx.layout
+        total, free = await trio.to_thread.run_sync(_node_space, paths)
+        share = k / (k + m) if k + m else 1.0
+        files = len(self.table) + (1 << 20)
+        bs = 4096
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = BLKSIZE
+        data.f_frsize = bs
+        data.f_blocks = int(total * share) // bs
+        data.f_bfree = data.f_bavail = int(free * share) // bs
+        data.f_files = files  # objects have no inode limit: report plenty free
+        data.f_ffree = data.f_favail = files - len(self.table)
+        data.f_namemax = 255
+        self._statfs = (time.monotonic(), data)
+        return data
+
+
+def _node_space(paths: list[str]) -> tuple[int, int]:
+    """Total and free bytes of the file systems holding the nodes, each counted once."""
+    seen: set[int] = set()
+    total = free = 0
+    for p in paths:
+        try:
+            dev = os.stat(p).st_dev
+            if dev in seen:  # several nodes on one disk: its space counts once
+                continue
+            seen.add(dev)
+            sv = os.statvfs(p)
+        except OSError:
+            continue
+        total += sv.f_blocks * sv.f_frsize
+        free += sv.f_bavail * sv.f_frsize
+    return total, free

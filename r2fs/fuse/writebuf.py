@@ -1,0 +1,180 @@
+"""The write buffer of an open file: a local staging file plus dirty chunks.
+
+An open file is its last committed manifest (`base`, an immutable snapshot)
+overlaid with the changes made since. Changes go to a local staging file
+(anonymous, on the cache disk) at their file offsets; the chunk-sized slots
+they touch are "dirty". A slot that is only partly overwritten is first
+filled from `base`, so a dirty slot in the staging file is always complete.
+Memory stays bounded for any file size: at most one chunk is in memory while
+committing.
+
+Truncation: bytes of `base` at or past `base_limit` (the smallest size the
+file was truncated to since the last commit) are gone; reading there gives
+zeros, as POSIX says for a file shrunk and then grown.
+
+Commit: files up to one chunk go through `Bucket.put` (so the engine may
+keep them inline in their manifest); larger files are committed with
+`Bucket.put_chunks`, re-encoding only dirty slots and reusing `base`'s chunk
+references for the others (when `base` is chunked on the same grid).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ..engine.store import Bucket, Cluster
+from ..engine.types import ChunkRef, ObjectInfo
+from .reader import ChunkReader
+
+
+class FileBuffer:
+    def __init__(self, *, cluster: Cluster, bucket: Bucket, reader: ChunkReader,
+                 base: ObjectInfo | None, chunk_size: int, staging_dir: str) -> None:
+        self._cluster = cluster
+        self._bucket = bucket
+        self._reader = reader
+        self._cs = chunk_size
+        self._dir = staging_dir
+        self._fd: int | None = None
+        self.base = base
+        self.size = base.size if base else 0
+        self._limit = self.size  # base bytes at or beyond this offset are gone
+        self.dirty: set[int] = set()
+        self.changed = False  # anything (data or size) differs from `base`
+
+    # --- staging file ------------------------------------------------------------
+
+    def _staging(self) -> int:
+        if self._fd is None:
+            f = tempfile.TemporaryFile(dir=self._dir, prefix="r2fs-")
+            self._fd = os.dup(f.fileno())
+            f.close()
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # --- reads -----------------------------------------------------------------
+
+    async def _base(self, start: int, end: int) -> bytes:
+        """`base` bytes in [start, end), zero-filled past `base_limit`/base size."""
+        real_end = min(end, self._limit)
+        data = b""
+        if self.base is not None and start < real_end:
+            data = await self._reader.read(self.base, start, real_end - start)
+        if len(data) < end - start:
+            data += bytes(end - start - len(data))
+        return data
+
+    async def read(self, offset: int, length: int) -> bytes:
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        if not self.dirty:
+            return await self._base(offset, end)
+        out = []
+        pos = offset
+        while pos < end:
+            slot = pos // self._cs
+            stop = min(end, (slot + 1) * self._cs)
+            if slot in self.dirty:
+                piece = os.pread(self._staging(), stop - pos, pos)
+                if len(piece) < stop - pos:
+                    piece += bytes(stop - pos - len(piece))
+            else:
+                piece = await self._base(pos, stop)
+            out.append(piece)
+            pos = stop
+        return b"".join(out)
+
+    # --- changes -----------------------------------------------------------------
+
+    async def _make_dirty(self, slot: int, covered: tuple[int, int] | None = None) -> None:
+        """Fill slot `slot` of the staging file from `base` unless `covered` overwrites it all."""
+        if slot in self.dirty:
+            return
+        start = slot * self._cs
+        end = min(start + self._cs, self.size, self._limit)
+        if start < end and not (covered and covered[0] <= start and covered[1] >= end):
+            data = await self._base(start, end)
+            os.pwrite(self._staging(), data, start)
+        self.dirty.add(slot)
+
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        if not data:
+            return 0
+        end = offset + len(data)
+        for slot in range(offset // self._cs, (end - 1) // self._cs + 1):
+            await self._make_dirty(slot, (offset, end))
+        if offset > self.size:
+            # the gap (old size .. offset) must read as zeros: it lies at or past
+            # base_limit only if we say so.
+            self._limit = min(self._limit, self.size)
+        written = os.pwrite(self._staging(), data, offset)
+        self.size = max(self.size, end)
+        self.changed = True
+        return written
+
+    async def truncate(self, size: int) -> None:
+        if size == self.size:
+            return
+        if size < self.size:
+            if size % self._cs:
+                await self._make_dirty(size // self._cs)
+            self.dirty = {s for s in self.dirty if s * self._cs < size}
+            if self._fd is not None:
+                os.ftruncate(self._fd, min(size, os.fstat(self._fd).st_size))
+            self._limit = min(self._limit, size)
+        else:
+            self._limit = min(self._limit, self.size)
+        self.size = size
+        self.changed = True
+
+    async def materialize(self) -> None:
+        """Copy everything into the staging file (the base may soon be deleted)."""
+        for slot in range((self.size + self._cs - 1) // self._cs):
+            await self._make_dirty(slot)
+        self.base = None
+        self._limit = 0
+
+    # --- commit ------------------------------------------------------------------
+
+    async def commit(self, key: str, *, custom_metadata: dict[str, str],
+                     http_metadata: dict[str, str] | None) -> ObjectInfo:
+        """Store the current content as the new version of `key`."""
+        if self.size <= self._cs:
+            info = await self._bucket.put(key, await self.read(0, self.size),
+                                          custom_metadata=custom_metadata, http_metadata=http_metadata)
+        else:
+            refs = await self._chunk_refs()
+            info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
+                                                 http_metadata=http_metadata)
+        self._committed(info)
+        return info
+
+    async def _chunk_refs(self) -> list[ChunkRef]:
+        reusable: dict[int, ChunkRef] = {}
+        if self.base is not None and not self.base.inline:
+            reusable = {off: ref for off, ref in self.base.chunk_spans()}
+        refs = []
+        for slot in range((self.size + self._cs - 1) // self._cs):
+            start = slot * self._cs
+            end = min(start + self._cs, self.size)
+            ref = reusable.get(start)
+            if slot not in self.dirty and ref is not None and ref.size == end - start and end <= self._limit:
+                refs.append(ref)
+            else:
+                refs.append(await self._cluster.write_chunk(await self.read(start, end - start)))
+        return refs
+
+    def _committed(self, info: ObjectInfo) -> None:
+        self.base = info
+        self.size = info.size
+        self._limit = info.size
+        self.dirty.clear()
+        self.changed = False
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # give the space back; slots refill on demand
