@@ -273,15 +273,20 @@ class _LocalSink:
         if os.path.exists(dest) and not os.path.isfile(dest):
             self.file = open(dest, "wb")
             return
+        shown = dest
+        if os.path.islink(dest):
+            dest = os.path.realpath(dest)  # replace the file the link points to, not the link
         self.final = dest
         directory = os.path.dirname(dest) or "."
         temp = os.path.join(directory, f".{os.path.basename(dest)}.r2fs-{secrets.token_hex(4)}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, dest) from None
+            raise OSError(exc.errno, exc.strerror, shown) from None
         self.temp = temp
         self.file = os.fdopen(fd, "wb")
+        with contextlib.suppress(FileNotFoundError):  # overwriting: keep the file's mode, like cp
+            os.chmod(fd, stat_mod.S_IMODE(os.stat(dest).st_mode))
 
     @property
     def shown_name(self) -> str:

@@ -331,6 +331,15 @@ def test_local_file_errors(cli_cluster: Path, tmp_path: Path) -> None:
     assert "under-a-file" in msg
     assert src.read_bytes() == b"content"
 
+    # Overwriting keeps the target's mode and writes through a symlink.
+    target = tmp_path / "target"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    (tmp_path / "link").symlink_to(target)
+    ok(r2fs(cli_cluster, "get", "data/here", tmp_path / "link"))
+    assert (tmp_path / "link").is_symlink() and target.read_bytes() == b"content"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
     msg = one_line_error(r2fs(cli_cluster, "put", tmp_path / "missing", "data/x"))
     assert "missing" in msg
     assert "Is a directory" in one_line_error(r2fs(cli_cluster, "put", tmp_path, "data/x"))
@@ -348,6 +357,27 @@ def test_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
     one_line_error(proc)
     assert proc.returncode == 2
     assert not path.exists()  # argument errors never create the default cluster
+
+
+def test_bad_key(cli_cluster: Path) -> None:
+    assert "1024" in one_line_error(r2fs(cli_cluster, "put", "-", "data/" + "k" * 1100, input=b"x"))
+
+
+def test_damaged_cluster_dir(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    ok(r2fs(path, "init"))
+    key = (path / "master.key").read_bytes()
+    (path / "master.key").unlink()
+    assert "master key" in one_line_error(r2fs(path, "status"))
+    assert not (path / "master.key").exists()  # never silently replaced
+    (path / "master.key").write_bytes(key + b"x")
+    assert "master key" in one_line_error(r2fs(path, "status"))
+    (path / "master.key").write_bytes(key)
+    config = (path / "cluster.toml").read_text()
+    (path / "cluster.toml").write_text(config.replace("format = 1", "format = 99"))
+    assert "format" in one_line_error(r2fs(path, "status"))
+    (path / "cluster.toml").write_text("not [ toml")
+    assert "cluster.toml" in one_line_error(r2fs(path, "status"))
 
 
 def test_wrong_master_key(tmp_path: Path) -> None:
