@@ -47,6 +47,9 @@ CODES: dict[str, tuple[int, str]] = {
     "PreconditionFailed": (412, "At least one of the preconditions you specified did not hold"),
     "RequestTimeTooSkewed": (403, "The difference between the request time and the server's time is too large"),
     "ServiceUnavailable": (503, "Please reduce your request rate"),
+    "XAmzContentSHA256Mismatch": (400, "The provided 'x-amz-content-sha256' header does not match what was computed"),
+    "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size"),
+    "AccessForbidden": (403, "CORSResponse: This CORS request is not allowed"),
     "SignatureDoesNotMatch": (403, "The request signature we calculated does not match the signature you provided"),
 }
 

@@ -1,0 +1,111 @@
+"""S3 gateway commands: `serve`, `keys create|list|delete`, `bucket public NAME on|off`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+from ..engine.errors import R2fsError
+from ..engine.store import Cluster
+from . import UsageError
+from .engine_cmds import bucket_group, open_cluster, run
+
+
+class NoSuchAccessKey(R2fsError):
+    """`keys delete` named a key that does not exist."""
+
+
+def _listen(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: use HOST:PORT, e.g. 127.0.0.1:9000")
+    return text
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..s3 import server
+
+    if (args.certfile is None) != (args.keyfile is None):
+        raise UsageError("--certfile and --keyfile go together")
+    server.configure_logging()
+
+    def ready(url: str) -> None:
+        print(f"r2fs S3 gateway listening on {url} (region auto; path-style, or BUCKET.{args.domain})",
+              flush=True)
+
+    with open_cluster(args) as cluster:
+        run(partial(server.serve, cluster, args.listen, virtual_hosts=(args.domain,),
+                    certfile=args.certfile, keyfile=args.keyfile, on_ready=ready))
+    return 0
+
+
+async def _keys_create(cluster: Cluster, args: argparse.Namespace) -> None:
+    from ..s3 import keys
+
+    if args.bucket is not None:
+        await cluster.head_bucket(args.bucket)  # NoSuchBucket: refuse keys for missing buckets
+    key = await keys.create_key(cluster, bucket=args.bucket, read_only=args.read_only)
+    print(f"AWS_ACCESS_KEY_ID={key.id}")
+    print(f"AWS_SECRET_ACCESS_KEY={key.secret}")
+
+
+async def _keys_list(cluster: Cluster, args: argparse.Namespace) -> None:
+    from ..s3 import keys
+
+    for key in sorted(await keys.list_keys(cluster), key=lambda k: k.created):
+        scope = f"bucket {key.bucket}" if key.bucket else "all buckets"
+        mode = "read-only" if key.read_only else "read-write"
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(key.created))
+        print(f"{key.id}  {mode:10}  {scope}  created {created}")
+
+
+async def _keys_delete(cluster: Cluster, args: argparse.Namespace) -> None:
+    from ..s3 import keys
+
+    if not await keys.delete_key(cluster, args.id):
+        raise NoSuchAccessKey(f"no access key {args.id}")
+    print(f"deleted access key {args.id}")
+
+
+async def _bucket_public(cluster: Cluster, args: argparse.Namespace) -> None:
+    await cluster.update_bucket_settings(args.name, public=True if args.state == "on" else None)
+    print(f"bucket {args.name}: anonymous read access {args.state}")
+
+
+def _runner(fn):
+    def cmd(args: argparse.Namespace) -> int:
+        with open_cluster(args) as cluster:
+            run(fn, cluster, args)
+        return 0
+    return cmd
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the S3-compatible gateway",
+                              description="Serve the cluster's buckets over an S3-compatible API (SigV4).")
+    p.add_argument("--listen", type=_listen, default="127.0.0.1:9000", metavar="HOST:PORT",
+                   help="address to bind (default 127.0.0.1:9000)")
+    p.add_argument("--domain", default="localhost",
+                   help="virtual-host-style suffix: BUCKET.DOMAIN addresses a bucket (default localhost)")
+    p.add_argument("--certfile", help="TLS certificate (PEM) to serve https")
+    p.add_argument("--keyfile", help="TLS private key (PEM)")
+    p.set_defaults(func=cmd_serve)
+
+    k = subparsers.add_parser("keys", help="manage S3 access keys", description="Manage S3 access keys.")
+    ks = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    ks.required = True
+    c = ks.add_parser("create", help="create a key pair (the secret is shown once)")
+    c.add_argument("--bucket", help="restrict the key to this bucket")
+    c.add_argument("--read-only", action="store_true", help="allow only reads and listings")
+    c.set_defaults(func=_runner(_keys_create))
+    ks.add_parser("list", help="list access keys (without secrets)").set_defaults(func=_runner(_keys_list))
+    d = ks.add_parser("delete", help="delete an access key")
+    d.add_argument("id", help="access key id")
+    d.set_defaults(func=_runner(_keys_delete))
+
+    pub = bucket_group(subparsers).add_parser(
+        "public", help="allow or stop anonymous read-only access (like r2.dev)")
+    pub.add_argument("name", help="bucket name")
+    pub.add_argument("state", choices=("on", "off"))
+    pub.set_defaults(func=_runner(_bucket_public))

@@ -1,0 +1,182 @@
+"""Object operations: GetObject, HeadObject, PutObject, CopyObject, DeleteObject(s)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from ..engine import errors as engine_errors
+from ..engine.types import Range
+from .context import (Ctx, conditional, content_md5, custom_metadata, etag_header, http_metadata,
+                      object_headers)
+from .errors import S3Error, to_s3_error
+from .http import Response
+from .payload import Payload
+from .xmlio import document, iso8601, parse_delete
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+MAX_OBJECT_SIZE = 5 * 1024 ** 4  # 5 TiB, as S3
+MAX_SINGLE_PUT = 5 * 1024 ** 3  # 5 GiB per PUT / part, as S3
+
+
+def parse_range(value: str | None) -> Range | None:
+    """`bytes=a-b`, `bytes=a-`, `bytes=-n` -> Range. Anything else is refused (InvalidRange):
+    S3 silently ignores malformed ranges; we say so instead of sending the whole object."""
+    if value is None:
+        return None
+    m = _RANGE.match(value)
+    if not m or (not m.group(1) and not m.group(2)):
+        raise S3Error("InvalidRange", f"unsupported or malformed Range {value!r} (one bytes= range only)")
+    start, end = m.group(1), m.group(2)
+    if not start:
+        suffix = int(end)
+        if suffix == 0:
+            raise S3Error("InvalidRange")
+        return Range(suffix=suffix)
+    if end:
+        if int(end) < int(start):
+            raise S3Error("InvalidRange", f"range end before start in {value!r}")
+        return Range(offset=int(start), length=int(end) - int(start) + 1)
+    return Range(offset=int(start))
+
+
+async def get_object(ctx: Ctx, *, head: bool = False) -> Response:
+    req = ctx.req
+    if req.query.get("partNumber"):
+        raise S3Error("NotImplemented", "GET/HEAD with partNumber is not supported")
+    rng = parse_range(req.header("range"))
+    only_if = conditional(req)
+    resp = Response()
+    if head:
+        info = await ctx.bucket.head(ctx.key)
+        if only_if is not None or rng is not None:
+            # Reuse the store's precedence rules and range maths without reading data.
+            body = await ctx.bucket.get(ctx.key, range=rng, only_if=only_if)
+            info, offset, length = body.info, body.offset, body.length
+            await body.aclose()
+        else:
+            offset, length = 0, info.size
+    else:
+        body = await ctx.bucket.get(ctx.key, range=rng, only_if=only_if)
+        info, offset, length = body.info, body.offset, body.length
+        resp.stream = body.__aiter__()
+        resp.on_close = body.aclose
+    object_headers(resp, info, with_checksums=(rng is None and
+                                               (req.header("x-amz-checksum-mode") or "").upper() == "ENABLED"))
+    if rng is not None:
+        resp.status = 206
+        resp.set("Content-Range", f"bytes {offset}-{offset + length - 1}/{info.size}")
+    resp.set("Content-Length", str(length))
+    if ctx.signing is not None:
+        for param, header in RESPONSE_OVERRIDES.items():
+            if param in req.query:
+                resp.headers = [(k, v) for k, v in resp.headers if k.lower() != header.lower()]
+                resp.set(header, req.query[param])
+    return resp
+
+
+async def head_object(ctx: Ctx) -> Response:
+    return await get_object(ctx, head=True)
+
+
+def _put_conditions(ctx: Ctx):
+    only_if = conditional(ctx.req)
+    if only_if is not None and (only_if.uploaded_after or only_if.uploaded_before):
+        raise S3Error("NotImplemented", "date conditions are supported on reads only")
+    if only_if is not None and only_if.etag_does_not_match not in (None, "*"):
+        raise S3Error("NotImplemented", "If-None-Match on writes accepts only '*'")
+    return only_if
+
+
+def check_size(payload: Payload) -> None:
+    if payload.length is not None and payload.length > MAX_SINGLE_PUT:
+        raise S3Error("EntityTooLarge", f"a single PUT or part is limited to {MAX_SINGLE_PUT} bytes; "
+                                        "use multipart upload")
+
+
+async def put_object(ctx: Ctx) -> Response:
+    req = ctx.req
+    payload = Payload(req, ctx.signing)
+    check_size(payload)
+    md = http_metadata(req)
+    custom = custom_metadata(req)
+    md5 = content_md5(req)
+    only_if = _put_conditions(ctx)
+    info = await ctx.bucket.put(ctx.key, payload, http_metadata=md, custom_metadata=custom,
+                                only_if=only_if, content_md5=md5, checksums=payload.checksums)
+    resp = Response()
+    resp.set("ETag", etag_header(info.etag))
+    for algo, value in payload.checksums.items():
+        resp.set(f"x-amz-checksum-{algo}", value)
+    return resp
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """`x-amz-copy-source` -> (bucket, key); only the null version exists."""
+    path, _, query = value.partition("?")
+    if query and query not in ("versionId=null",):
+        raise S3Error("NotImplemented", "object versions are not supported (only versionId=null)")
+    path = unquote(path).lstrip("/")
+    bucket, _, key = path.partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "x-amz-copy-source must be BUCKET/KEY")
+    return bucket, key
+
+
+async def copy_object(ctx: Ctx) -> Response:
+    req = ctx.req
+    src_bucket, src_key = parse_copy_source(req.header("x-amz-copy-source") or "")
+    ctx.gateway.authorize_source(ctx, src_bucket)
+    directive = (req.header("x-amz-metadata-directive") or "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "x-amz-metadata-directive must be COPY or REPLACE")
+    if directive == "COPY" and (src_bucket, src_key) == (ctx.bucket_name, ctx.key):
+        raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
+                                        "to itself without changing the object's metadata")
+    md = custom = None
+    if directive == "REPLACE":
+        md, custom = http_metadata(req), custom_metadata(req)
+    await req.drain()
+    info = await ctx.cluster.bucket(src_bucket).copy(
+        src_key, ctx.key, dst_bucket=ctx.bucket_name, http_metadata=md, custom_metadata=custom,
+        only_if=conditional(req, "x-amz-copy-source-"))
+    resp = Response(body=document("CopyObjectResult", [
+        ("LastModified", iso8601(info.uploaded)), ("ETag", etag_header(info.etag))]))
+    resp.set("Content-Type", "application/xml")
+    return resp
+
+
+async def delete_object(ctx: Ctx) -> Response:
+    await ctx.bucket.delete(ctx.key)
+    return Response(status=204)
+
+
+async def delete_objects(ctx: Ctx) -> Response:
+    """DeleteObjects; Content-MD5 is optional (SDKs send a CRC checksum header instead)."""
+    body = await ctx.req.read_all(2 * 1024 * 1024)
+    keys, quiet = parse_delete(body)
+    deleted: list[str] = []
+    failed: list[tuple[str, S3Error]] = []
+    try:
+        await ctx.bucket.delete(keys)
+        deleted = keys
+    except (engine_errors.InvalidKey,):
+        for key in keys:  # find out which key is bad; delete the rest
+            try:
+                await ctx.bucket.delete(key)
+                deleted.append(key)
+            except engine_errors.InvalidKey as exc:
+                failed.append((key, to_s3_error(exc)))
+    children = [] if quiet else [("Deleted", [("Key", k)]) for k in deleted]
+    children += [("Error", [("Key", k), ("Code", e.code), ("Message", e.message)]) for k, e in failed]
+    resp = Response(body=document("DeleteResult", children))
+    resp.set("Content-Type", "application/xml")
+    return resp
