@@ -39,33 +39,53 @@ def _aad(chunk_id: bytes) -> bytes:
 
 
 def seal_chunk(master: MasterKey, chunk_id: bytes, plaintext: Buffer) -> bytearray:
-    """Encrypt and authenticate one chunk; returns a fresh buffer the caller owns.
+    """Encrypt and authenticate one chunk; returns a fresh buffer the caller owns."""
+    out = bytearray(SEAL_OVERHEAD + len(plaintext))
+    seal_chunk_into(master, chunk_id, plaintext, out)
+    return out
+
+
+def seal_chunk_into(master: MasterKey, chunk_id: bytes, plaintext: Buffer,
+                    out: bytearray | memoryview) -> None:
+    """`seal_chunk` into a caller's buffer of exactly len(plaintext) + SEAL_OVERHEAD bytes.
 
     A random nonce per seal: the key is already unique per chunk id, the
     nonce keeps re-sealing the same chunk (after gc, in another process) safe too.
     """
-    n = len(plaintext)
-    out = bytearray(SEAL_OVERHEAD + n)
-    out[0] = SEAL_VERSION
+    view = memoryview(out).cast("B")
+    if len(view) != SEAL_OVERHEAD + len(plaintext):
+        raise ValueError(f"seal buffer is {len(view)} bytes, need {SEAL_OVERHEAD + len(plaintext)}")
     nonce = os.urandom(NONCE_SIZE)
-    out[1:_HEADER] = nonce
-    AESGCM(master.chunk_key(chunk_id)).encrypt_into(
-        nonce, plaintext, _aad(chunk_id), memoryview(out)[_HEADER:])
-    return out
+    view[0] = SEAL_VERSION
+    view[1:_HEADER] = nonce
+    AESGCM(master.chunk_key(chunk_id)).encrypt_into(nonce, plaintext, _aad(chunk_id), view[_HEADER:])
 
 
 def open_chunk(master: MasterKey, chunk_id: bytes, sealed: Buffer) -> bytearray:
     """Decrypt and authenticate; ChunkCorrupt on any failure, never unauthenticated bytes."""
-    view = memoryview(sealed)
+    if len(sealed) < SEAL_OVERHEAD:
+        raise ChunkCorrupt(f"chunk {chunk_id.hex()}: sealed data truncated ({len(sealed)} bytes)")
+    out = bytearray(len(sealed) - SEAL_OVERHEAD)
+    open_chunk_into(master, chunk_id, sealed, out)
+    return out
+
+
+def open_chunk_into(master: MasterKey, chunk_id: bytes, sealed: Buffer,
+                    out: bytearray | memoryview) -> None:
+    """`open_chunk` into a caller's buffer of exactly len(sealed) - SEAL_OVERHEAD bytes.
+
+    On failure `out` may hold partial plaintext: the caller must discard it.
+    """
+    view = memoryview(sealed).cast("B")
     if len(view) < SEAL_OVERHEAD:
         raise ChunkCorrupt(f"chunk {chunk_id.hex()}: sealed data truncated ({len(view)} bytes)")
     if view[0] != SEAL_VERSION:
         raise ChunkCorrupt(f"chunk {chunk_id.hex()}: unknown encryption format version {view[0]}")
-    out = bytearray(len(view) - SEAL_OVERHEAD)
+    if len(out) != len(view) - SEAL_OVERHEAD:
+        raise ValueError(f"open buffer is {len(out)} bytes, need {len(view) - SEAL_OVERHEAD}")
     try:
         AESGCM(master.chunk_key(chunk_id)).decrypt_into(
             view[1:_HEADER], view[_HEADER:], _aad(chunk_id), out)
     except InvalidTag:
         raise ChunkCorrupt(
             f"chunk {chunk_id.hex()} failed authentication (tampered data or wrong master key)") from None
-    return out

@@ -17,7 +17,7 @@ import hashlib
 import os
 import secrets
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import R2fsError
 
@@ -119,6 +119,26 @@ class LocalNode:
     def read(self, name: str) -> bytes:
         with open(self._file(name), "rb", buffering=0) as f:
             return f.readall()
+
+    def read_into(self, name: str, alloc: Callable[[int], bytearray]) -> memoryview:
+        """Read a whole file into a buffer from `alloc(size)` (e.g. a pool); a view of it.
+
+        `view.obj` is the buffer, so the caller can hand it back to its pool.
+        """
+        fd = os.open(self._file(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            buf = alloc(size)
+            view = memoryview(buf)[:size]
+            got = 0
+            while got < size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:  # the file shrank while we read: report what is there
+                    return view[:got]
+                got += n
+            return view
+        finally:
+            os.close(fd)
 
     def delete(self, name: str) -> bool:
         try:
