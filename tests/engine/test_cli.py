@@ -483,3 +483,29 @@ def test_parse_object_path_and_format_size() -> None:
         parse_object_path("b/")
     assert format_size(0) == "0 B" and format_size(1023) == "1023 B"
     assert format_size(1536) == "1.5 KiB" and format_size(10 * MiB) == "10.0 MiB"
+
+
+def test_status_lines_print_counters_and_extra_sections() -> None:
+    """Sections other subsystems add to ClusterStatus appear without the CLI knowing them."""
+    from r2fs.cli.engine_cmds import status_lines
+    from r2fs.engine.types import ClusterStatus, NodeStatus
+
+    st = ClusterStatus(
+        path="/c", k=4, m=2, chunk_size=4 * MiB,
+        nodes=[NodeStatus("n0", "/c/nodes/n0", "weur", 10 * MiB, 3, 3 * MiB, True),
+               NodeStatus("n1", "/c/nodes/n1", "", 0, 0, 0, False)],
+        buckets=1, objects=2, chunks=3, logical_bytes=6 * MiB, unique_bytes=4 * MiB,
+        stored_bytes=6 * MiB,
+        counters={"photos": {"class_b": 7, "class_a": 2}},
+        extra={"cache": {"size": 123, "hits": 4}, "replication": {"pending": [1, 2]}, "mode": "local"},
+    )
+    lines = status_lines(st)
+    text = "\n".join(lines)
+    assert lines[2] == "nodes:    2"
+    assert lines[4].split() == ["n0", "weur", "up", "10.0", "MiB", "3", "3.0", "MiB", "/c/nodes/n0"]
+    assert lines[5].split()[:3] == ["n1", "-", "DOWN"]
+    assert "stored:   6.0 MiB (6291456 bytes on nodes) (1.50x unique)" in text
+    assert "  photos: class_a=2, class_b=7" in text
+    assert "cache:\n  size: 123\n  hits: 4" in text
+    assert "replication:\n  pending:\n    - 1\n    - 2" in text
+    assert lines[-1] == "mode: local"
