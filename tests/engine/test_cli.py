@@ -380,6 +380,30 @@ def test_damaged_cluster_dir(tmp_path: Path) -> None:
     assert "cluster.toml" in one_line_error(r2fs(path, "status"))
 
 
+def test_get_of_unreadable_object_leaves_target_alone(tmp_path: Path, big_file: Path) -> None:
+    """More than m nodes gone: one clear line, and the old local file is untouched."""
+    import shutil
+
+    path = tmp_path / "c"
+    ok(r2fs(path, "init"))
+    ok(r2fs(path, "bucket", "create", "lost"))
+    ok(r2fs(path, "put", big_file, "lost/big"))
+    dest = tmp_path / "out"
+    dest.write_bytes(b"previous")
+    for i in range(2):  # m nodes gone: still readable
+        shutil.rmtree(path / "nodes" / f"n{i}")
+    ok(r2fs(path, "get", "lost/big", dest))
+    assert dest.read_bytes() == big_file.read_bytes()
+    dest.write_bytes(b"previous")
+    shutil.rmtree(path / "nodes" / "n2")  # m+1
+    msg = one_line_error(r2fs(path, "get", "lost/big", dest))
+    assert "lost/big" in msg, msg
+    assert dest.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "out"]  # no temp file left
+    status = ok(r2fs(path, "status"))
+    assert status.count("DOWN") == 3
+
+
 def test_wrong_master_key(tmp_path: Path) -> None:
     path = tmp_path / "c"
     ok(r2fs(path, "init"))
