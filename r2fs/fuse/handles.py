@@ -32,6 +32,7 @@ class OpenFile:
     meta: dict[str, str]  # custom metadata to write (attributes included at commit)
     http: dict[str, str] | None
     meta_dirty: bool = False
+    pending: bool = False  # created through the mount, not yet in the bucket
     refs: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -76,6 +77,30 @@ class OpenFiles:
         of.refs += 1
         self._ctx.table.pin(ino)
         return of
+
+    def create(self, ino: int, attrs: A.PosixAttrs) -> OpenFile:
+        """A new file, kept local until its first flush: one commit per small file.
+
+        (The kernel already holds the name, so other openers on this mount
+        find it; readdir merges pending files in.)
+        """
+        ctx = self._ctx
+        buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, reader=ctx.reader, base=None,
+                         chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir)
+        buf.changed = True
+        of = OpenFile(ino=ino, buf=buf, attrs=attrs, meta={}, http=None, pending=True, refs=1)
+        self._files[ino] = of
+        ctx.table.pin(ino)
+        return of
+
+    def pending_in(self, parent: str) -> list[tuple[str, OpenFile]]:
+        """Files created in directory `parent` that are not yet in the bucket."""
+        out = []
+        for of in self._files.values():
+            path = self._ctx.table.path_or_none(of.ino)
+            if of.pending and path is not None and path.rpartition("/")[0] == parent:
+                out.append((path, of))
+        return out
 
     def _new(self, ino: int, info: ObjectInfo) -> OpenFile:
         ctx = self._ctx
@@ -126,6 +151,7 @@ class OpenFiles:
             of.buf.base = info
         of.meta = dict(info.custom_metadata)
         of.meta_dirty = False
+        of.pending = False
         return info
 
     async def commit_all(self) -> None:

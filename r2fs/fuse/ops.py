@@ -252,6 +252,9 @@ class R2Operations(pyfuse3.Operations):
         else:
             async with of.lock:  # the open handles keep the content, locally
                 await of.buf.materialize()
+                if of.pending:
+                    self.table.detach(path)
+                    return
         if not await self.ctx.bucket.delete(path):
             raise fail(errno.ENOENT)
         self.table.detach(path)
@@ -274,6 +277,10 @@ class R2Operations(pyfuse3.Operations):
             raise fail(errno.EINVAL)
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
+        known = self.table.known(old)
+        sof = self.files.get(known) if known is not None else None
+        if sof is not None and sof.pending:
+            await self._commit(sof)  # give it a key to rename
         src = await self._resolve(old)
         if old == new:
             return
@@ -339,17 +346,15 @@ class R2Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
-        attrs = A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid)
-        info = await self.ctx.bucket.put(path, b"", custom_metadata=A.to_metadata(attrs),
-                                         only_if=Conditional(etag_does_not_match="*"))
         ino = self.table.ino(path)
-        of = await self.files.acquire(ino, path, info)
+        if self.files.get(ino) is not None:
+            raise fail(errno.EEXIST)
+        of = self.files.create(ino, A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid))
         try:
             fi = self._file_info(of, flags)
         except BaseException:
             await self.files.release(of)
             raise
-        self._cache_version[ino] = info.version
         self.table.looked_up(ino)
         return fi, self._open_entry(of)
 
@@ -420,7 +425,13 @@ class R2Operations(pyfuse3.Operations):
         parent_node = me if d.path == "" else await self._exists(split(d.path)[0])
         out = [(".", d.ino, me.attrs, 0),
                ("..", parent or d.ino, (parent_node or me).attrs, 0)]
-        for node in await entries(self.ctx, d.path):
+        listed = await entries(self.ctx, d.path)
+        names = {split(node.path)[1] for node in listed}
+        for path, of in self.files.pending_in(d.path):
+            if split(path)[1] not in names:
+                listed.append(Node(path, of.attrs, of.buf.size, None))
+        listed.sort(key=lambda node: node.path.encode("utf-8"))
+        for node in listed:
             out.append((split(node.path)[1], self.table.ino(node.path), node.attrs, node.size))
         return out
 

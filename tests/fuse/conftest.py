@@ -1,0 +1,37 @@
+"""Fixtures for FUSE tests (the helpers are in fusehelp.py).
+
+Every mount made here is ALWAYS unmounted in `finally`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fusehelp import BUCKET, Mount, make_cluster
+
+
+@pytest.fixture
+def mount_factory(tmp_path):
+    """Make (and always tear down) mounts: factory(options=None) -> Mount."""
+    made: list[Mount] = []
+    cluster_dir = str(tmp_path / "cluster")
+    make_cluster(cluster_dir)
+
+    def factory(options: str | None = None, name: str = "mnt") -> Mount:
+        path = tmp_path / name
+        path.mkdir(exist_ok=True)
+        m = Mount(cluster_dir, BUCKET, str(path), options)
+        made.append(m)
+        m.start()
+        return m
+
+    try:
+        yield factory
+    finally:
+        for m in made:
+            m.stop()
+
+
+@pytest.fixture
+def mnt(mount_factory) -> Mount:
+    return mount_factory()
