@@ -29,7 +29,7 @@ from .shards import ShardInvalid, pack_shard_parts, read_shard
 Buffer = bytes | bytearray | memoryview
 
 _SHARD_NAME = re.compile(r"^([0-9a-f]{64})\.(\d+)\.(\d+)$")
-_IO_WORKERS = 12
+_IO_WORKERS = 16
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -210,12 +210,18 @@ class ChunkStore:
 
     # --- read ------------------------------------------------------------------------
 
-    def _fetch(self, chunk_id: bytes, name: str, index: int, node_id: str) -> memoryview:
-        """One verified shard payload (a view into a pooled buffer; see _release)."""
+    def _fetch(self, chunk_id: bytes, name: str, index: int, node_id: str,
+               only_if_cached: bool = False) -> memoryview | None:
+        """One verified shard payload (a view into a pooled buffer; see _release).
+
+        only_if_cached: None if the file is not in the page cache (nothing read).
+        """
         node = self.nodes.get(node_id)
         if node is None:
             raise NodeUnavailable(f"unknown node {node_id}")
-        blob = node.read_into(name, _buffers.get)
+        blob = node.read_into(name, _buffers.get, only_if_cached=only_if_cached)
+        if blob is None:
+            return None
         try:
             header, payload = read_shard(blob, expect_chunk_id=chunk_id, expect_index=index)
             if (header.k, header.m, header.codec, header.stripe_size) != (
@@ -247,25 +253,44 @@ class ChunkStore:
         unsupported: list[str] = []
 
         def collect(indices: range) -> None:
-            # the calling thread reads the first shard itself instead of idling
-            futures = {i: pool.submit(self._fetch, chunk_id, names[i], i, placement[i])
-                       for i in indices[1:]}
-            first = indices[0]
+            # Hot shards (in the page cache) are read right here: a hop to another
+            # thread costs more than the copy. Once one shard turns out cold, the
+            # rest go to the I/O pool at once, so the disk sees them all together.
+            futures: dict[int, Future[memoryview | None]] = {}
             for i in indices:
+                if futures:
+                    futures[i] = pool.submit(self._fetch, chunk_id, names[i], i, placement[i])
+                    continue
                 try:
-                    if i == first:
-                        good[i] = self._fetch(chunk_id, names[i], i, placement[i])
+                    view = self._fetch(chunk_id, names[i], i, placement[i], True)
+                    if view is None:
+                        futures[i] = pool.submit(self._fetch, chunk_id, names[i], i, placement[i])
                     else:
-                        good[i] = futures[i].result()
-                except FileNotFoundError:
-                    problems.append(f"shard {i} on {placement[i]}: missing")
-                except UnsupportedFormat as e:
-                    unsupported.append(str(e))
-                    problems.append(f"shard {i} on {placement[i]}: {e}")
-                except (ShardInvalid, NodeUnavailable) as e:
-                    problems.append(f"shard {i} on {placement[i]}: {e}")
-                except OSError as e:
-                    problems.append(f"shard {i} on {placement[i]}: {e.strerror or e}")
+                        good[i] = view
+                except Exception as e:  # noqa: BLE001 -- classified by note()
+                    note(i, e)
+            for i, fut in futures.items():
+                try:
+                    view = fut.result()
+                    assert view is not None
+                    good[i] = view
+                except Exception as e:  # noqa: BLE001
+                    note(i, e)
+
+        def note(i: int, error: Exception) -> None:
+            """Record why shard i is unusable; re-raise what is not about the shard."""
+            where = f"shard {i} on {placement[i]}"
+            if isinstance(error, FileNotFoundError):
+                problems.append(f"{where}: missing")
+            elif isinstance(error, UnsupportedFormat):
+                unsupported.append(str(error))
+                problems.append(f"{where}: {error}")
+            elif isinstance(error, (ShardInvalid, NodeUnavailable)):
+                problems.append(f"{where}: {error}")
+            elif isinstance(error, OSError):
+                problems.append(f"{where}: {error.strerror or error}")
+            else:
+                raise error
 
         try:
             collect(range(self.k))

@@ -120,14 +120,20 @@ class LocalNode:
         with open(self._file(name), "rb", buffering=0) as f:
             return f.readall()
 
-    def read_into(self, name: str, alloc: Callable[[int], bytearray]) -> memoryview:
+    def read_into(self, name: str, alloc: Callable[[int], bytearray], *,
+                  only_if_cached: bool = False) -> memoryview | None:
         """Read a whole file into a buffer from `alloc(size)` (e.g. a pool); a view of it.
 
         `view.obj` is the buffer, so the caller can hand it back to its pool.
+        only_if_cached: return None, without reading, when the file's first or
+        last page is not in the page cache (RWF_NOWAIT probe), so a caller can
+        read hot files in its own thread and hand cold ones to parallel I/O.
         """
         fd = os.open(self._file(name), os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
+            if only_if_cached and size and not _cached(fd, size):
+                return None
             buf = alloc(size)
             view = memoryview(buf)[:size]
             got = 0
@@ -207,6 +213,23 @@ def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
             else:
                 views[0] = views[0][written:]
                 written = 0
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def _cached(fd: int, size: int) -> bool:
+    """Are the first and last pages of the file in the page cache? (a cheap guess)"""
+    if _NOWAIT is None:
+        return True  # cannot tell: behave as if cached (read in the caller's thread)
+    probe = bytearray(1)
+    try:
+        return (os.preadv(fd, [probe], 0, _NOWAIT) == 1
+                and os.preadv(fd, [probe], size - 1, _NOWAIT) == 1)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # flag unsupported here: fall back to a plain read
 
 
 def _fsync_dir(directory: str) -> None:
