@@ -8,10 +8,10 @@ botocore decodes them.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 from urllib.parse import quote
 
+from ..engine.errors import InvalidRange
 from ..engine.types import ObjectInfo, ObjectList
 from .bucket_ops import xml_response
 from .context import OWNER_ID, Ctx, etag_header
@@ -20,6 +20,7 @@ from .http import Response
 from .xmlio import Node, document, iso8601
 
 MAX_KEYS = 1000
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 
 
 def _max_keys(ctx: Ctx, name: str = "max-keys") -> int:
@@ -50,8 +51,11 @@ async def _page(ctx: Ctx, *, prefix: str, delimiter: str | None, cursor: str | N
                 start_after: str | None, limit: int) -> ObjectList:
     if limit == 0:
         return ObjectList([], [], False, None)
-    return await ctx.bucket.list(prefix=prefix, delimiter=delimiter or None, cursor=cursor,
-                                 start_after=start_after or None, limit=limit)
+    try:
+        return await ctx.bucket.list(prefix=prefix, delimiter=delimiter or None, cursor=cursor,
+                                     start_after=start_after or None, limit=limit)
+    except InvalidRange:  # the store's word for a cursor it cannot decode
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect") from None
 
 
 def _contents(obj: ObjectInfo, enc, owner: bool) -> Node:
@@ -75,10 +79,9 @@ async def list_objects_v2(ctx: Ctx) -> Response:
     token = q.get("continuation-token")
     cursor = None
     if token is not None:
-        try:
-            cursor = base64.urlsafe_b64decode(token.encode()).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise S3Error("InvalidArgument", "The continuation token provided is incorrect") from None
+        if not _TOKEN.match(token):
+            raise S3Error("InvalidArgument", "The continuation token provided is incorrect")
+        cursor = token  # the store's own opaque cursor
     start_after = q.get("start-after") or None
     page = await _page(ctx, prefix=prefix, delimiter=delimiter, cursor=cursor,
                        start_after=None if cursor else start_after, limit=limit)
@@ -90,7 +93,7 @@ async def list_objects_v2(ctx: Ctx) -> Response:
                             ("ContinuationToken", token) if token is not None else None,
                             ("StartAfter", enc(start_after)) if start_after else None]
     if page.truncated and page.cursor:
-        children.append(("NextContinuationToken", base64.urlsafe_b64encode(page.cursor.encode()).decode()))
+        children.append(("NextContinuationToken", page.cursor))
     if "encoding-type" in q:
         children.append(("EncodingType", "url"))
     children += [_contents(o, enc, owner) for o in page.objects]
