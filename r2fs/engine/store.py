@@ -298,15 +298,9 @@ class Bucket:
             if end > offset:
                 yield data[offset:end]
             return
-        context = self._what(info.key)
-        for start, ref in info.chunk_spans():
-            stop = start + ref.size
-            if stop <= offset or ref.size == 0:
-                continue
-            if start >= end:
-                break
-            data = await self.cluster.read_chunk(ref, context=context)
-            lo, hi = max(offset, start) - start, min(end, stop) - start
+        async for start, data in self.cluster.reader.chunks(info, offset, end,
+                                                            context=self._what(info.key)):
+            lo, hi = max(offset, start) - start, min(end, start + len(data)) - start
             yield data if (lo == 0 and hi == len(data)) else data[lo:hi]
 
     async def list(self, *, prefix: str = "", delimiter: str | None = None,

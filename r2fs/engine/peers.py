@@ -1,0 +1,416 @@
+"""L2: peer caches -- the "upper tier" a process asks before reading the nodes.
+
+* Which peer: rendezvous (highest-random-weight) hashing of (chunk id, peer
+  id) over the live peers, so every process agrees on a chunk's upper tier
+  without a shared table, and a peer going away only moves its own chunks.
+  A process may be one of the peers itself; when it wins a chunk, it reads
+  the nodes (it *is* that chunk's upper tier).
+* Trust: peers exchange only SEALED chunks (the bytes the nodes hold), and the
+  receiver authenticates every one (AES-GCM, chunk id in the AAD) before use,
+  so a lying or broken peer costs a retry on the nodes, never wrong data.
+  Requests carry an HMAC over method, path and time with a token derived
+  from the cluster's master key; a request without it is refused (401/403),
+  so the endpoint is no oracle for outsiders.
+* Failure: short timeouts, and a circuit breaker per peer with exponential
+  backoff: a dead peer is skipped (its chunks rendezvous to the next live
+  peer, or the nodes) and probed again later by one request.
+
+The endpoint is an ASGI app under `/_r2fs/peer/` (outside the S3 namespace:
+bucket names cannot start with `_`), mounted by the S3 gateway or run by
+`PeerServer` (hypercorn on trio in a thread of its own) in a mount process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from .errors import DataUnavailable, R2fsError
+
+if TYPE_CHECKING:
+    from .keys import MasterKey
+
+log = logging.getLogger("r2fs.peers")
+
+PREFIX = "/_r2fs/"
+CHUNK_PREFIX = "/_r2fs/peer/chunk/"
+METRICS_PATH = "/_r2fs/metrics"
+AUTH_SCHEME = "R2FS-HMAC1"
+DATE_HEADER = "x-r2fs-date"
+#: A signed request is accepted this long before/after its date (clock skew).
+MAX_SKEW = 300.0
+CONNECT_TIMEOUT = 0.5
+#: Per request: this much, plus the time to move the chunk at MIN_RATE.
+BASE_TIMEOUT = 2.0
+MIN_RATE = 25e6
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 60.0
+
+
+class PeerError(R2fsError):
+    """A peer did not give a usable answer (down, slow, refused, malformed)."""
+
+
+class PeerMiss(PeerError):
+    """The peer answered that it does not know the chunk (404)."""
+
+
+# --- the cluster token ------------------------------------------------------------------
+
+
+def cluster_token(master: "MasterKey") -> bytes:
+    """The HMAC key peers of one cluster share, derived from the master key.
+
+    Derived with a label of its own so that it can never be replayed as a
+    chunk key or id. Uses `MasterKey.derive(purpose)` when keys.py offers it;
+    until then the same derivation through keys.py's `_derive`.
+    """
+    derive = getattr(master, "derive", None)
+    if callable(derive):
+        return derive("peer-token")
+    from .keys import _derive
+    return _derive(master._raw, "peer-token")  # noqa: SLF001 - see the docstring
+
+
+def _message(method: str, path: str, date: str) -> bytes:
+    return f"{AUTH_SCHEME}\n{method.upper()}\n{path}\n{date}".encode()
+
+
+def sign(token: bytes, method: str, path: str, now: float | None = None) -> list[tuple[str, str]]:
+    """The headers that authenticate one request."""
+    date = str(int(time.time() if now is None else now))
+    mac = hmac.new(token, _message(method, path, date), hashlib.sha256).hexdigest()
+    return [(DATE_HEADER, date), ("authorization", f"{AUTH_SCHEME} {mac}")]
+
+
+def check_auth(token: bytes, method: str, path: str, headers: dict[str, str],
+               now: float | None = None) -> int | None:
+    """None if the request is authentic; else the HTTP status to refuse it with."""
+    auth = headers.get("authorization", "")
+    date = headers.get(DATE_HEADER, "")
+    if not auth or not date:
+        return 401
+    scheme, _, mac = auth.partition(" ")
+    if scheme != AUTH_SCHEME or not date.isdigit():
+        return 401
+    if abs((time.time() if now is None else now) - int(date)) > MAX_SKEW:
+        return 403
+    want = hmac.new(token, _message(method, path, date), hashlib.sha256).hexdigest()
+    return None if hmac.compare_digest(want, mac.strip()) else 403
+
+
+# --- choosing a peer --------------------------------------------------------------------
+
+
+def normalize_url(url: str) -> str:
+    """`http://HOST:PORT` (no path, no trailing slash); PeerError if it is not one."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise PeerError(f"peer address {url!r}: expected http://HOST:PORT")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise PeerError(f"peer address {url!r}: bad port") from None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"http://{host}:{port}"
+
+
+def score(chunk_id: bytes, peer_id: str) -> bytes:
+    return hashlib.blake2b(peer_id.encode(), key=chunk_id[:64], digest_size=8,
+                           person=b"r2fs-peer-hrw").digest()
+
+
+def rank(chunk_id: bytes, peer_ids: list[str]) -> list[str]:
+    """Peer ids, the chunk's upper tier first (rendezvous hashing)."""
+    return sorted(peer_ids, key=lambda p: (score(chunk_id, p), p), reverse=True)
+
+
+class CircuitBreaker:
+    """Closed (use the peer) until a failure; then open for a backoff that
+    doubles per consecutive failure; after it, one probe request decides."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.open_until = 0.0
+        self._probing = False
+
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.failures == 0:
+                return True
+            if now < self.open_until or self._probing:
+                return False
+            self._probing = True  # half-open: this caller is the probe
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self._probing = False
+
+    def failure(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.failures += 1
+            self._probing = False
+            self.open_until = now + min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (self.failures - 1))
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self.failures == 0:
+                return "closed"
+            return "open" if time.monotonic() < self.open_until else "half-open"
+
+
+class Peer:
+    """One peer process, reached over plain HTTP/1.1 (h11 over a trio socket)."""
+
+    def __init__(self, url: str, token: bytes) -> None:
+        self.url = normalize_url(url)
+        parts = urlsplit(self.url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self._token = token
+        self.breaker = CircuitBreaker()
+
+    def __repr__(self) -> str:
+        return f"Peer({self.url})"
+
+    async def fetch_chunk(self, chunk_id: bytes, sealed_len: int) -> bytes:
+        """The sealed chunk as the peer sends it -- NOT yet authenticated.
+
+        PeerMiss if the peer does not know it; PeerError for anything else.
+        """
+        path = CHUNK_PREFIX + chunk_id.hex()
+        timeout = BASE_TIMEOUT + sealed_len / MIN_RATE
+        status, body = await self._get(path, timeout, max_body=sealed_len)
+        if status == 404:
+            raise PeerMiss(f"peer {self.url} does not have chunk {chunk_id.hex()}")
+        if status != 200:
+            raise PeerError(f"peer {self.url} answered HTTP {status} for chunk {chunk_id.hex()}")
+        if len(body) != sealed_len:
+            raise PeerError(f"peer {self.url} sent {len(body)} bytes for chunk {chunk_id.hex()}, "
+                            f"expected {sealed_len}")
+        return body
+
+    async def _get(self, path: str, timeout: float, *, max_body: int) -> tuple[int, bytearray]:
+        conn = h11.Connection(h11.CLIENT)
+        headers = [("host", f"{self.host}:{self.port}"), ("connection", "close"),
+                   *sign(self._token, "GET", path)]
+        try:
+            with trio.fail_after(timeout):
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await trio.open_tcp_stream(self.host, self.port)
+                async with stream:
+                    await stream.send_all(conn.send(h11.Request(method="GET", target=path,
+                                                                headers=headers)))
+                    await stream.send_all(conn.send(h11.EndOfMessage()))
+                    return await _receive(conn, stream, max_body)
+        except trio.TooSlowError:
+            raise PeerError(f"peer {self.url}: no answer within {timeout:.1f}s") from None
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as e:
+            raise PeerError(f"peer {self.url}: {e.strerror if isinstance(e, OSError) else e}") from None
+
+
+async def _receive(conn: h11.Connection, stream: trio.SocketStream,
+                   max_body: int) -> tuple[int, bytearray]:
+    status = 0
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(1 << 20))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            if len(body) + len(event.data) > max_body:
+                raise PeerError(f"answer longer than the {max_body} bytes expected")
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return status, body
+        else:
+            raise PeerError("connection closed before the answer was complete")
+
+
+class PeerSet:
+    """The peers of this process and the choice of a chunk's upper tier."""
+
+    def __init__(self, urls: list[str], token: bytes, *, self_url: str | None = None) -> None:
+        self.self_url = normalize_url(self_url) if self_url else None
+        self.peers: dict[str, Peer] = {}
+        for url in urls:
+            p = Peer(url, token)
+            if p.url != self.self_url:
+                self.peers.setdefault(p.url, p)
+
+    def __bool__(self) -> bool:
+        return bool(self.peers)
+
+    def choose(self, chunk_id: bytes) -> Peer | None:
+        """The live peer to ask for this chunk, or None when this process is
+        the chunk's upper tier or no peer is live (read the nodes)."""
+        live = [url for url, p in self.peers.items() if p.breaker.state != "open"]
+        if self.self_url:
+            live.append(self.self_url)
+        for url in rank(chunk_id, live):
+            if url == self.self_url:
+                return None
+            peer = self.peers[url]
+            if peer.breaker.allow():
+                return peer
+        return None
+
+    def status(self) -> dict[str, str]:
+        return {url: p.breaker.state for url, p in self.peers.items()}
+
+
+# --- the endpoint -----------------------------------------------------------------------
+
+
+SealedSource = Callable[[bytes], Awaitable[bytes | None]]
+
+
+class PeerApp:
+    """ASGI app answering `GET /_r2fs/peer/chunk/<hex>` with the sealed chunk.
+
+    `source(chunk_id)` gives the sealed chunk from this process's L1, staging
+    or the nodes (filling L1), or None if the cluster has no such chunk.
+    `metrics()` (optional) gives Prometheus text for `GET /_r2fs/metrics`.
+    """
+
+    def __init__(self, token: bytes, source: SealedSource,
+                 metrics: Callable[[], str] | None = None,
+                 on_request: Callable[[str], None] | None = None) -> None:
+        self._token = token
+        self._source = source
+        self._metrics = metrics
+        self._count = on_request or (lambda outcome: None)
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        """Whether a gateway should hand this request path to the peer app."""
+        return path.startswith(PREFIX)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        status, body, ctype = await self._answer(scope)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
+                                (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": bytes(body) if status != 200 else body})
+
+    async def _answer(self, scope: dict) -> tuple[int, Any, bytes]:
+        text = b"text/plain; charset=utf-8"
+        path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            return 405, b"method not allowed\n", text
+        if path in (METRICS_PATH, "/metrics") and self._metrics is not None:
+            return 200, self._metrics().encode(), b"text/plain; version=0.0.4"
+        if not path.startswith(CHUNK_PREFIX):
+            return 404, b"not found\n", text
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = check_auth(self._token, method, path, headers)
+        if refused is not None:
+            self._count("refused")
+            return refused, b"peer request not authenticated\n", text
+        try:
+            chunk_id = bytes.fromhex(path[len(CHUNK_PREFIX):])
+        except ValueError:
+            chunk_id = b""
+        if len(chunk_id) != 32:
+            return 400, b"bad chunk id\n", text
+        try:
+            sealed = await self._source(chunk_id)
+        except DataUnavailable as e:
+            self._count("unavailable")
+            return 503, f"{e}\n".encode(), text
+        if sealed is None:
+            self._count("missing")
+            return 404, b"no such chunk\n", text
+        self._count("served")
+        return 200, bytes(sealed), b"application/octet-stream"
+
+
+class PeerServer:
+    """The peer endpoint on a hypercorn server of its own, in its own thread.
+
+    For processes that are not gateways (mounts): their trio loop belongs to
+    FUSE, so the server gets its own loop; it shares the reader (thread-safe)
+    with the rest of the process.
+    """
+
+    def __init__(self, app: Callable, listen: str) -> None:
+        self.app = app
+        self.listen = listen
+        self.url: str | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        self._thread = threading.Thread(target=self._run, name="r2fs-peer-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self.url is None:
+            raise PeerError(f"peer server on {self.listen} did not start: {self._error or 'timeout'}")
+        return self.url
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._error = e
+            self._ready.set()
+
+    async def _main(self) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        config = Config()
+        config.bind = [self.listen]
+        config.worker_class = "trio"
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 1
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, self.app, config, mode="asgi",
+                                                shutdown_trigger=self._stop.wait))
+            self.url = normalize_url(binds[0]) if binds else normalize_url(self.listen)
+            self._ready.set()
+
+    def stop(self) -> None:
+        if self._token is not None and self._stop is not None:
+            try:
+                self._token.run_sync_soon(self._stop.set)
+            except trio.RunFinishedError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)

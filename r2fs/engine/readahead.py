@@ -1,0 +1,171 @@
+"""Read-ahead: sequential readers get the next chunks fetched concurrently.
+
+A chunk read is I/O (k shard files) followed by CPU (RS decode, AES-GCM);
+reading chunks one after the other leaves the disk idle while the CPU works
+and the reverse. Fetching the next few chunks concurrently overlaps them.
+
+* Who: a read of a range spanning several chunks (an S3 GET, a large read)
+  prefetches inside its range; a read that starts where the previous read of
+  the same object version ended (a sequential reader, like the kernel's reads
+  of a mounted file) also prefetches past its end. A random reader's one-chunk
+  reads trigger nothing.
+* Memory: prefetched plaintext waits in a buffer shared by the process,
+  bounded by `budget` bytes counting in-flight fetches; when it is full the
+  oldest unclaimed chunk is dropped (it was also put in L1, so dropping costs
+  little), and each stream runs at most `window` chunks ahead.
+* Prefetch tasks are trio system tasks: a reader needs no nursery, and one
+  that stops reading (client gone) leaves at most `budget` bytes behind.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections import OrderedDict
+from typing import AsyncIterator, Awaitable, Callable
+
+import trio
+
+from .types import ChunkRef, MiB, ObjectInfo
+
+log = logging.getLogger("r2fs.readahead")
+
+DEFAULT_BUDGET = 64 * MiB
+DEFAULT_WINDOW = 4
+#: Sequential-stream positions remembered (object versions being read).
+STREAMS = 512
+
+Fetch = Callable[[ChunkRef, str], Awaitable[bytes]]
+
+
+class ReadAhead:
+    """The prefetch buffer and the sequential-reader detector of one process."""
+
+    def __init__(self, fetch: Fetch, *, budget: int = DEFAULT_BUDGET,
+                 window: int = DEFAULT_WINDOW, enabled: bool = True) -> None:
+        self._fetch = fetch
+        self.budget = budget
+        self.window = window
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._ready: OrderedDict[bytes, bytes] = OrderedDict()  # oldest first
+        self._ready_bytes = 0
+        self._inflight: dict[bytes, int] = {}
+        self._claimed: set[bytes] = set()  # in flight, but a reader already waits for it
+        self._inflight_bytes = 0
+        self._streams: OrderedDict[str, int] = OrderedDict()  # version -> next offset
+        self._spans: OrderedDict[str, list[int]] = OrderedDict()
+        self.counters = {"prefetched": 0, "used": 0, "dropped": 0, "failed": 0}
+
+    # --- the buffer ------------------------------------------------------------------
+
+    def take(self, cid: bytes) -> bytes | None:
+        """A prefetched chunk's plaintext (removed from the buffer), or None."""
+        with self._lock:
+            data = self._ready.pop(cid, None)
+            if data is not None:
+                self._ready_bytes -= len(data)
+                self.counters["used"] += 1
+            elif cid in self._inflight:
+                # the caller will join the fetch in flight: do not park a second copy
+                self._claimed.add(cid)
+                self.counters["used"] += 1
+            return data
+
+    def _reserve(self, ref: ChunkRef) -> bool:
+        with self._lock:
+            if ref.id in self._ready or ref.id in self._inflight:
+                return False
+            while self._ready and self._ready_bytes + self._inflight_bytes + ref.size > self.budget:
+                _, old = self._ready.popitem(last=False)
+                self._ready_bytes -= len(old)
+                self.counters["dropped"] += 1
+            if self._ready_bytes + self._inflight_bytes + ref.size > self.budget:
+                return False
+            self._inflight[ref.id] = ref.size
+            self._inflight_bytes += ref.size
+            return True
+
+    def prefetch(self, refs: list[ChunkRef], context: str) -> None:
+        """Start fetching these chunks in the background (as the budget allows)."""
+        if not self.enabled:
+            return
+        for ref in refs:
+            if ref.size and self._reserve(ref):
+                trio.lowlevel.spawn_system_task(self._one, ref, context, name="r2fs-readahead")
+
+    async def _one(self, ref: ChunkRef, context: str) -> None:
+        data = None
+        try:
+            data = await self._fetch(ref, context)
+        except Exception as exc:  # noqa: BLE001 - the reader's own read reports it
+            log.debug("read-ahead of %s chunk %s failed: %s", context, ref.hex, exc)
+            self.counters["failed"] += 1
+        finally:
+            with self._lock:
+                self._inflight_bytes -= self._inflight.pop(ref.id, 0)
+                if data is not None:
+                    self.counters["prefetched"] += 1
+                if ref.id in self._claimed:
+                    self._claimed.discard(ref.id)
+                elif data is not None and ref.id not in self._ready:
+                    self._ready[ref.id] = data
+                    self._ready_bytes += len(data)
+
+    def buffered_bytes(self) -> int:
+        with self._lock:
+            return self._ready_bytes + self._inflight_bytes
+
+    # --- streams -----------------------------------------------------------------------
+
+    def _sequential(self, info: ObjectInfo, offset: int, end: int) -> bool:
+        """Whether this read continues the previous read of the same version."""
+        with self._lock:
+            prev = self._streams.pop(info.version, None)
+            self._streams[info.version] = end
+            while len(self._streams) > STREAMS:
+                self._streams.popitem(last=False)
+        return prev is not None and prev == offset
+
+    def _starts(self, info: ObjectInfo) -> list[int]:
+        with self._lock:
+            starts = self._spans.get(info.version)
+            if starts is not None:
+                self._spans.move_to_end(info.version)
+                return starts
+        starts, off = [], 0
+        for ref in info.chunks:
+            starts.append(off)
+            off += ref.size
+        with self._lock:
+            self._spans[info.version] = starts
+            while len(self._spans) > 64:
+                self._spans.popitem(last=False)
+        return starts
+
+    async def chunks(self, info: ObjectInfo, offset: int, end: int, read: Fetch,
+                     context: str) -> AsyncIterator[tuple[int, bytes]]:
+        """(chunk start, plaintext) of every chunk overlapping [offset, end), in order.
+
+        `read` is the tiered read (it finds a chunk this buffer is fetching
+        in flight and waits for it rather than fetching it twice).
+        """
+        refs = info.chunks
+        starts = self._starts(info)
+        first = max(0, bisect.bisect_right(starts, offset) - 1)
+        last = bisect.bisect_left(starts, end)  # exclusive
+        ahead = last
+        if self.enabled and self._sequential(info, offset, end):
+            ahead = min(len(refs), last + self.window)
+        for i in range(first, last):
+            ref = refs[i]
+            if ref.size == 0:
+                continue
+            if self.enabled:
+                self.prefetch([refs[j] for j in range(i + 1, min(ahead, i + 1 + self.window))],
+                              context)
+            data = self.take(ref.id)
+            if data is None:
+                data = await read(ref, context)
+            yield starts[i], data
