@@ -3,10 +3,15 @@
 Deletes only decrement refcounts; chunks whose count reached 0 wait in the
 `gcq` table. gc (1) marks candidates older than the grace period as
 deleting in one transaction -- from then on no commit may take a reference to
-them (ChunkMissing) -- (2) deletes their shard files, (3) forgets the records
-whose generation is unchanged. A kill between the steps is harmless: a marked
-record is picked up again by the next run. Shard files no record claims
-(writers killed mid-put) are removed once older than `orphan_grace`.
+them (ChunkMissing) and the replicator will not move them to the nodes --
+(2) deletes their data: the shard files, or the staging file for a chunk that
+was never replicated (loc="staging"), (3) forgets the records (and their
+replication-journal entries) whose generation is unchanged. A kill between the
+steps is harmless: a marked record is picked up again by the next run, and so
+is one whose data could not be deleted (a node down). Leftovers no record
+claims -- shard files of writers or replicators killed mid-way, staging files
+of replicators killed after the flip, journal entries of collected chunks --
+are removed once older than `orphan_grace`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import trio
 
 from .chunks import ChunkStore
 from .meta import CHUNK_DELETING
+from .nodes import NodeUnavailable
+from .replicator import sweep_staging
 from .types import GcReport
+from .writer import LOC_STAGING
 
 if TYPE_CHECKING:
     from .store import Cluster
@@ -42,25 +50,46 @@ async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) ->
         return doomed
 
     doomed = await c._write(mark)
+    deleted = []
     for cid, rec in doomed:
-        n, freed = await trio.to_thread.run_sync(c.chunks.delete_shards, cid, rec["g"], rec["p"])
-        report.shards_removed += n
+        try:
+            if rec.get("loc") == LOC_STAGING:
+                freed = await trio.to_thread.run_sync(_unstage, c, cid, rec["g"])
+            else:
+                n, freed = await trio.to_thread.run_sync(c.chunks.delete_shards, cid, rec["g"],
+                                                         rec["p"])
+                report.shards_removed += n
+        except (NodeUnavailable, OSError):
+            continue  # stays marked: the next run finishes it when the node is back
         report.bytes_freed += freed
+        deleted.append((cid, rec))
 
     def forget(txn: Any) -> int:
         removed = 0
-        for cid, rec in doomed:
+        for cid, rec in deleted:
             cur = c.meta.get(txn, "chunks", cid)
             if cur is not None and cur["s"] == CHUNK_DELETING and cur["g"] == rec["g"]:
                 c.meta.delete(txn, "chunks", cid)
                 c.meta.delete(txn, "gcq", cid)
                 removed += 1
+        for cid, j in list(c.meta.scan(txn, "journal")):
+            cur = c.meta.get(txn, "chunks", cid)
+            if cur is None or cur.get("loc") != LOC_STAGING or cur["g"] != j.get("g"):
+                c.meta.delete(txn, "journal", cid)  # its chunk is gone or already replicated
         return removed
 
     report.chunks_removed = await c._write(forget)
     report.orphans_removed, freed = await trio.to_thread.run_sync(_remove_orphans, c, orphan_grace)
     report.bytes_freed += freed
+    staged, freed = await trio.to_thread.run_sync(sweep_staging, c, orphan_grace)
+    report.orphans_removed += staged
+    report.bytes_freed += freed
     return report
+
+
+def _unstage(c: "Cluster", cid: bytes, gen: int) -> int:
+    path = c.writer.staging.path_of(cid, gen)
+    return c.writer.staging.remove_file(path)
 
 
 def _remove_orphans(c: "Cluster", grace: float) -> tuple[int, int]:
@@ -70,18 +99,21 @@ def _remove_orphans(c: "Cluster", grace: float) -> tuple[int, int]:
     for node in c.nodes.values():
         if not node.available():
             continue
-        for name, mtime in list(node.names()):
-            if mtime > cutoff:
-                continue
-            parsed = ChunkStore.parse_shard_name(name)
-            if parsed is None:
-                continue
-            cid, gen, _ = parsed
-            rec = c.chunk_record(cid)
-            if rec is not None and rec["g"] == gen:
-                continue
-            size = node.size_of(name) or 0
-            if node.delete(name):
-                removed += 1
-                freed += size
+        try:
+            for name, mtime in list(node.names()):
+                if mtime > cutoff:
+                    continue
+                parsed = ChunkStore.parse_shard_name(name)
+                if parsed is None:
+                    continue
+                cid, gen, _ = parsed
+                rec = c.chunk_record(cid)
+                if rec is not None and rec["g"] == gen:
+                    continue
+                size = node.size_of(name) or 0
+                if node.delete(name):
+                    removed += 1
+                    freed += size
+        except (NodeUnavailable, OSError):
+            continue  # the node went away meanwhile: the next run does the rest
     return removed, freed

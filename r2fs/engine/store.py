@@ -53,6 +53,7 @@ from .reader import ChunkReader
 from .writer import ChunkWriter
 from .names import check_bucket_name, check_key
 from .nodes import LocalNode
+from .simulate import build_nodes
 from .types import (
     MiB,
     BucketInfo,
@@ -286,6 +287,11 @@ class Bucket:
         return ObjectBody(self, info, off, length)
 
     async def read_range(self, info: ObjectInfo, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the snapshot `info`, clipped to its size.
+
+        Goes through the read tiers; a reader continuing where its last read of
+        this version ended is sequential and gets the next chunks read ahead.
+        """
         end = min(info.size, offset + length)
         if offset >= end:
             return b""
@@ -748,7 +754,7 @@ class Cluster:
         self.config = config
         self.master = master
         self.meta = meta
-        self.nodes = {n.id: LocalNode(n.id, n.path, n.region) for n in config.nodes}
+        self.nodes = build_nodes(config, path)  # LocalNodes; simulated only by explicit [nodes.ID.simulate]
         self.chunks = ChunkStore(master, self.nodes, config.k, config.m, config.stripe_size)
         self.writer = ChunkWriter(self)
         self.reader = ChunkReader(self)

@@ -1,0 +1,158 @@
+"""The local staging area: sealed chunks acknowledged before they reach the nodes.
+
+In write mode `local` a chunk is made durable here (one file, temp + fsync +
+rename + directory fsync) and then recorded with loc="staging" together with
+its replication-journal entry in one LMDB transaction. The replicator later
+erasure-codes it onto the nodes and deletes the file.
+
+A file holds the sealed (encrypted, authenticated) chunk behind a small
+versioned header, so staging never holds plaintext and a damaged file is
+detected (AES-GCM authentication on use, header checks here). File names carry
+the chunk's generation, like shard names, so a chunk staged again after gc
+began deleting an older copy can never lose its new file to that deletion.
+
+Layout: <cluster>/staging/<aa>/<chunk-id-hex>.<gen>
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import struct
+from typing import Iterator
+
+from .errors import ChunkCorrupt, UnsupportedFormat
+from .nodes import Buffer
+
+STAGING_DIR = "staging"
+MAGIC = b"R2STAGE\0"
+FORMAT = 1
+_HEADER = struct.Struct(">8sH32sQ")  # magic, format, chunk id, sealed length
+_NAME = re.compile(r"^([0-9a-f]{64})\.(\d+)$")
+TEMP_SUFFIX = ".tmp"
+
+
+class Staging:
+    """One staging directory; every method is blocking (call from a worker thread)."""
+
+    def __init__(self, cluster_path: str) -> None:
+        self.root = os.path.join(cluster_path, STAGING_DIR)
+        self._known_dirs: set[str] = set()
+
+    def path_of(self, cid: bytes, gen: int) -> str:
+        h = cid.hex()
+        return os.path.join(self.root, h[:2], f"{h}.{gen}")
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory in self._known_dirs:
+            return
+        created = False
+        for d in (self.root, directory):
+            try:
+                os.mkdir(d, 0o700)
+                created = True
+            except FileExistsError:
+                pass
+        if created:
+            _fsync_dir(os.path.dirname(directory))
+            _fsync_dir(os.path.dirname(self.root))
+        self._known_dirs.add(directory)
+
+    def write(self, cid: bytes, gen: int, sealed: Buffer) -> int:
+        """Durably store a sealed chunk; returns the bytes written (header included)."""
+        path = self.path_of(cid, gen)
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        header = _HEADER.pack(MAGIC, FORMAT, cid, len(sealed))
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(sealed).cast("B")
+            os.write(fd, header)
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+            os.fdatasync(fd)
+            os.close(fd)
+            fd = -1
+            os.rename(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(directory)
+        return _HEADER.size + len(view)
+
+    def read(self, cid: bytes, gen: int) -> bytes | None:
+        """The sealed chunk, or None when the file is not there."""
+        path = self.path_of(cid, gen)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                blob = f.readall()
+        except FileNotFoundError:
+            return None
+        if len(blob) < _HEADER.size:
+            raise ChunkCorrupt(f"staged chunk {cid.hex()} at {path} is truncated")
+        magic, fmt, file_cid, length = _HEADER.unpack_from(blob)
+        if magic != MAGIC:
+            raise ChunkCorrupt(f"{path} is not a staged chunk (bad magic)")
+        if fmt != FORMAT:
+            raise UnsupportedFormat(f"staged chunk {path} has format {fmt}; "
+                                    f"this r2fs reads format {FORMAT}")
+        if file_cid != cid or len(blob) - _HEADER.size != length:
+            raise ChunkCorrupt(f"staged chunk {cid.hex()} at {path} is damaged "
+                               "(wrong chunk id or length)")
+        return blob[_HEADER.size:]
+
+    def delete(self, cid: bytes, gen: int) -> bool:
+        try:
+            os.unlink(self.path_of(cid, gen))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def files(self) -> Iterator[tuple[str, bytes | None, int, float, int]]:
+        """(path, chunk id, gen, mtime, size) of every file (chunk id None: a temp/foreign file)."""
+        try:
+            tops = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for top in tops:
+            if not top.is_dir(follow_symlinks=False):
+                continue
+            try:
+                entries = list(os.scandir(top.path))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                m = _NAME.match(e.name)
+                if m:
+                    yield e.path, bytes.fromhex(m.group(1)), int(m.group(2)), st.st_mtime, st.st_size
+                else:
+                    yield e.path, None, 0, st.st_mtime, st.st_size
+
+    def remove_file(self, path: str) -> int:
+        """Delete one file found by `files()`; its size, or 0 if it was already gone."""
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        return size
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
