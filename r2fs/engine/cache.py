@@ -392,6 +392,38 @@ class DiskCache:
                     "main_entries": len(self._am), **self.counters}
 
 
+def clear_unused(root: str) -> tuple[int, int]:
+    """Empty every slot under `root` that no running process holds.
+
+    (slots cleared, slots busy). A slot in use is left alone: its process's
+    index would otherwise disagree with the disk.
+    """
+    cleared = busy = 0
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if not name.startswith("slot") or not os.path.isdir(d):
+            continue
+        try:
+            fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise CacheError(f"cache directory {d}: {e.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                busy += 1
+                continue
+            for sub in os.listdir(d):
+                p = os.path.join(d, sub)
+                if len(sub) == 2 and os.path.isdir(p):
+                    shutil.rmtree(p, ignore_errors=True)
+            _unlink(os.path.join(d, "index.json"))
+            cleared += 1
+        finally:
+            os.close(fd)
+    return cleared, busy
+
+
 def _read_file(path: str, into: memoryview) -> memoryview:
     """Read up to len(into) bytes of `path` into `into`; the filled view."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
