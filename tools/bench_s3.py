@@ -1,0 +1,223 @@
+"""S3 gateway: boto3 small-object ops/s and 1 GiB up/down, beside moto's server and native file I/O.
+
+(a) Small objects: N PUTs then N GETs of 4 KiB objects from 16 client threads
+    (one boto3 client each, default settings), in ops/s, against the r2fs
+    gateway (`r2fs serve`) and against moto's S3 server (`moto_server`, a
+    Python S3 implementation keeping objects in memory) started in the same
+    run on 127.0.0.1. Target: r2fs >= 3x moto.
+(b) One large object (default 1 GiB): up with boto3's transfer manager
+    (multipart, as tools upload big files) and down as one streamed GET,
+    in MB/s, beside the same bytes written to / read from a plain file
+    (fsync; page cache dropped before reads when root) and beside moto.
+    Target: r2fs GET >= 40% of the native read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from benchlib import (KiB, MiB, DataStream, Table, describe_machine, drop_caches, filesystem_of,
+                      mb_per_s, median_runs, native_read, native_write, parse_size, progress, temp_dir)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--objects", type=int, default=1000, help="small objects per run (default 1000)")
+    parser.add_argument("--object-size", type=parse_size, default=4 * KiB, help="small object size (4KiB)")
+    parser.add_argument("--threads", type=int, default=16, help="client threads for small objects (16)")
+    parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"), help="large object (1GiB)")
+    parser.add_argument("--no-moto", action="store_true", help="skip the moto comparison")
+    parser.add_argument("--no-large", action="store_true", help="skip the large-object figures")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"bench s3: {what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"bench s3: {what} did not start listening")
+
+
+class Server:
+    """A server subprocess on 127.0.0.1 plus a boto3 client factory for it."""
+
+    def __init__(self, name: str, argv: list[str], port: int, key_id: str, secret: str,
+                 region: str = "auto") -> None:
+        self.name, self.port, self.key_id, self.secret, self.region = name, port, key_id, secret, region
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(port, self.proc, name)
+
+    def client(self, pool: int = 10):
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name=self.region,
+                            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
+                            config=Config(s3={"addressing_style": "path"}, max_pool_connections=pool,
+                                          retries={"max_attempts": 1}))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_r2fs(base: str) -> Server:
+    cluster = os.path.join(base, "cluster")
+    r2fs = [sys.executable, "-m", "r2fs", "--cluster", cluster]
+    subprocess.run([*r2fs, "init"], check=True, capture_output=True)
+    out = subprocess.run([*r2fs, "keys", "create"], check=True, capture_output=True, text=True).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    port = _free_port()
+    return Server("r2fs", [*r2fs, "serve", "--listen", f"127.0.0.1:{port}"], port,
+                  env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+
+
+def start_moto() -> Server:
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    if not os.path.exists(exe):
+        sys.exit("bench s3: moto_server not found; pip install 'moto[server]' (or use --no-moto)")
+    return Server("moto", [exe, "-H", "127.0.0.1", "-p", str(port)], port, "testing", "testing",
+                  region="us-east-1")  # moto has no region "auto"
+
+
+def small_objects(server: Server, args: argparse.Namespace, run: int) -> tuple[float, float]:
+    """(PUT ops/s, GET ops/s) for one run."""
+    bucket = f"small-{run}"
+    clients = [server.client(pool=2) for _ in range(args.threads)]
+    clients[0].create_bucket(Bucket=bucket)
+    payloads = [os.urandom(args.object_size) for _ in range(64)]
+
+    def put(i: int) -> None:
+        clients[i % args.threads].put_object(Bucket=bucket, Key=f"o/{i:06d}", Body=payloads[i % 64])
+
+    def get(i: int) -> None:
+        body = clients[i % args.threads].get_object(Bucket=bucket, Key=f"o/{i:06d}")["Body"].read()
+        if len(body) != args.object_size:
+            raise RuntimeError(f"{server.name}: short object o/{i:06d}")
+
+    with ThreadPoolExecutor(args.threads) as pool:
+        list(pool.map(put, range(args.threads)))  # warm connections (not timed; overwritten below)
+        start = time.perf_counter()
+        list(pool.map(put, range(args.objects)))
+        put_s = time.perf_counter() - start
+        start = time.perf_counter()
+        list(pool.map(get, range(args.objects)))
+        get_s = time.perf_counter() - start
+    return args.objects / put_s, args.objects / get_s
+
+
+def large_object(server: Server, path: str, size: int, run: int) -> tuple[float, float]:
+    """(upload MB/s, streamed GET MB/s) of the file at `path`."""
+    from boto3.s3.transfer import TransferConfig
+    s3 = server.client()
+    bucket = f"large-{run}"
+    s3.create_bucket(Bucket=bucket)
+    cfg = TransferConfig(multipart_threshold=64 * MiB, multipart_chunksize=64 * MiB, max_concurrency=4)
+    start = time.perf_counter()
+    s3.upload_file(path, bucket, "large", Config=cfg)
+    up = mb_per_s(size, time.perf_counter() - start)
+    drop_caches()
+    start = time.perf_counter()
+    got = 0
+    for piece in s3.get_object(Bucket=bucket, Key="large")["Body"].iter_chunks(MiB):
+        got += len(piece)
+    down = mb_per_s(size, time.perf_counter() - start)
+    if got != size:
+        raise RuntimeError(f"{server.name}: GET returned {got} bytes, expected {size}")
+    s3.delete_object(Bucket=bucket, Key="large")
+    return up, down
+
+
+def run(args: argparse.Namespace) -> None:
+    with temp_dir(args.dir, "r2fs-bench-s3-") as base:
+        progress(f"machine: {describe_machine()}; disk {filesystem_of(base)}")
+        servers: list[Server] = []
+        try:
+            r2fs = start_r2fs(base)
+            servers.append(r2fs)
+            moto = None if args.no_moto else start_moto()
+            if moto:
+                servers.append(moto)
+            table = Table(f"s3: boto3 {boto3_version()} against the r2fs gateway "
+                          f"({'moto ' + moto_version() if moto else 'no moto'} in the 'native' column "
+                          "for small objects)")
+            figures = {}
+            for srv in servers:
+                results = []
+                for i in range(args.runs):
+                    progress(f"{srv.name}: {args.objects} x {args.object_size} B puts/gets, run {i + 1}")
+                    results.append(small_objects(srv, args, i))
+                figures[srv.name] = (sorted(r[0] for r in results)[len(results) // 2],
+                                     sorted(r[1] for r in results)[len(results) // 2])
+            m = figures.get("moto")
+            table.add(f"PUT {args.object_size // KiB} KiB, {args.threads} threads", figures["r2fs"][0],
+                      m[0] if m else None, unit="ops/s")
+            table.add(f"GET {args.object_size // KiB} KiB, {args.threads} threads", figures["r2fs"][1],
+                      m[1] if m else None, unit="ops/s")
+            table.note("small objects: the comparison column is moto's server, not a native directory")
+            if not args.no_large:
+                path = os.path.join(base, "large.bin")
+                stream = DataStream(args.size, seed=7)
+                native_w, _ = median_runs(lambda i: mb_per_s(args.size, native_write(path, stream)), args.runs)
+
+                def native_r(i: int) -> float:
+                    drop_caches()
+                    seconds, n = native_read(path)
+                    return mb_per_s(n, seconds)
+                native_rd, _ = median_runs(native_r, args.runs)
+                large = {}
+                for srv in servers:
+                    results = []
+                    for i in range(args.runs):
+                        progress(f"{srv.name}: {args.size // MiB} MiB up and down, run {i + 1}")
+                        results.append(large_object(srv, path, args.size, i))
+                    large[srv.name] = (sorted(r[0] for r in results)[len(results) // 2],
+                                       sorted(r[1] for r in results)[len(results) // 2])
+                size = f"{args.size // MiB} MiB"
+                table.add(f"upload {size} (multipart 64 MiB x4) vs native write", large["r2fs"][0], native_w)
+                table.add(f"GET {size} (one stream) vs native read", large["r2fs"][1], native_rd)
+                if "moto" in large:
+                    table.note(f"moto, same run: upload {large['moto'][0]:.0f} MB/s, "
+                               f"GET {large['moto'][1]:.0f} MB/s")
+                if not drop_caches():
+                    table.note("page cache NOT dropped before reads (needs root)")
+            table.note(f"median of {args.runs} runs; client and server share this machine's CPUs")
+            table.print()
+        finally:
+            for srv in servers:
+                srv.stop()
+
+
+def boto3_version() -> str:
+    import boto3
+    return boto3.__version__
+
+
+def moto_version() -> str:
+    try:
+        import moto
+        return moto.__version__
+    except ImportError:
+        return "?"
