@@ -13,6 +13,8 @@ and the reverse. Fetching the next few chunks concurrently overlaps them.
   bounded by `budget` bytes counting in-flight fetches; when it is full the
   oldest unclaimed chunk is dropped (it was also put in L1, so dropping costs
   little), and each stream runs at most `window` chunks ahead.
+* A chunk read only partly (the kernel reads 128 KiB at a time) is kept in
+  the same buffer for the reader's next call instead of being decoded again.
 * Prefetch tasks are trio system tasks: a reader needs no nursery, and one
   that stops reading (client gone) leaves at most `budget` bytes behind.
 """
@@ -168,4 +170,19 @@ class ReadAhead:
             data = self.take(ref.id)
             if data is None:
                 data = await read(ref, context)
+            if self.enabled and end < starts[i] + len(data):
+                self._park(ref.id, data)  # the next small read wants the rest of it
             yield starts[i], data
+
+    def _park(self, cid: bytes, data: bytes) -> None:
+        """Keep a partly read chunk for the reader's next call (within the budget)."""
+        with self._lock:
+            if cid in self._ready or len(data) > self.budget:
+                return
+            while self._ready and self._ready_bytes + self._inflight_bytes + len(data) > self.budget:
+                _, old = self._ready.popitem(last=False)
+                self._ready_bytes -= len(old)
+                self.counters["dropped"] += 1
+            if self._ready_bytes + self._inflight_bytes + len(data) <= self.budget:
+                self._ready[cid] = data
+                self._ready_bytes += len(data)

@@ -1,0 +1,102 @@
+"""Read-ahead: sequential readers prefetch, random readers do not, memory stays bounded."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from conftest import CHUNK
+from helpers import rand
+
+
+async def settle(reader) -> None:
+    """Let prefetch tasks finish (they run as trio system tasks)."""
+    for _ in range(300):
+        if not reader.readahead._inflight:
+            return
+        await trio.sleep(0.01)
+
+
+async def test_sequential_reads_prefetch_past_their_end(small_cluster, bucket):
+    c = small_cluster
+    data = rand(12 * CHUNK, seed=21)
+    await bucket.put("seq", data)
+    info = await bucket.head("seq")
+    step = 64 * 1024
+    got = bytearray()
+    for off in range(0, 2 * CHUNK, step):  # small reads, like the kernel's
+        got += await bucket.read_range(info, off, step)
+    await settle(c.reader)
+    ra = c.reader.readahead.counters
+    assert ra["prefetched"] >= c.reader.readahead.window
+    for off in range(2 * CHUNK, len(data), step):
+        got += await bucket.read_range(info, off, step)
+    assert bytes(got) == data
+    nodes = c.reader.figures()["tiers"]["nodes"]["hits"]
+    assert nodes == 12  # each chunk fetched once, prefetched or not
+    assert c.reader.readahead.counters["used"] >= 8
+
+
+async def test_random_single_chunk_reads_do_not_prefetch(small_cluster, bucket):
+    c = small_cluster
+    data = rand(16 * CHUNK, seed=22)
+    await bucket.put("rnd", data)
+    info = await bucket.head("rnd")
+    rng = random.Random(5)
+    for _ in range(30):
+        i = rng.randrange(16)
+        off = i * CHUNK + rng.randrange(CHUNK - 5000)
+        assert await bucket.read_range(info, off, 4096) == data[off:off + 4096]
+    await settle(c.reader)
+    assert c.reader.readahead.counters["prefetched"] == 0
+
+
+async def test_a_get_prefetches_within_its_range_only(small_cluster, bucket):
+    c = small_cluster
+    data = rand(20 * CHUNK, seed=23)
+    await bucket.put("obj", data)
+    from r2fs.engine.types import Range
+    body = await bucket.get("obj", range=Range(offset=2 * CHUNK, length=4 * CHUNK))
+    assert await body.read() == data[2 * CHUNK:6 * CHUNK]
+    await settle(c.reader)
+    assert c.reader.figures()["tiers"]["nodes"]["hits"] == 4
+
+
+async def test_no_readahead_when_turned_off(small_cluster, bucket):
+    c = small_cluster
+    c.reader.configure(cache_size=0, readahead=False, snapshots=False)
+    data = rand(8 * CHUNK, seed=24)
+    await bucket.put("obj", data)
+    assert await (await bucket.get("obj")).read() == data
+    assert c.reader.readahead.counters["prefetched"] == 0
+
+
+async def test_prefetch_memory_stays_within_the_budget(small_cluster, bucket):
+    c = small_cluster
+    ra = c.reader.readahead
+    ra.budget = 3 * CHUNK
+    data = rand(30 * CHUNK, seed=25)
+    await bucket.put("obj", data)
+    peak = 0
+    got = bytearray()
+    async for piece in await bucket.get("obj"):
+        peak = max(peak, ra.buffered_bytes())
+        got += piece
+        await trio.sleep(0.005)  # a slow consumer: prefetches pile up to the budget
+    assert bytes(got) == data
+    assert 0 < peak <= 3 * CHUNK
+
+
+async def test_abandoned_stream_leaves_only_the_budget_behind(small_cluster, bucket):
+    c = small_cluster
+    ra = c.reader.readahead
+    data = rand(30 * CHUNK, seed=26)
+    await bucket.put("obj", data)
+    body = await bucket.get("obj")
+    it = body.__aiter__()
+    assert await it.__anext__() == data[:CHUNK]
+    await it.aclose()  # the client went away
+    await settle(c.reader)
+    assert ra.buffered_bytes() <= ra.budget
+    assert ra.buffered_bytes() <= ra.window * CHUNK
