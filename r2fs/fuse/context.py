@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import trio
+
 from ..engine.store import Bucket, Cluster
 from .attrs import Owner
 from .inodes import InodeTable
@@ -32,6 +34,8 @@ class MountContext:
     mounted_ns: int
     layout: tuple[int, int, list[str]]  # k, m, node directories (for statfs)
     table: InodeTable = field(default_factory=InodeTable)
+    nursery: trio.Nursery | None = None  # background work (prefetch, encoding)
+    encoders: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
 
     def context(self, key: str) -> str:
         return f"{self.bucket_name}/{key}"

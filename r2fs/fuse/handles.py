@@ -86,7 +86,8 @@ class OpenFiles:
         """
         ctx = self._ctx
         buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, reader=ctx.reader, base=None,
-                         chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir)
+                         chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
+                         nursery=ctx.nursery, encoders=ctx.encoders)
         buf.changed = True
         of = OpenFile(ino=ino, buf=buf, attrs=attrs, meta={}, http=None, pending=True, refs=1)
         self._files[ino] = of
@@ -107,7 +108,8 @@ class OpenFiles:
         kind = A.kind_of(info.key, info.custom_metadata)
         attrs = A.from_metadata(info.custom_metadata, kind, ctx.owner, int(info.uploaded * A.NS))
         buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, reader=ctx.reader, base=info,
-                         chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir)
+                         chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
+                         nursery=ctx.nursery, encoders=ctx.encoders)
         return OpenFile(ino=ino, buf=buf, attrs=attrs, meta=dict(info.custom_metadata),
                         http=dict(info.http_metadata) or None)
 

@@ -90,7 +90,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     log.info("mounted bucket %r at %s", bucket_name, mountpoint)
     try:
         async with trio.open_nursery() as nursery:
-            ctx.reader.nursery = nursery
+            ctx.reader.nursery = ctx.nursery = nursery
             nursery.start_soon(poller.run)
             nursery.start_soon(_on_signals, ops)
             if on_ready is not None:

@@ -24,7 +24,7 @@ log = logging.getLogger("r2fs.fuse")
 
 class ChunkReader:
     def __init__(self, cluster: Cluster, bucket: Bucket, *, cache_bytes: int = 96 << 20,
-                 readahead: int = 2) -> None:
+                 readahead: int = 3) -> None:
         self._cluster = cluster
         self._bucket = bucket
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()

@@ -16,21 +16,37 @@ Commit: files up to one chunk go through `Bucket.put` (so the engine may
 keep them inline in their manifest); larger files are committed with
 `Bucket.put_chunks`, re-encoding only dirty slots and reusing `base`'s chunk
 references for the others (when `base` is chunked on the same grid).
+
+Sequential writers would otherwise pay for all the encoding at close(): so
+when a write crosses a slot boundary, the slot just completed is encoded
+(`Cluster.write_chunk`) in the background, and its reference is used at
+commit unless the slot changed again meanwhile (a generation number per slot
+tells). A speculative chunk that ends up unused is unreferenced garbage the
+engine's gc removes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
+import trio
+
+from ..engine.errors import ChunkMissing
 from ..engine.store import Bucket, Cluster
 from ..engine.types import ChunkRef, ObjectInfo
 from .reader import ChunkReader
 
+log = logging.getLogger("r2fs.fuse")
+COMMIT_INFLIGHT = 3  # chunks encoded concurrently by one commit
+
 
 class FileBuffer:
     def __init__(self, *, cluster: Cluster, bucket: Bucket, reader: ChunkReader,
-                 base: ObjectInfo | None, chunk_size: int, staging_dir: str) -> None:
+                 base: ObjectInfo | None, chunk_size: int, staging_dir: str,
+                 nursery: trio.Nursery | None = None,
+                 encoders: trio.CapacityLimiter | None = None) -> None:
         self._cluster = cluster
         self._bucket = bucket
         self._reader = reader
@@ -42,6 +58,11 @@ class FileBuffer:
         self._limit = self.size  # base bytes at or beyond this offset are gone
         self.dirty: set[int] = set()
         self.changed = False  # anything (data or size) differs from `base`
+        self._nursery = nursery  # for background encoding of completed slots
+        self._encoders = encoders or trio.CapacityLimiter(2)
+        self._gen: dict[int, int] = {}  # slot -> generation (bumped on every change)
+        self._encoded: dict[int, tuple[int, ChunkRef]] = {}  # slot -> (generation, chunk)
+        self._inflight: dict[int, trio.Event] = {}
 
     # --- staging file ------------------------------------------------------------
 
@@ -114,8 +135,14 @@ class FileBuffer:
             # base_limit only if we say so.
             self._limit = min(self._limit, self.size)
         written = os.pwrite(self._staging(), data, offset)
+        self._touch(range(offset // self._cs, (end - 1) // self._cs + 1))
         self.size = max(self.size, end)
         self.changed = True
+        done = end // self._cs - 1  # the slot this write just completed, if any
+        if done >= offset // self._cs and self._nursery is not None and done in self.dirty \
+                and done not in self._inflight:
+            self._inflight[done] = trio.Event()
+            self._nursery.start_soon(self._speculate, done)
         return written
 
     async def truncate(self, size: int) -> None:
@@ -125,11 +152,13 @@ class FileBuffer:
             if size % self._cs:
                 await self._make_dirty(size // self._cs)
             self.dirty = {s for s in self.dirty if s * self._cs < size}
+            self._touch([k for k in self._encoded if k >= size // self._cs] + [size // self._cs])
             if self._fd is not None:
                 os.ftruncate(self._fd, min(size, os.fstat(self._fd).st_size))
             self._limit = min(self._limit, size)
         else:
             self._limit = min(self._limit, self.size)
+            self._touch([self.size // self._cs])
         self.size = size
         self.changed = True
 
@@ -142,6 +171,35 @@ class FileBuffer:
 
     # --- commit ------------------------------------------------------------------
 
+    def _touch(self, slots: "range | list[int]") -> None:
+        for slot in slots:
+            self._gen[slot] = self._gen.get(slot, 0) + 1
+            self._encoded.pop(slot, None)
+
+    async def _encode(self, slot: int) -> ChunkRef:
+        """Store slot `slot` as a chunk; remember it if the slot is unchanged meanwhile."""
+        start = slot * self._cs
+        gen = self._gen.get(slot, 0)
+        data = await self.read(start, min(start + self._cs, self.size) - start)
+        ref = await self._cluster.write_chunk(data)
+        if slot in self.dirty and self._gen.get(slot, 0) == gen:
+            self._encoded[slot] = (gen, ref)
+        return ref
+
+    async def _speculate(self, slot: int) -> None:
+        done = self._inflight[slot]
+        try:
+            async with self._encoders:
+                if slot in self.dirty and slot not in self._encoded and self._fd is not None:
+                    await self._encode(slot)
+        except Exception as exc:  # noqa: BLE001 - the commit encodes it again
+            log.debug("background encoding of slot %d failed: %s", slot, exc)
+        finally:
+            del self._inflight[slot]
+            done.set()
+
+    # --- commit ------------------------------------------------------------------
+
     async def commit(self, key: str, *, custom_metadata: dict[str, str],
                      http_metadata: dict[str, str] | None) -> ObjectInfo:
         """Store the current content as the new version of `key`."""
@@ -150,31 +208,58 @@ class FileBuffer:
                                           custom_metadata=custom_metadata, http_metadata=http_metadata)
         else:
             refs = await self._chunk_refs()
-            info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
-                                                 http_metadata=http_metadata)
+            try:
+                info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
+                                                     http_metadata=http_metadata)
+            except ChunkMissing:  # a background chunk was collected before we used it
+                self._encoded.clear()
+                refs = await self._chunk_refs()
+                info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
+                                                     http_metadata=http_metadata)
         self._committed(info)
         return info
 
     async def _chunk_refs(self) -> list[ChunkRef]:
+        for pending in list(self._inflight.values()):
+            await pending.wait()
         reusable: dict[int, ChunkRef] = {}
         if self.base is not None and not self.base.inline:
             reusable = {off: ref for off, ref in self.base.chunk_spans()}
-        refs = []
-        for slot in range((self.size + self._cs - 1) // self._cs):
+        nslots = (self.size + self._cs - 1) // self._cs
+        refs: list[ChunkRef | None] = [None] * nslots
+        todo = []
+        for slot in range(nslots):
             start = slot * self._cs
             end = min(start + self._cs, self.size)
             ref = reusable.get(start)
+            done = self._encoded.get(slot)
             if slot not in self.dirty and ref is not None and ref.size == end - start and end <= self._limit:
-                refs.append(ref)
+                refs[slot] = ref
+            elif done is not None and done[0] == self._gen.get(slot, 0) and done[1].size == end - start:
+                refs[slot] = done[1]
             else:
-                refs.append(await self._cluster.write_chunk(await self.read(start, end - start)))
-        return refs
+                todo.append(slot)
+        limit = trio.Semaphore(COMMIT_INFLIGHT)
+
+        async def one(slot: int) -> None:
+            try:
+                refs[slot] = await self._encode(slot)
+            finally:
+                limit.release()
+
+        async with trio.open_nursery() as nursery:
+            for slot in todo:
+                await limit.acquire()
+                nursery.start_soon(one, slot)
+        return refs  # type: ignore[return-value]
 
     def _committed(self, info: ObjectInfo) -> None:
         self.base = info
         self.size = info.size
         self._limit = info.size
         self.dirty.clear()
+        self._encoded.clear()
+        self._gen.clear()
         self.changed = False
         if self._fd is not None:
             os.ftruncate(self._fd, 0)  # give the space back; slots refill on demand
