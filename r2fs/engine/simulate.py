@@ -19,6 +19,7 @@ at start stays a plain `LocalNode`.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import sys
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import config as cfgmod
 from .errors import InvalidClusterConfig
-from .nodes import Buffer, LocalNode, NodeUnavailable
+from .nodes import Buffer, LocalNode
 
 SIMULATE_TABLE = "simulate"
 RELOAD_INTERVAL = 0.5
@@ -120,6 +121,17 @@ class SimulationSource:
         self._current.update(fresh)
 
 
+class SimulatedFault(OSError):
+    """An injected failure: an OSError (EIO), as a failing disk or mount gives.
+
+    Being an OSError, it takes exactly the paths a real I/O error takes in the
+    chunk store, gc and the replicator -- which is what the simulation is for.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
 class SimulatedNode:
     """A LocalNode behind injected latency, errors and outages (same interface)."""
 
@@ -154,10 +166,10 @@ class SimulatedNode:
         if s.latency_ms:
             time.sleep(s.latency_ms / 1000.0)
         if s.down:
-            raise NodeUnavailable(f"node {self.id}: simulated outage during {what} "
+            raise SimulatedFault(f"node {self.id}: simulated outage during {what} "
                                   f"([nodes.{self.id}.simulate] down = true)")
         if may_fail and s.error_rate and self._rng.random() < s.error_rate:
-            raise NodeUnavailable(f"node {self.id}: simulated I/O error during {what} "
+            raise SimulatedFault(f"node {self.id}: simulated I/O error during {what} "
                                   f"([nodes.{self.id}.simulate] error_rate = {s.error_rate:g})")
 
     # --- data access: delayed, may fail ------------------------------------------------
@@ -165,17 +177,24 @@ class SimulatedNode:
     def write(self, name: str, data: Buffer) -> None:
         self.write_parts(name, [data])
 
-    def write_parts(self, name: str, parts: Sequence[Buffer]) -> None:
+    def write_parts(self, name: str, parts: Sequence[Buffer], *args: Any, **kw: Any) -> None:
         self._enter("write")
-        self.inner.write_parts(name, parts)
+        self.inner.write_parts(name, parts, *args, **kw)
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, *args: Any, **kw: Any) -> bytes:
         self._enter("read")
-        return self.inner.read(name)
+        return self.inner.read(name, *args, **kw)
 
-    def read_into(self, name: str, alloc: Callable[[int], bytearray]) -> memoryview:
+    def read_into(self, name: str, alloc: Callable[[int], bytearray], *args: Any,
+                  only_if_cached: bool = False, **kw: Any) -> memoryview | None:
+        if only_if_cached:
+            return None  # a far node is never in this machine's page cache: the slow path
         self._enter("read")
-        return self.inner.read_into(name, alloc)
+        return self.inner.read_into(name, alloc, *args, **kw)
+
+    def prefetch(self, name: str) -> None:
+        if not self.settings.down:
+            self.inner.prefetch(name)  # a hint; the read that follows pays the latency
 
     def delete(self, name: str) -> bool:
         self._enter("delete")
@@ -184,6 +203,19 @@ class SimulatedNode:
     def size_of(self, name: str) -> int | None:
         self._enter("stat", may_fail=False)
         return self.inner.size_of(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        """Anything LocalNode grows later: delayed and failing like data access."""
+        if attr == "inner":
+            raise AttributeError(attr)
+        value = getattr(self.inner, attr)
+        if not callable(value) or attr.startswith("_"):
+            return value
+
+        def simulated(*args: Any, **kw: Any) -> Any:
+            self._enter(attr)
+            return value(*args, **kw)
+        return simulated
 
     # --- housekeeping: delayed, fail only when down -------------------------------------
 
