@@ -369,7 +369,7 @@ class R2Operations(pyfuse3.Operations):
         h = self.files.handle(fh)
         of = h.file
         async with of.lock:
-            if h.append:
+            if h.append and not self.enable_writeback_cache:  # (with it, the kernel appends)
                 off = of.buf.size
             n = await of.buf.write(off, buf)
             now = A.now_ns()
