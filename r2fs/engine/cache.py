@@ -37,7 +37,10 @@ from collections import OrderedDict
 from typing import Callable
 
 from .chunks import BufferPool
+from .crypto import SEAL_OVERHEAD
 from .errors import ChunkCorrupt, R2fsError
+
+Buffer = bytes | bytearray | memoryview
 
 FORMAT = 1
 #: Fraction of the capacity probation may keep once the cache is full.
@@ -48,7 +51,8 @@ DEFAULT_MAX = 2 * 1024 ** 3
 MIN_FREE_FRACTION = 0.10
 MAX_SLOTS = 64
 
-Opener = Callable[[bytes, memoryview], bytearray]
+#: open_into(chunk id, sealed, out): authenticate + decrypt into `out` (ChunkCorrupt on failure)
+OpenInto = Callable[[bytes, Buffer, Buffer], None]
 
 
 class CacheError(R2fsError):
@@ -88,11 +92,10 @@ def _du(path: str) -> int:
 class DiskCache:
     """A 2Q cache of sealed chunks under `<root>/slot<N>/`."""
 
-    def __init__(self, root: str, capacity: int, opener: Opener) -> None:
-        """`opener(chunk_id, sealed)` authenticates + decrypts (raises ChunkCorrupt)."""
+    def __init__(self, root: str, capacity: int, open_into: OpenInto) -> None:
         self.root = os.path.abspath(root)
         self.capacity = max(0, int(capacity))
-        self._open = opener
+        self._open_into = open_into
         self._lock = threading.Lock()
         self._a1in: OrderedDict[bytes, int] = OrderedDict()  # id -> cost, oldest first
         self._am: OrderedDict[bytes, int] = OrderedDict()  # id -> cost, LRU first
@@ -278,23 +281,25 @@ class DiskCache:
             self._dirty = True
             return size
 
-    def _read_verified(self, cid: bytes, size: int, buf: bytearray) -> bytearray | None:
-        """Read the entry into `buf` and authenticate it; its plaintext, or None
-        (entry dropped) if the file vanished or fails authentication."""
+    def _verified(self, cid: bytes, size: int, sealed: Buffer, out: Buffer | None) -> bool:
+        """Authenticate (and decrypt into `out`, or a scratch buffer); False (entry
+        dropped) if the file is short or fails authentication."""
+        scratch = None
         try:
-            view = _read_file(self._path(cid), memoryview(buf)[:size + 1])
-        except OSError:
-            self._drop(cid, corrupt=False)  # evicted meanwhile, or the file vanished
-            return None
-        try:
-            if len(view) != size:
-                raise ChunkCorrupt(f"cache entry {cid.hex()}: {len(view)} bytes, expected {size}")
-            return self._open(cid, view)
+            if len(sealed) != size or size < SEAL_OVERHEAD:
+                raise ChunkCorrupt(f"cache entry {cid.hex()}: {len(sealed)} bytes, expected {size}")
+            if out is None:
+                scratch = self._buffers.get(size - SEAL_OVERHEAD)
+                out = memoryview(scratch)[:size - SEAL_OVERHEAD]
+            self._open_into(cid, sealed, out)
+            return True
         except ChunkCorrupt:
             self._drop(cid, corrupt=True)
-            return None
+            return False
         finally:
-            del view
+            out = None
+            if scratch is not None:
+                self._buffers.put(scratch)
 
     def get(self, cid: bytes) -> bytearray | None:
         """The authenticated plaintext of a cached chunk, or None (miss).
@@ -307,7 +312,15 @@ class DiskCache:
             return None
         buf = self._buffers.get(size + 1)
         try:
-            return self._read_verified(cid, size, buf)
+            try:
+                view = _read_file(self._path(cid), memoryview(buf)[:size + 1])
+            except OSError:
+                self._drop(cid, corrupt=False)  # evicted meanwhile, or the file vanished
+                return None
+            plaintext = bytearray(max(0, size - SEAL_OVERHEAD))
+            ok = self._verified(cid, size, view, plaintext)
+            del view
+            return plaintext if ok else None
         finally:
             self._buffers.put(buf)
 
@@ -316,11 +329,13 @@ class DiskCache:
         size = self._lookup(cid)
         if size is None:
             return None
-        buf = bytearray(size + 1)
-        if self._read_verified(cid, size, buf) is None:
+        try:
+            with open(self._path(cid), "rb", buffering=0) as f:
+                sealed = f.read(size + 1)
+        except OSError:
+            self._drop(cid, corrupt=False)
             return None
-        del buf[size:]
-        return buf  # type: ignore[return-value]
+        return sealed if self._verified(cid, size, sealed, None) else None
 
     def _drop(self, cid: bytes, *, corrupt: bool) -> None:
         with self._lock:

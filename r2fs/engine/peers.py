@@ -31,7 +31,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-import h11
 import trio
 
 from .errors import DataUnavailable, R2fsError
@@ -178,7 +177,7 @@ class CircuitBreaker:
 
 
 class Peer:
-    """One peer process, reached over plain HTTP/1.1 (h11 over a trio socket)."""
+    """One peer process, reached over plain HTTP/1.1 on a trio socket."""
 
     def __init__(self, url: str, token: bytes) -> None:
         self.url = normalize_url(url)
@@ -209,42 +208,69 @@ class Peer:
         return body
 
     async def _get(self, path: str, timeout: float, *, max_body: int) -> tuple[int, bytearray]:
-        conn = h11.Connection(h11.CLIENT)
-        headers = [("host", f"{self.host}:{self.port}"), ("connection", "close"),
-                   *sign(self._token, "GET", path)]
+        """GET `path`: (status, body). The body lands straight in one buffer
+        (recv_into): measured, h11's event-per-read parsing of a 4 MiB body
+        ran at a third of what the socket gives."""
+        head = [f"GET {path} HTTP/1.1", f"host: {self.host}:{self.port}", "connection: close",
+                *(f"{k}: {v}" for k, v in sign(self._token, "GET", path))]
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         try:
             with trio.fail_after(timeout):
                 with trio.fail_after(CONNECT_TIMEOUT):
                     stream = await trio.open_tcp_stream(self.host, self.port)
                 async with stream:
-                    await stream.send_all(conn.send(h11.Request(method="GET", target=path,
-                                                                headers=headers)))
-                    await stream.send_all(conn.send(h11.EndOfMessage()))
-                    return await _receive(conn, stream, max_body)
+                    await stream.send_all(request)
+                    return await _receive(stream.socket, max_body)
         except trio.TooSlowError:
             raise PeerError(f"peer {self.url}: no answer within {timeout:.1f}s") from None
-        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as e:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise PeerError(f"peer {self.url}: {e.strerror if isinstance(e, OSError) else e}") from None
+        except PeerError as e:
+            raise PeerError(f"peer {self.url}: {e}") from None
 
 
-async def _receive(conn: h11.Connection, stream: trio.SocketStream,
-                   max_body: int) -> tuple[int, bytearray]:
-    status = 0
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(1 << 20))
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            if len(body) + len(event.data) > max_body:
-                raise PeerError(f"answer longer than the {max_body} bytes expected")
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return status, body
-        else:
-            raise PeerError("connection closed before the answer was complete")
+MAX_HEAD = 16 * 1024
+
+
+async def _receive(sock: "trio.socket.SocketType", max_body: int) -> tuple[int, bytearray]:
+    """Read one HTTP/1.1 response with a Content-Length body of at most `max_body` bytes."""
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEAD:
+            raise PeerError("response head too long")
+        data = await sock.recv(65536)
+        if not data:
+            raise PeerError("connection closed before the response head")
+        buf += data
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise PeerError(f"not an HTTP response: {lines[0][:80]!r}")
+    status = int(parts[1])
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length" and value.strip().isdigit():
+            length = int(value.strip())
+        elif name == "transfer-encoding":
+            raise PeerError("unexpected transfer-encoding in a peer response")
+    if length is None:
+        raise PeerError("response without content-length")
+    if length > max_body:
+        raise PeerError(f"answer of {length} bytes, at most {max_body} expected")
+    body = bytearray(length)
+    got = min(length, len(buf) - end - 4)
+    body[:got] = buf[end + 4:end + 4 + got]
+    view = memoryview(body)
+    while got < length:
+        n = await sock.recv_into(view[got:], length - got)
+        if n == 0:
+            raise PeerError(f"connection closed after {got} of {length} body bytes")
+        got += n
+    del view
+    return status, body
 
 
 class PeerSet:
@@ -321,7 +347,7 @@ class PeerApp:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
                                 (b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": bytes(body) if status != 200 else body})
+        await send({"type": "http.response.body", "body": bytes(body)})
 
     async def _answer(self, scope: dict) -> tuple[int, Any, bytes]:
         text = b"text/plain; charset=utf-8"
@@ -353,7 +379,7 @@ class PeerApp:
             self._count("missing")
             return 404, b"no such chunk\n", text
         self._count("served")
-        return 200, bytes(sealed), b"application/octet-stream"
+        return 200, sealed, b"application/octet-stream"
 
 
 class PeerServer:

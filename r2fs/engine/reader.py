@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from .cache import DiskCache, default_capacity
+from .crypto import open_chunk_into
 from .errors import ChunkCorrupt, DataUnavailable
 from .peers import PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
 from .readahead import ReadAhead
@@ -140,7 +141,7 @@ class ChunkReader:
         self.close()
         root = cache_dir or os.path.join(self.cluster.path, "cache")
         size = default_capacity(root) if cache_size is None else cache_size
-        self.l1 = DiskCache(root, size, self.cluster.chunks.unseal) if size > 0 else None
+        self.l1 = DiskCache(root, size, self.open_into) if size > 0 else None
         self.readahead.enabled = readahead
         if peer_listen:
             self.server = PeerServer(self.peer_app(), peer_listen)
@@ -171,6 +172,10 @@ class ChunkReader:
             self.l1.close()
             self.l1 = None
         self.configured = False
+
+    def open_into(self, cid: bytes, sealed: Any, out: Any) -> None:
+        """Authenticate + decrypt a sealed chunk into `out` (ChunkCorrupt on failure)."""
+        open_chunk_into(self.cluster.master, cid, sealed, out)
 
     def peer_app(self) -> PeerApp:
         """The ASGI app answering peers (the gateway mounts it under /_r2fs/)."""

@@ -138,12 +138,12 @@ async def test_restart_keeps_the_cache_warm(tmp_path):
 async def test_files_written_after_the_last_index_save_are_adopted(tmp_path, small_cluster):
     """A process killed before saving its index still leaves a usable cache."""
     cache_dir = str(tmp_path / "l1")
-    l1 = DiskCache(cache_dir, 1 << 20, small_cluster.chunks.unseal)
+    l1 = DiskCache(cache_dir, 1 << 20, small_cluster.reader.open_into)
     cid = small_cluster.master.chunk_id(b"x" * 1000)
     sealed = small_cluster.chunks.seal(cid, b"x" * 1000)
     assert l1.put(cid, sealed)
     os.close(l1._lock_fd)  # "killed": no index saved, lock released by the kernel
-    l1b = DiskCache(cache_dir, 1 << 20, small_cluster.chunks.unseal)
+    l1b = DiskCache(cache_dir, 1 << 20, small_cluster.reader.open_into)
     try:
         assert l1b.dir == l1.dir
         assert l1b.get(cid) == b"x" * 1000
@@ -152,8 +152,8 @@ async def test_files_written_after_the_last_index_save_are_adopted(tmp_path, sma
 
 
 async def test_second_process_on_the_same_root_takes_another_slot(tmp_path, small_cluster):
-    a = DiskCache(str(tmp_path / "l1"), 1 << 20, small_cluster.chunks.unseal)
-    b = DiskCache(str(tmp_path / "l1"), 1 << 20, small_cluster.chunks.unseal)
+    a = DiskCache(str(tmp_path / "l1"), 1 << 20, small_cluster.reader.open_into)
+    b = DiskCache(str(tmp_path / "l1"), 1 << 20, small_cluster.reader.open_into)
     try:
         assert a.dir != b.dir
     finally:

@@ -123,8 +123,8 @@ def test_bad_flags_are_one_line_errors(argv, message):
 def test_cache_clear_cli(tmp_path, small_cluster):
     root = tmp_path / "l1"
     from r2fs.engine.cache import DiskCache
-    busy = DiskCache(str(root), 1 << 20, small_cluster.chunks.unseal)
-    idle = DiskCache(str(root), 1 << 20, small_cluster.chunks.unseal)
+    busy = DiskCache(str(root), 1 << 20, small_cluster.reader.open_into)
+    idle = DiskCache(str(root), 1 << 20, small_cluster.reader.open_into)
     cid = small_cluster.master.chunk_id(b"y" * 100)
     idle.put(cid, small_cluster.chunks.seal(cid, b"y" * 100))
     idle_dir = idle.dir

@@ -1,0 +1,169 @@
+"""Read cache: a 1 GiB object read cold from the nodes, warm from L1, from a peer's L2, read-ahead on/off.
+
+Every figure is a streamed `bucket.get` through the store API (the path the
+S3 gateway serves GETs on), each run beside a native cold read of the same
+bytes from one plain file on the same disk, the page cache dropped before
+every read (root only):
+
+(a) cold: L1 on and empty, so the read goes to the nodes (and fills L1);
+(b) L1: the same object again, every chunk a local L1 hit (sealed file read
+    + AES-GCM open);
+(c) L2: this process's L1 emptied before each run, the chunks fetched from a
+    peer process (a real peer server on 127.0.0.1) whose L1 holds them;
+(d) cold sequential read with read-ahead on and off (no L1, so only
+    read-ahead differs).
+
+Targets on the 2-core reference machine: L1 >= 60% and L2 >= 40% of the
+native read; read-ahead >= 1.5x the cold read without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import trio
+
+from benchlib import (GiB, MiB, DataStream, Table, describe_machine, drop_caches, filesystem_of,
+                      mb_per_s, native_read, native_write, parse_size, progress, temp_dir)
+
+PEER_PROGRAM = """
+import sys
+from r2fs.engine.store import Cluster
+c = Cluster.open(sys.argv[1])
+c.reader.configure(cache_dir=sys.argv[2], cache_size=int(sys.argv[3]),
+                   peer_listen="127.0.0.1:0", snapshots=False)
+print(c.reader.self_url, flush=True)
+sys.stdin.read()
+c.reader.close()
+c.close()
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=parse_size, default=GiB,
+                        help="object size (default 1GiB)")
+    parser.add_argument("--chunk", type=parse_size, default=4 * MiB,
+                        help="cluster chunk size (default 4MiB)")
+
+
+async def _put(cluster: Any, size: int) -> Any:
+    await cluster.create_bucket("bench")
+    bucket = cluster.bucket("bench")
+    await bucket.put("obj", DataStream(size, seed=7).apieces())
+    return bucket
+
+
+async def _get(bucket: Any) -> tuple[float, int]:
+    start = time.perf_counter()
+    total = 0
+    async for piece in await bucket.get("obj"):
+        total += len(piece)
+    return time.perf_counter() - start, total
+
+
+def _read(cluster: Any, bucket: Any, size: int) -> float:
+    seconds, total = trio.run(_get, bucket)
+    if total != size:
+        raise SystemExit(f"bench cache: read {total} bytes, expected {size}")
+    return mb_per_s(total, seconds)
+
+
+def _pair(label: str, native_path: str, size: int, prepare: Any, measure: Any, runs: int,
+          state: dict) -> tuple[float, float]:
+    """Median r2fs and native MB/s: each run a native cold read then an r2fs read."""
+    import statistics
+
+    ours, native = [], []
+    for i in range(runs):
+        state["dropped"] &= drop_caches()
+        seconds, total = native_read(native_path)
+        native.append(mb_per_s(total, seconds))
+        prepare()
+        state["dropped"] &= drop_caches()
+        ours.append(measure())
+        progress(f"{label} run {i + 1}: {ours[-1]:,.0f} MB/s (native {native[-1]:,.0f} MB/s)")
+    return statistics.median(ours), statistics.median(native)
+
+
+def run(args: argparse.Namespace) -> None:
+    from r2fs.engine.store import Cluster
+
+    base = args.dir or tempfile.gettempdir()
+    size = args.size
+    cache_size = size + size // 4 + 64 * MiB
+    state = {"dropped": True}
+    table = Table(f"read cache: {size / MiB:,.0f} MiB object, {args.chunk // MiB} MiB chunks, "
+                  f"RS(4,2), streamed bucket.get, median of {args.runs}")
+    with temp_dir(base, "r2fs-bench-cache-") as work:
+        cluster = Cluster.init(os.path.join(work, "cluster"), chunk_size=args.chunk)
+        peer = None
+        try:
+            progress(f"storing {size / MiB:,.0f} MiB")
+            bucket = trio.run(_put, cluster, size)
+            native_path = os.path.join(work, "native.bin")
+            native_write(native_path, DataStream(size, seed=7))
+            reader = cluster.reader
+
+            # (d) read-ahead on/off, no L1: the nodes every time
+            for label, on in (("cold, read-ahead off", False), ("cold, read-ahead on", True)):
+                reader.configure(cache_size=0, readahead=on, snapshots=False)
+                r, n = _pair(label, native_path, size, lambda: None,
+                             lambda: _read(cluster, bucket, size), args.runs, state)
+                table.add(f"{label} (nodes)", r, n)
+            off, on = table.rows[-2].r2fs, table.rows[-1].r2fs
+
+            # (a) cold through an empty L1, (b) warm L1
+            reader.configure(cache_dir=os.path.join(work, "l1"), cache_size=cache_size,
+                             snapshots=False)
+            r, n = _pair("cold, L1 filling", native_path, size, lambda: reader.l1.clear(),
+                         lambda: _read(cluster, bucket, size), args.runs, state)
+            table.add("(a) cold from the nodes, filling L1", r, n)
+            r, n = _pair("L1 hits", native_path, size, lambda: None,
+                         lambda: _read(cluster, bucket, size), args.runs, state)
+            table.add("(b) warm: L1 hits", r, n)
+            l1_hits = reader.figures()["tiers"]["l1"]["hits"]
+
+            # (c) a peer process's L1 (warmed by the first run), this process's L1 emptied
+            peer = subprocess.Popen([sys.executable, "-c", PEER_PROGRAM, cluster.path,
+                                     os.path.join(work, "peer-l1"), str(cache_size)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            url = peer.stdout.readline().strip()
+            if not url.startswith("http://"):
+                raise SystemExit("bench cache: the peer process did not start")
+            reader.configure(cache_dir=os.path.join(work, "l1"), cache_size=cache_size,
+                             peers=[url], snapshots=False)
+            reader.l1.clear()
+            progress("warming the peer's L1")
+            _read(cluster, bucket, size)
+            before = reader.figures()["tiers"]
+            r, n = _pair("L2 hits", native_path, size, lambda: reader.l1.clear(),
+                         lambda: _read(cluster, bucket, size), args.runs, state)
+            table.add("(c) L2: a peer's L1, own L1 empty", r, n)
+            after = reader.figures()["tiers"]
+            l2_hits = after["l2"]["hits"] - before["l2"]["hits"]
+            node_reads = after["nodes"]["hits"] - before["nodes"]["hits"]
+        finally:
+            if peer is not None:
+                peer.stdin.close()
+                try:
+                    peer.wait(20)
+                except subprocess.TimeoutExpired:
+                    peer.kill()
+            cluster.reader.close()
+            cluster.close()
+    chunks = -(-size // args.chunk)
+    table.note(f"read-ahead on / off: {on / off:.2f}x (target >= 1.5x)")
+    table.note("targets: (b) >= 60% of native, (c) >= 40% of native")
+    table.note(f"(b) served {l1_hits} L1 hits over {args.runs} runs ({chunks} chunks per read); "
+               f"(c) {l2_hits} L2 hits and {node_reads} node reads over {args.runs} runs")
+    table.note("page cache dropped before every read" if state["dropped"] else
+               "page cache NOT dropped before reads (needs root): reads may be cached")
+    table.note(f"{describe_machine()}; disk {filesystem_of(base)}")
+    print()
+    table.print()
