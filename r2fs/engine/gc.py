@@ -23,7 +23,7 @@ import trio
 
 from .chunks import ChunkStore
 from .meta import CHUNK_DELETING
-from .nodes import NodeUnavailable
+from .nodes import TEMP_SUFFIX, NodeUnavailable
 from .replicator import sweep_staging
 from .types import GcReport
 from .writer import LOC_STAGING
@@ -92,8 +92,15 @@ def _unstage(c: "Cluster", cid: bytes, gen: int) -> int:
     return c.writer.staging.remove_file(path)
 
 
+def _is_temp(name: str) -> bool:
+    """A shard write's temp file (`.<shard name>.<random>.tmp`) left by a killed process."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") and base.endswith(TEMP_SUFFIX)
+
+
 def _remove_orphans(c: "Cluster", grace: float) -> tuple[int, int]:
-    """Shard files no chunk record claims (a writer killed mid-put), older than grace."""
+    """Shard files no chunk record claims and temp files of shard writes killed
+    mid-way (writers, replicators), older than grace."""
     cutoff = time.time() - grace
     removed = freed = 0
     for node in c.nodes.values():
@@ -105,11 +112,13 @@ def _remove_orphans(c: "Cluster", grace: float) -> tuple[int, int]:
                     continue
                 parsed = ChunkStore.parse_shard_name(name)
                 if parsed is None:
-                    continue
-                cid, gen, _ = parsed
-                rec = c.chunk_record(cid)
-                if rec is not None and rec["g"] == gen:
-                    continue
+                    if not _is_temp(name):
+                        continue  # not ours to judge
+                else:
+                    cid, gen, _ = parsed
+                    rec = c.chunk_record(cid)
+                    if rec is not None and rec["g"] == gen:
+                        continue
                 size = node.size_of(name) or 0
                 if node.delete(name):
                     removed += 1

@@ -149,7 +149,7 @@ async def test_sync_write_to_a_down_region_fails_cleanly(regional, cdir):
         await c.create_bucket("far", location="west")
         c.writer.configure(region="east", mode="sync")
         with pytest.raises(NodeUnavailable, match="simulated outage"):
-            await c.bucket("far").put("k", rand(CHUNK + 1, 1))
+            await c.bucket("far").put("k", rand(CHUNK, 1))
         with pytest.raises(NoSuchKey):
             await c.bucket("far").head("k")
         assert backlog(c).chunks == 0 and not any(shard_files(cdir).values())
