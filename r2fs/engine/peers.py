@@ -17,7 +17,8 @@
 
 The endpoint is an ASGI app under `/_r2fs/peer/` (outside the S3 namespace:
 bucket names cannot start with `_`), mounted by the S3 gateway or run by
-`PeerServer` (hypercorn on trio in a thread of its own) in a mount process.
+`PeerServer` (a small HTTP/1.1 server on trio, in a thread of its own) in a
+mount process.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import hmac
 import logging
 import threading
 import time
-from functools import partial
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import trio
@@ -343,23 +343,24 @@ class PeerApp:
                     return
         if scope["type"] != "http":
             return
-        status, body, ctype = await self._answer(scope)
+        path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        status, body, ctype = await self.answer(scope["method"], path, headers)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
                                 (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": bytes(body)})
 
-    async def _answer(self, scope: dict) -> tuple[int, Any, bytes]:
+    async def answer(self, method: str, path: str,
+                     headers: dict[str, str]) -> tuple[int, bytes, bytes]:
+        """(status, body, content type) for one request; `headers` lowercased."""
         text = b"text/plain; charset=utf-8"
-        path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
-        method = scope["method"]
         if method not in ("GET", "HEAD"):
             return 405, b"method not allowed\n", text
         if path in (METRICS_PATH, "/metrics") and self._metrics is not None:
             return 200, self._metrics().encode(), b"text/plain; version=0.0.4"
         if not path.startswith(CHUNK_PREFIX):
             return 404, b"not found\n", text
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refused = check_auth(self._token, method, path, headers)
         if refused is not None:
             self._count("refused")
@@ -383,14 +384,22 @@ class PeerApp:
 
 
 class PeerServer:
-    """The peer endpoint on a hypercorn server of its own, in its own thread.
+    """The peer endpoint on a small HTTP/1.1 server of its own, in its own thread.
 
     For processes that are not gateways (mounts): their trio loop belongs to
     FUSE, so the server gets its own loop; it shares the reader (thread-safe)
     with the rest of the process.
+
+    Not hypercorn: measured on the reference VM, a 4 MiB answer through
+    hypercorn ran at ~200 MB/s, the same answer written straight to the trio
+    socket at ~550 MB/s, and this endpoint does nothing but send such answers
+    (GET only, one request per connection, bounded request head, timeouts).
     """
 
-    def __init__(self, app: Callable, listen: str) -> None:
+    HEAD_TIMEOUT = 10.0
+    SEND_TIMEOUT = 60.0
+
+    def __init__(self, app: PeerApp, listen: str) -> None:
         self.app = app
         self.listen = listen
         self.url: str | None = None
@@ -398,45 +407,93 @@ class PeerServer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
+        self._cancel: trio.CancelScope | None = None
 
     def start(self, timeout: float = 10.0) -> str:
-        self._thread = threading.Thread(target=self._run, name="r2fs-peer-server", daemon=True)
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise PeerError(f"peer listen address {self.listen!r}: expected HOST:PORT")
+        self._thread = threading.Thread(target=self._run, args=(host.strip("[]"), int(port)),
+                                        name="r2fs-peer-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self.url is None:
-            raise PeerError(f"peer server on {self.listen} did not start: {self._error or 'timeout'}")
+            err = self._error
+            why = (err.strerror if isinstance(err, OSError) else err) or "timeout"
+            raise PeerError(f"cannot serve peers on {self.listen}: {why}")
         return self.url
 
-    def _run(self) -> None:
+    def _run(self, host: str, port: int) -> None:
         try:
-            trio.run(self._main)
+            trio.run(self._main, host, port)
         except BaseException as e:  # noqa: BLE001 - reported to start()
             self._error = e
             self._ready.set()
 
-    async def _main(self) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
-
+    async def _main(self, host: str, port: int) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        config = Config()
-        config.bind = [self.listen]
-        config.worker_class = "trio"
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 1
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, self.app, config, mode="asgi",
-                                                shutdown_trigger=self._stop.wait))
-            self.url = normalize_url(binds[0]) if binds else normalize_url(self.listen)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        self.url = normalize_url(f"http://{host}:{bound[1]}")
+        with trio.CancelScope() as self._cancel:
             self._ready.set()
+            await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                with trio.move_on_after(self.HEAD_TIMEOUT) as waited:
+                    request = await _read_head(stream)
+                if waited.cancelled_caught or request is None:
+                    return
+                method, path, headers = request
+                if method is None:
+                    status, body, ctype = 400, b"bad request\n", b"text/plain; charset=utf-8"
+                else:
+                    status, body, ctype = await self.app.answer(method, path, headers)
+                head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+                        f"content-type: {ctype.decode()}\r\ncontent-length: {len(body)}\r\n"
+                        "cache-control: no-store\r\nconnection: close\r\n\r\n").encode()
+                with trio.move_on_after(self.SEND_TIMEOUT):
+                    await stream.send_all(head)
+                    if method != "HEAD":
+                        await stream.send_all(body)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return  # the client went away
+            except Exception:  # noqa: BLE001 - one bad request must not stop the server
+                log.exception("peer server: request failed")
 
     def stop(self) -> None:
-        if self._token is not None and self._stop is not None:
+        if self._token is not None and self._cancel is not None:
             try:
-                self._token.run_sync_soon(self._stop.set)
+                self._token.run_sync_soon(self._cancel.cancel)
             except trio.RunFinishedError:
                 pass
         if self._thread is not None:
             self._thread.join(5)
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+async def _read_head(stream: trio.SocketStream) -> tuple[str | None, str, dict[str, str]] | None:
+    """(method, path, lowercased headers) of one request; method None if malformed;
+    None if the client closed without sending one."""
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEAD:
+            return None, "", {}
+        data = await stream.receive_some(MAX_HEAD)
+        if not data:
+            return None
+        buf += data
+    lines = bytes(buf[:buf.index(b"\r\n\r\n")]).decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None, "", {}
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return parts[0], parts[1].split("?", 1)[0], headers

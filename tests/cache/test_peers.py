@@ -7,7 +7,6 @@ import socket
 import time
 
 import h11
-import pytest
 import trio
 
 from r2fs.engine import peers as peermod
@@ -210,3 +209,35 @@ def test_peer_set_skips_itself_and_open_breakers():
     assert ps.choose(cid_other).url == other
     ps.peers[other].breaker.failure()
     assert ps.choose(cid_other) is None
+
+
+async def test_peer_app_works_as_asgi_under_hypercorn(small_cluster, bucket):
+    """The gateway mounts `reader.peer_app()` under /_r2fs/ on its hypercorn server."""
+    from functools import partial
+
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    c = small_cluster
+    data = rand(CHUNK, seed=17)
+    await bucket.put("obj", data)
+    cid = (await bucket.head("obj")).chunks[0].id
+    path = "/_r2fs/peer/chunk/" + cid.hex()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, c.reader.peer_app(), config, mode="asgi",
+                                            shutdown_trigger=stop.wait))
+        url = binds[0]
+        try:
+            assert (await http_get(url, path, []))[0] == 401
+            status, body = await http_get(url, path, sign(c.reader.token, "GET", path))
+            assert status == 200 and bytes(c.chunks.unseal(cid, body)) == data
+            # and a reader using it as a peer gets its chunks from it
+            c.reader.configure(cache_size=0, peers=[url], snapshots=False)
+            assert await (await bucket.get("obj")).read() == data
+            assert c.reader.figures()["tiers"]["l2"]["hits"] == 1
+        finally:
+            stop.set()
