@@ -13,6 +13,8 @@ can remove it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import secrets
@@ -38,6 +40,7 @@ class LocalNode:
         self.path = os.path.abspath(path)
         self.region = region
         self._known_dirs: set[str] = set()
+        self._direct_ok = True
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -120,29 +123,59 @@ class LocalNode:
         with open(self._file(name), "rb", buffering=0) as f:
             return f.readall()
 
-    def read_into(self, name: str, alloc: Callable[[int], bytearray], *,
-                  only_if_cached: bool = False) -> memoryview | None:
+    def read_into(self, name: str, alloc: Callable[[int], Buffer], *,
+                  only_if_cached: bool = False, direct: bool = False) -> memoryview | None:
         """Read a whole file into a buffer from `alloc(size)` (e.g. a pool); a view of it.
 
         `view.obj` is the buffer, so the caller can hand it back to its pool.
         only_if_cached: return None, without reading, when the file's first or
         last page is not in the page cache (RWF_NOWAIT probe), so a caller can
         read hot files in its own thread and hand cold ones to parallel I/O.
+        direct: read with O_DIRECT, bypassing the page cache (for files known
+        to be cold: half the CPU of a buffered read, and no cache pollution);
+        needs a page-aligned buffer; falls back to a buffered read where the
+        filesystem or the buffer does not allow it.
         """
-        fd = os.open(self._file(name), os.O_RDONLY | os.O_CLOEXEC)
+        path = self._file(name)
+        fd = -1
+        if direct and self._direct_ok:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._direct_ok = False  # e.g. tmpfs: never try again on this node
+        is_direct = fd >= 0
+        if not is_direct:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             if only_if_cached and size and not _cached(fd, size):
                 return None
-            buf = alloc(size)
-            view = memoryview(buf)[:size]
+            if is_direct:
+                span = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
+                buf = alloc(span)
+                if _address(buf) % _DIRECT_ALIGN:
+                    os.close(fd)  # not aligned: read it the ordinary way
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    is_direct = False
+            else:
+                span = size
+                buf = alloc(size)
+            view = memoryview(buf)[:span]
             got = 0
             while got < size:
-                n = os.readv(fd, [view[got:]])
+                n = os.readv(fd, [view[got:]] if not is_direct else [view])
                 if n == 0:  # the file shrank while we read: report what is there
-                    return view[:got]
+                    break
                 got += n
-            return view
+                if is_direct and got < size:
+                    # a short direct read (signal): finish with an ordinary read
+                    os.close(fd)
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    os.lseek(fd, got, os.SEEK_SET)
+                    is_direct = False
+            return view[:min(got, size)]
         finally:
             os.close(fd)
 
@@ -230,6 +263,14 @@ def _cached(fd: int, size: int) -> bool:
         return False
     except OSError:
         return True  # flag unsupported here: fall back to a plain read
+
+
+_DIRECT_ALIGN = 4096
+
+
+def _address(buf: Buffer) -> int:
+    """Memory address of a writable buffer (O_DIRECT needs it aligned)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
 def _fsync_dir(directory: str) -> None:
