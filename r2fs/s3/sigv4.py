@@ -11,6 +11,7 @@ need to verify each chunk's signature (signing key, scope, seed signature).
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import hmac
 import time
@@ -35,7 +36,9 @@ def hmac_sha256(key: bytes, msg: str | bytes) -> bytes:
     return hmac.new(key, msg.encode() if isinstance(msg, str) else msg, hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=1024)
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The day's derived key (cached: it changes once a day per key and region)."""
     k = hmac_sha256(("AWS4" + secret).encode(), date)
     k = hmac_sha256(k, region)
     k = hmac_sha256(k, service)
@@ -43,9 +46,17 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 def parse_amz_date(value: str) -> float:
-    """Seconds since the epoch of a `YYYYMMDDTHHMMSSZ` timestamp."""
+    """Seconds since the epoch of a `YYYYMMDDTHHMMSSZ` timestamp (by hand: strptime
+    costs more than the whole signature check)."""
     try:
-        return float(calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%SZ")))
+        if len(value) != 16 or value[8] != "T" or value[15] != "Z" or not (value[:8] + value[9:15]).isdigit():
+            raise ValueError(value)
+        fields = (int(value[0:4]), int(value[4:6]), int(value[6:8]),
+                  int(value[9:11]), int(value[11:13]), int(value[13:15]))
+        if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24 and fields[4] < 60
+                and fields[5] < 61):
+            raise ValueError(value)
+        return float(calendar.timegm(fields + (0, 0, 0)))
     except (ValueError, TypeError):
         raise S3Error("AccessDenied", f"invalid X-Amz-Date {value!r}") from None
 
