@@ -84,6 +84,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _background(args, mountpoint)
 
 
+def _configure(args: argparse.Namespace):
+    """The engine set-up a mount shares with the gateway: read tiers, write mode."""
+    from .cache_cmds import apply_cache_arguments
+    from .uploads_cmds import apply_write_arguments
+
+    def configure(cluster) -> None:
+        apply_write_arguments(cluster, args)
+        apply_cache_arguments(cluster, args)
+    return configure
+
+
 def _foreground(args: argparse.Namespace, mountpoint: str) -> int:
     from ..fuse.mount import run
 
@@ -94,7 +105,9 @@ def _foreground(args: argparse.Namespace, mountpoint: str) -> int:
             f.write(f"{os.getpid()}\n")
 
     try:
-        return run(cluster_path(args), args.bucket, mountpoint, args.options, args.cache_dir, ready)
+        cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else None
+        return run(cluster_path(args), args.bucket, mountpoint, args.options, cache_dir, ready,
+                   _configure(args))
     finally:
         try:
             with open(pidf) as f:
@@ -112,6 +125,12 @@ def _background(args: argparse.Namespace, mountpoint: str) -> int:
         cmd += ["--cache-dir", os.path.abspath(args.cache_dir)]
     if args.options:
         cmd += ["-o", args.options]
+    if args.region:
+        cmd += ["--region", args.region]
+    if args.write_mode:
+        cmd += ["--write-mode", args.write_mode]
+    from .cache_cmds import cache_argv
+    cmd += cache_argv(args)
     with open(log, "ab") as out:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  start_new_session=True, close_fds=True)
@@ -175,10 +194,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint")
     p.add_argument("--foreground", action="store_true", help="stay in front, log to stderr")
     p.add_argument("--cache-dir", metavar="D", default=None,
-                   help="local directory for write staging (default: CLUSTER/cache)")
+                   help="local directory for the read cache and write staging (default: CLUSTER/cache)")
     p.add_argument("-o", dest="options", metavar="OPTIONS", default=None,
                    help="comma-separated: attr_timeout=S, entry_timeout=S, poll_interval=S, "
                         "writeback, debug, and libfuse options such as allow_other, ro")
+    from .cache_cmds import add_cache_arguments
+    from .uploads_cmds import add_write_arguments
+    add_cache_arguments(p)
+    add_write_arguments(p)
     p.set_defaults(func=cmd_mount)
 
     p = subparsers.add_parser("umount", help="unmount an r2fs mount (flushes first)")

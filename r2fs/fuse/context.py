@@ -9,7 +9,6 @@ import trio
 from ..engine.store import Bucket, Cluster
 from .attrs import Owner
 from .inodes import InodeTable
-from .reader import ChunkReader
 
 
 @dataclass
@@ -29,12 +28,11 @@ class MountContext:
     owner: Owner
     chunk_size: int
     staging_dir: str
-    reader: ChunkReader
     options: MountOptions
     mounted_ns: int
     layout: tuple[int, int, list[str]]  # k, m, node directories (for statfs)
     table: InodeTable = field(default_factory=InodeTable)
-    nursery: trio.Nursery | None = None  # background work (prefetch, encoding)
+    nursery: trio.Nursery | None = None  # background work (encoding completed slots)
     encoders: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
 
     def context(self, key: str) -> str:

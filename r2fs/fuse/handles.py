@@ -85,7 +85,7 @@ class OpenFiles:
         find it; readdir merges pending files in.)
         """
         ctx = self._ctx
-        buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, reader=ctx.reader, base=None,
+        buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, base=None,
                          chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
                          nursery=ctx.nursery, encoders=ctx.encoders)
         buf.changed = True
@@ -107,7 +107,7 @@ class OpenFiles:
         ctx = self._ctx
         kind = A.kind_of(info.key, info.custom_metadata)
         attrs = A.from_metadata(info.custom_metadata, kind, ctx.owner, int(info.uploaded * A.NS))
-        buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, reader=ctx.reader, base=info,
+        buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, base=info,
                          chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
                          nursery=ctx.nursery, encoders=ctx.encoders)
         return OpenFile(ino=ino, buf=buf, attrs=attrs, meta=dict(info.custom_metadata),

@@ -22,9 +22,9 @@ from ..engine.errors import R2fsError
 from ..engine.store import Cluster
 from .attrs import Owner
 from .context import MountContext, MountOptions
+from ..engine.replicator import run_replicator
 from .invalidate import ChangePoller
 from .ops import R2Operations
-from .reader import ChunkReader
 from .tracked import OwnChanges, TrackedBucket
 
 log = logging.getLogger("r2fs.fuse")
@@ -78,7 +78,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     bucket = TrackedBucket(cluster.bucket(bucket_name), own)
     ctx = MountContext(cluster=cluster, bucket=bucket, bucket_name=bucket_name,  # type: ignore[arg-type]
                        owner=Owner(os.getuid(), os.getgid()), chunk_size=status.chunk_size,
-                       staging_dir=staging_dir, reader=ChunkReader(cluster, bucket),  # type: ignore[arg-type]
+                       staging_dir=staging_dir,
                        options=opts, mounted_ns=time.time_ns(),
                        layout=(status.k, status.m, [n.path for n in status.nodes]))
     ops = R2Operations(ctx)
@@ -88,14 +88,17 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     except RuntimeError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc} (see the log above for libfuse's reason)") from None
     log.info("mounted bucket %r at %s", bucket_name, mountpoint)
+    stop = trio.Event()  # ends the replicator (it drains local uploads while we serve)
     try:
         async with trio.open_nursery() as nursery:
-            ctx.reader.nursery = ctx.nursery = nursery
+            ctx.nursery = nursery
+            nursery.start_soon(run_replicator, cluster, stop)
             nursery.start_soon(poller.run)
             nursery.start_soon(_on_signals, ops)
             if on_ready is not None:
                 on_ready()
             await pyfuse3.main()
+            stop.set()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
@@ -114,8 +117,13 @@ async def _on_signals(ops: R2Operations) -> None:
 
 
 def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | None,
-        cache_dir: str | None, on_ready: Callable[[], None] | None = None) -> int:
-    """Blocking entry point for the CLI (foreground)."""
+        cache_dir: str | None, on_ready: Callable[[], None] | None = None,
+        configure: Callable[[Cluster], None] | None = None) -> int:
+    """Blocking entry point for the CLI (foreground).
+
+    `configure` sets up the engine's read tiers and write mode for a
+    long-running process (the CLI passes its cache and write flags).
+    """
     opts, debug = parse_options(options)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,6 +133,12 @@ def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | Non
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
     cluster = Cluster.open(cluster_path)
+    if configure is not None:
+        try:
+            configure(cluster)
+        except BaseException:
+            cluster.close()
+            raise
     base = cache_dir or os.path.join(cluster_path, "cache")
     os.makedirs(base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="fuse-staging-", dir=base)

@@ -196,7 +196,7 @@ class R2Operations(pyfuse3.Operations):
         node = await self._resolve(self.table.path(inode))
         if not stat.S_ISLNK(node.attrs.mode) or node.info is None:
             raise fail(errno.EINVAL)
-        return await self.ctx.reader.read(node.info, 0, node.size)
+        return await self.ctx.bucket.read_range(node.info, 0, node.size)
 
     async def _create_object(self, parent: int, name: bytes, kind: int, perm: int,
                              ctx: pyfuse3.RequestContext, content: bytes = b"") -> tuple[str, int, OpenFile | None, object]:

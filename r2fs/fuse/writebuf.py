@@ -36,20 +36,18 @@ import trio
 from ..engine.errors import ChunkMissing
 from ..engine.store import Bucket, Cluster
 from ..engine.types import ChunkRef, ObjectInfo
-from .reader import ChunkReader
 
 log = logging.getLogger("r2fs.fuse")
 COMMIT_INFLIGHT = 3  # chunks encoded concurrently by one commit
 
 
 class FileBuffer:
-    def __init__(self, *, cluster: Cluster, bucket: Bucket, reader: ChunkReader,
+    def __init__(self, *, cluster: Cluster, bucket: Bucket,
                  base: ObjectInfo | None, chunk_size: int, staging_dir: str,
                  nursery: trio.Nursery | None = None,
                  encoders: trio.CapacityLimiter | None = None) -> None:
         self._cluster = cluster
         self._bucket = bucket
-        self._reader = reader
         self._cs = chunk_size
         self._dir = staging_dir
         self._fd: int | None = None
@@ -85,7 +83,7 @@ class FileBuffer:
         real_end = min(end, self._limit)
         data = b""
         if self.base is not None and start < real_end:
-            data = await self._reader.read(self.base, start, real_end - start)
+            data = await self._bucket.read_range(self.base, start, real_end - start)
         if len(data) < end - start:
             data += bytes(end - start - len(data))
         return data
