@@ -56,6 +56,15 @@ POLL_INTERVAL = 0.5
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_STALE = 10.0
 SWEEP_INTERVAL = 300.0
+#: Background replication yields to this process's own local writes: it waits
+#: until they pause for YIELD_TO_WRITES seconds -- unless the deferred backlog
+#: passes MAX_DEFERRED_BYTES or its oldest entry MAX_DEFER_SECONDS. Why: on one
+#: machine (and on any PoP whose staging disk also carries other work) the
+#: replicator's k+m fsyncs per chunk queue in front of the client's one fsync
+#: and double its acknowledged latency -- the very thing local mode is for.
+YIELD_TO_WRITES = 0.25
+MAX_DEFERRED_BYTES = 256 * 1024 * 1024
+MAX_DEFER_SECONDS = 10.0
 STAGING_ORPHAN_GRACE = 600.0
 RECORDS = "replicators"  # Cluster records namespace: heartbeats of running replicators
 
@@ -363,18 +372,22 @@ async def _heartbeat(cluster: "Cluster", rep: Replicator, started: float) -> Non
 
 async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                          concurrency: int = CONCURRENCY, poll: float = POLL_INTERVAL,
-                         replicator: Replicator | None = None) -> None:
+                         replicator: Replicator | None = None,
+                         yield_to_writes: float = YIELD_TO_WRITES) -> None:
     """Replicate in the background until `stop_event` is set (mount and serve processes).
 
-    Wakes at once when this process stages a chunk, otherwise polls the
-    journal every `poll` seconds (other processes write to it too). Advertises
-    itself with a heartbeat record so `r2fs sync` knows someone is working.
+    Wakes when this process stages a chunk (once its writes pause, see
+    YIELD_TO_WRITES; 0 disables yielding), otherwise polls the journal every
+    `poll` seconds (other processes write to it too). Advertises itself with
+    a heartbeat record so `r2fs sync` knows someone is working.
     """
     rep = replicator or Replicator(cluster)
     started = time.time()
     wake = trio.Event()
+    last_staged = [-math.inf]
 
     def on_staged() -> None:
+        last_staged[0] = time.monotonic()
         wake.set()
 
     cluster.writer.add_listener(on_staged)
@@ -395,6 +408,11 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                     await trio.to_thread.run_sync(rep.sweep_staging)
                     last_sweep = now
                 wake = trio.Event()
+                busy_for = yield_to_writes - (time.monotonic() - last_staged[0])
+                if busy_for > 0 and not await trio.to_thread.run_sync(_must_catch_up, cluster):
+                    with trio.move_on_after(min(busy_for, poll)):
+                        await stop_event.wait()
+                    continue
                 due, later = await trio.to_thread.run_sync(lambda: rep.pending(limit=256))
                 if due:
                     async with trio.open_nursery() as batch:
@@ -411,6 +429,12 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                 await cluster.delete_record(RECORDS, rep.owner)
             except Exception:  # the cluster may be closing; the heartbeat just goes stale
                 pass
+
+
+def _must_catch_up(cluster: "Cluster") -> bool:
+    """True when deferring replication any longer would let the backlog grow too big or old."""
+    b = backlog(cluster)
+    return b.bytes >= MAX_DEFERRED_BYTES or b.oldest_age >= MAX_DEFER_SECONDS
 
 
 async def _one(rep: Replicator, cid: bytes, limiter: trio.CapacityLimiter) -> None:
