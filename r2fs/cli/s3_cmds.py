@@ -9,7 +9,9 @@ from functools import partial
 from ..engine.errors import R2fsError
 from ..engine.store import Cluster
 from . import UsageError
+from .cache_cmds import add_cache_arguments, apply_cache_arguments
 from .engine_cmds import bucket_group, open_cluster, run
+from .uploads_cmds import add_write_arguments, apply_write_arguments
 
 
 class NoSuchAccessKey(R2fsError):
@@ -35,6 +37,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
 
     with open_cluster(args) as cluster:
+        apply_write_arguments(cluster, args)
+        scheme = "https" if args.certfile else "http"
+        apply_cache_arguments(cluster, args, self_url=f"{scheme}://{args.listen}")
         run(partial(server.serve, cluster, args.listen, virtual_hosts=(args.domain,),
                     certfile=args.certfile, keyfile=args.keyfile, on_ready=ready))
     return 0
@@ -90,6 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="virtual-host-style suffix: BUCKET.DOMAIN addresses a bucket (default localhost)")
     p.add_argument("--certfile", help="TLS certificate (PEM) to serve https")
     p.add_argument("--keyfile", help="TLS private key (PEM)")
+    add_write_arguments(p)  # --region, --write-mode: shared with `mount`
+    add_cache_arguments(p)  # --cache-dir, --cache-size, --peer...: shared with `mount`
     p.set_defaults(func=cmd_serve)
 
     k = subparsers.add_parser("keys", help="manage S3 access keys", description="Manage S3 access keys.")

@@ -19,6 +19,8 @@ from urllib.parse import unquote
 import trio
 
 from ..engine.errors import NoSuchBucket
+from ..engine.peers import PeerApp
+from ..engine.replicator import run_replicator
 from ..engine.store import Cluster
 from . import bucket_ops, cors, list_ops, multipart_ops, object_ops, sigv4
 from .context import Ctx
@@ -146,12 +148,16 @@ class Gateway:
     addresses a bucket (e.g. "localhost" makes `photos.localhost:9000` work)."""
 
     def __init__(self, cluster: Cluster, *, region: str = "auto",
-                 virtual_hosts: tuple[str, ...] = ("localhost",)) -> None:
+                 virtual_hosts: tuple[str, ...] = ("localhost",), replicate: bool = True) -> None:
         self.cluster = cluster
         self.region = region
         self.virtual_hosts = tuple(v.lower().strip(".") for v in virtual_hosts if v)
         self.keys = KeyCache(cluster)
         self.meter = Meter(cluster)
+        self.replicate = replicate
+        # Peer caches of other processes fetch sealed chunks from us under /_r2fs/
+        # (outside the S3 namespace: bucket names cannot start with "_").
+        self.peer_app = cluster.reader.peer_app()
 
     # --- ASGI -------------------------------------------------------------------
 
@@ -160,6 +166,9 @@ class Gateway:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        if PeerApp.handles(scope.get("path", "")):
+            await self.peer_app(scope, receive, send)
             return
         req = Request.from_scope(scope, receive)
         request_id = secrets.token_hex(8).upper()
@@ -184,11 +193,16 @@ class Gateway:
         message = await receive()
         if message["type"] != "lifespan.startup":
             return
+        stop_replicator = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.meter.run)
+            if self.replicate:
+                # Local-mode writes (ours and other processes') drain while we serve.
+                nursery.start_soon(run_replicator, self.cluster, stop_replicator)
             await send({"type": "lifespan.startup.complete"})
             while (await receive())["type"] != "lifespan.shutdown":
                 pass
+            stop_replicator.set()
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import trio
 
+from ..engine.reader import render_metrics
 from ..engine.store import Cluster
 
 FLUSH_SECONDS = 1.0
@@ -61,7 +62,8 @@ class Meter:
                   f"r2fs_logical_bytes {status.logical_bytes}",
                   "# HELP r2fs_stored_bytes Shard bytes on the nodes.", "# TYPE r2fs_stored_bytes gauge",
                   f"r2fs_stored_bytes {status.stored_bytes}"]
-        return ("\n".join(lines) + "\n").encode()
+        text = "\n".join(lines) + "\n"
+        return (text + render_metrics()).encode()  # plus this process's read tiers (cache, peers)
 
 
 def _esc(value: str) -> str:

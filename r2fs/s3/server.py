@@ -46,9 +46,11 @@ async def _until_signal() -> None:
 async def serve(cluster: Cluster, listen: str = DEFAULT_LISTEN, *, region: str = "auto",
                 virtual_hosts: tuple[str, ...] = ("localhost",), certfile: str | None = None,
                 keyfile: str | None = None, on_ready: Callable[[str], None] | None = None,
-                shutdown_trigger=None) -> None:
-    """Serve until SIGINT/SIGTERM (or `shutdown_trigger` returns)."""
-    app = Gateway(cluster, region=region, virtual_hosts=virtual_hosts)
+                shutdown_trigger=None, replicate: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM (or `shutdown_trigger` returns).
+
+    `replicate`: run the local-uploads replicator in this process while serving."""
+    app = Gateway(cluster, region=region, virtual_hosts=virtual_hosts, replicate=replicate)
     config = make_config(listen, certfile=certfile, keyfile=keyfile)
     scheme = "https" if certfile else "http"
 

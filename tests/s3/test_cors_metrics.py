@@ -77,3 +77,11 @@ def test_metering(gateway, s3, bucket_name):
     time.sleep(1.5)  # counters reach LMDB within about a second
     status = cli(gateway.cluster, "status")
     assert bucket_name in status, status
+
+
+def test_peer_endpoint_is_outside_s3_and_authenticated(gateway):
+    """Peer caches fetch sealed chunks from the gateway under /_r2fs/; outsiders are refused."""
+    resp = requests.get(f"{gateway.endpoint}/_r2fs/peer/chunk/" + "00" * 32)
+    assert resp.status_code in (401, 403) and "<Error>" not in resp.text
+    metrics = requests.get(f"{gateway.endpoint}/metrics").text
+    assert "r2fs_operations_total" in metrics
