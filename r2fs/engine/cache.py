@@ -344,6 +344,27 @@ class DiskCache:
                 self.counters["corrupt"] += 1
                 _unlink(self._path(cid))
 
+    def advise(self, cids: list[bytes]) -> None:
+        """Ask the kernel to start reading these entries (they are about to be read).
+
+        Why: separate 4 MiB files read one after another leave the disk idle
+        between them (measured ~200 MiB/s on the reference VM, against ~500
+        with several in flight); WILLNEED queues the reads without waiting.
+        """
+        for cid in cids:
+            if cid not in self:
+                continue
+            try:
+                fd = os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def put(self, cid: bytes, sealed: bytes | bytearray | memoryview) -> bool:
         """Store an already AUTHENTICATED sealed chunk; False if it was not cached.
 

@@ -34,7 +34,7 @@ from .types import ChunkRef, MiB, ObjectInfo
 log = logging.getLogger("r2fs.readahead")
 
 DEFAULT_BUDGET = 64 * MiB
-DEFAULT_WINDOW = 4
+DEFAULT_WINDOW = 8
 #: Sequential-stream positions remembered (object versions being read).
 STREAMS = 512
 
@@ -45,8 +45,13 @@ class ReadAhead:
     """The prefetch buffer and the sequential-reader detector of one process."""
 
     def __init__(self, fetch: Fetch, *, budget: int = DEFAULT_BUDGET,
-                 window: int = DEFAULT_WINDOW, enabled: bool = True) -> None:
+                 window: int = DEFAULT_WINDOW, enabled: bool = True,
+                 hint: Callable[[list[bytes]], None] | None = None) -> None:
+        """`hint(chunk ids)`: told about the chunks one window beyond the prefetch
+        window, so a tier can start slow I/O for them early (L1: fadvise)."""
         self._fetch = fetch
+        self._hint = hint
+        self._hinted: OrderedDict[bytes, None] = OrderedDict()
         self.budget = budget
         self.window = window
         self.enabled = enabled
@@ -157,9 +162,10 @@ class ReadAhead:
         starts = self._starts(info)
         first = max(0, bisect.bisect_right(starts, offset) - 1)
         last = bisect.bisect_left(starts, end)  # exclusive
-        ahead = last
+        ahead = hint_end = last
         if self.enabled and self._sequential(info, offset, end):
             ahead = min(len(refs), last + self.window)
+            hint_end = min(len(refs), last + 2 * self.window)
         for i in range(first, last):
             ref = refs[i]
             if ref.size == 0:
@@ -167,12 +173,25 @@ class ReadAhead:
             if self.enabled:
                 self.prefetch([refs[j] for j in range(i + 1, min(ahead, i + 1 + self.window))],
                               context)
+                if self._hint is not None:
+                    self._give_hint([refs[j].id for j in range(
+                        i + 1 + self.window, min(max(ahead, hint_end), i + 1 + 2 * self.window))])
             data = self.take(ref.id)
             if data is None:
                 data = await read(ref, context)
             if self.enabled and end < starts[i] + len(data):
                 self._park(ref.id, data)  # the next small read wants the rest of it
             yield starts[i], data
+
+    def _give_hint(self, cids: list[bytes]) -> None:
+        with self._lock:
+            new = [c for c in cids if c not in self._hinted]
+            for c in new:
+                self._hinted[c] = None
+            while len(self._hinted) > 1024:
+                self._hinted.popitem(last=False)
+        if new and self._hint is not None:
+            self._hint(new)
 
     def _park(self, cid: bytes, data: bytes) -> None:
         """Keep a partly read chunk for the reader's next call (within the budget)."""

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from .cache import DiskCache, default_capacity
-from .crypto import open_chunk_into
+from .chunks import BufferPool
+from .crypto import SEAL_OVERHEAD, open_chunk_into
 from .errors import ChunkCorrupt, DataUnavailable
 from .peers import PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
 from .readahead import ReadAhead
@@ -105,9 +106,10 @@ class ChunkReader:
         self.stats = ReadStats()
         self.l1: DiskCache | None = None
         self.peers: PeerSet | None = None
-        self.readahead = ReadAhead(self._read_tiers)
+        self.readahead = ReadAhead(self._read_tiers, hint=self._hint)
         self.server: PeerServer | None = None
         self._token: bytes | None = None
+        self._pool = BufferPool(32 * 1024 * 1024)
         self._flights: dict[Any, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._maint: threading.Thread | None = None
@@ -202,6 +204,13 @@ class ChunkReader:
         async for item in self.readahead.chunks(info, offset, end, self._read_tiers, context):
             yield item
 
+    def _hint(self, cids: list[bytes]) -> None:
+        """Read-ahead's early notice: have the kernel start reading those L1 files."""
+        l1 = self.l1
+        if l1 is not None:
+            trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, l1.advise, cids,
+                                            name="r2fs-l1-advise")
+
     async def _single(self, key: Any, fetch: Callable[[], Awaitable[Any]]) -> Any:
         """Run `fetch` once for concurrent callers with the same key."""
         while True:
@@ -281,12 +290,30 @@ class ChunkReader:
 
     def _from_nodes(self, cid: bytes, rec: dict, context: str) -> bytearray:
         chunks = self.cluster.chunks
-        if self.l1 is None:
+        l1 = self.l1
+        if l1 is None:
             data = chunks.read(cid, rec["g"], rec["p"], rec["l"], context=context)
         else:
-            sealed = chunks.read_sealed(cid, rec["g"], rec["p"], rec["l"], context=context)
-            data = self._open(cid, sealed, context)
-            self.l1.put(cid, sealed)  # authenticated just above
+            # like chunks.read (the sealed chunk decoded into a reused buffer, see
+            # BufferPool), keeping the sealed bytes long enough to fill L1
+            sealed_len = rec["l"]
+            if sealed_len < SEAL_OVERHEAD:
+                raise ChunkCorrupt(f"{context}: chunk {cid.hex()}: recorded sealed length "
+                                   f"{sealed_len} is impossible")
+            good = chunks._gather(cid, rec["g"], rec["p"], context)  # noqa: SLF001
+            buf = self._pool.get(sealed_len)
+            try:
+                sealed = memoryview(buf)[:sealed_len]
+                chunks._decode(cid, good, sealed_len, sealed, context)  # noqa: SLF001
+                data = bytearray(sealed_len - SEAL_OVERHEAD)
+                try:
+                    self.open_into(cid, sealed, data)
+                except ChunkCorrupt as e:
+                    raise ChunkCorrupt(f"{context}: {e}" if context else str(e)) from None
+                l1.put(cid, sealed)  # authenticated just above
+                del sealed
+            finally:
+                self._pool.put(buf)
         self.stats.hit("nodes", len(data))
         return data
 
