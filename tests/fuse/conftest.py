@@ -5,6 +5,8 @@ Every mount made here is ALWAYS unmounted in `finally`.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fusehelp import BUCKET, Mount, make_cluster
@@ -18,6 +20,9 @@ def mount_factory(tmp_path):
     make_cluster(cluster_dir)
 
     def factory(options: str | None = None, name: str = "mnt") -> Mount:
+        # R2FS_TEST_MOUNT_OPTIONS runs the whole suite with extra -o options (e.g. writeback)
+        extra = os.environ.get("R2FS_TEST_MOUNT_OPTIONS")
+        options = ",".join(filter(None, [options, extra])) or None
         path = tmp_path / name
         path.mkdir(exist_ok=True)
         m = Mount(cluster_dir, BUCKET, str(path), options)
