@@ -74,7 +74,7 @@ class LocalNode:
             try:
                 os.mkdir(d, 0o755)
             except FileExistsError:
-                continue  # another thread or process made it; it fsynced the parent
+                pass  # made meanwhile by another writer, whose parent fsync may not be done
             _fsync_dir(os.path.dirname(d))
         with self._lock:
             if len(self._known_dirs) > 100_000:  # bounded: at most 65,536 shard dirs anyway
@@ -132,52 +132,59 @@ class LocalNode:
         last page is not in the page cache (RWF_NOWAIT probe), so a caller can
         read hot files in its own thread and hand cold ones to parallel I/O.
         direct: read with O_DIRECT, bypassing the page cache (for files known
-        to be cold: half the CPU of a buffered read, and no cache pollution);
-        needs a page-aligned buffer; falls back to a buffered read where the
-        filesystem or the buffer does not allow it.
+        to be cold: less kernel CPU than a buffered read, no cache pollution);
+        needs a page-aligned buffer (alloc(n) gets n rounded up to 4 KiB);
+        falls back to a buffered read where the filesystem or buffer refuses it.
         """
         path = self._file(name)
-        fd = -1
         if direct and self._direct_ok:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._direct_ok = False  # e.g. tmpfs: never try again on this node
-        is_direct = fd >= 0
-        if not is_direct:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            view = self._read_direct(path, alloc)
+            if view is not None:
+                return view
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             if only_if_cached and size and not _cached(fd, size):
                 return None
-            if is_direct:
-                span = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
-                buf = alloc(span)
-                if _address(buf) % _DIRECT_ALIGN:
-                    os.close(fd)  # not aligned: read it the ordinary way
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    is_direct = False
-            else:
-                span = size
-                buf = alloc(size)
-            view = memoryview(buf)[:span]
-            got = 0
-            while got < size:
-                n = os.readv(fd, [view[got:]] if not is_direct else [view])
-                if n == 0:  # the file shrank while we read: report what is there
-                    break
-                got += n
-                if is_direct and got < size:
-                    # a short direct read (signal): finish with an ordinary read
-                    os.close(fd)
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    os.lseek(fd, got, os.SEEK_SET)
-                    is_direct = False
-            return view[:min(got, size)]
+            view = memoryview(alloc(size))[:size]
+            return view[:_read_full(fd, view, 0)]
         finally:
             os.close(fd)
+
+    def _read_direct(self, path: str, alloc: Callable[[int], Buffer]) -> memoryview | None:
+        """The file read with O_DIRECT, or None if direct I/O does not apply here."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._direct_ok = False  # e.g. tmpfs: never try again on this node
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < _DIRECT_MIN:
+                return None
+            span = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            buf = alloc(span)
+            if _address(buf) % _DIRECT_ALIGN:
+                return None
+            view = memoryview(buf)[:span]
+            try:
+                got = os.preadv(fd, [view], 0)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._direct_ok = False  # the device wants another alignment
+                return None
+        finally:
+            os.close(fd)
+        if got < size:  # a short read (signal, racing truncation): finish it buffered
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                got = _read_full(fd, view[:size], got)
+            finally:
+                os.close(fd)
+        return view[:min(got, size)]
 
     def delete(self, name: str) -> bool:
         try:
@@ -235,6 +242,16 @@ class LocalNode:
         return os.path.isdir(self.path) and os.access(self.path, os.R_OK | os.X_OK)
 
 
+def _read_full(fd: int, view: memoryview, got: int) -> int:
+    """Fill view[got:] from the file at that offset; returns the bytes now in view."""
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], got)
+        if n == 0:  # the file shrank while we read: report what is there
+            break
+        got += n
+    return got
+
+
 def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
@@ -266,6 +283,8 @@ def _cached(fd: int, size: int) -> bool:
 
 
 _DIRECT_ALIGN = 4096
+#: Smaller files are read buffered: direct I/O saves nothing on them.
+_DIRECT_MIN = 64 * 1024
 
 
 def _address(buf: Buffer) -> int:
