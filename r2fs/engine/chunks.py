@@ -18,7 +18,7 @@ import mmap
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .crypto import SEAL_OVERHEAD, open_chunk, open_chunk_into, seal_chunk, seal_chunk_into
 from .erasure import Erasure
@@ -337,11 +337,15 @@ class ChunkStore:
         return self._decode(chunk_id, good, sealed_len, None, context)
 
     def read(self, chunk_id: bytes, gen: int, placement: Sequence[str], sealed_len: int,
-             *, context: str = "") -> bytearray:
+             *, context: str = "",
+             on_sealed: Callable[[memoryview], None] | None = None) -> bytearray:
         """The authenticated plaintext of a chunk; never unauthenticated bytes.
 
         The sealed chunk is decoded into a pooled buffer; only the returned
-        plaintext is freshly allocated.
+        plaintext is freshly allocated. `on_sealed`, if given, is called with
+        the sealed chunk once it has authenticated (e.g. to fill a chunk
+        cache without a second 4 MiB buffer); the view is valid only during
+        the call.
         """
         if sealed_len < SEAL_OVERHEAD:
             raise ChunkCorrupt(f"{_describe(context, chunk_id)}: recorded sealed length "
@@ -354,6 +358,8 @@ class ChunkStore:
             plaintext = bytearray(sealed_len - SEAL_OVERHEAD)
             try:
                 open_chunk_into(self.master, chunk_id, sealed, plaintext)
+                if on_sealed is not None:
+                    on_sealed(sealed)
             except ChunkCorrupt as e:
                 if not context:
                     raise

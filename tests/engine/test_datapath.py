@@ -84,6 +84,11 @@ def test_round_trip_sizes(dp_cluster, size):
     for i, node_id in enumerate(placement):
         blob = dp_cluster.nodes[node_id].read(dp_cluster.store.shard_names(cid, 1)[i])
         parse_shard(blob, expect_chunk_id=cid, expect_index=i)
+    # a cache can take the authenticated sealed chunk on the way through
+    seen = []
+    assert bytes(dp_cluster.store.read(cid, 1, placement, sealed_len,
+                                       on_sealed=lambda v: seen.append(bytes(v)))) == data
+    assert seen == [bytes(dp_cluster.store.read_sealed(cid, 1, placement, sealed_len))]
     # the one-call put path (sealed chunk in a reused buffer) stores the same thing
     n, stored = dp_cluster.store.seal_and_write(cid, 2, data, placement)
     assert n == sealed_len and stored > n
