@@ -64,3 +64,24 @@ def test_sigterm_flushes_dirty_files(mount_factory):
     assert not is_r2fs_mount(m.path)
     info = m.api(lambda b: b.head("dirty"))
     assert info.size == len(b"unflushed data") * 1000
+
+
+def test_fstab_helper_mounts(tmp_path):
+    cluster = str(tmp_path / "c")
+    make_cluster(cluster)
+    mp = tmp_path / "m"
+    mp.mkdir()
+    m = Mount(cluster, BUCKET, str(mp))
+    try:
+        import subprocess
+        import sys
+        proc = subprocess.run([sys.executable, "-m", "r2fs.fuse.fstab", BUCKET, str(mp), "-o",
+                               f"rw,cluster={cluster},attr_timeout=1,nofail,_netdev"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert is_r2fs_mount(str(mp))
+        with open(mp / "via-fstab", "w") as f:
+            f.write("ok")
+        assert m.api(lambda b: b.head("via-fstab")).size == 2
+    finally:
+        m.stop()
