@@ -20,7 +20,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Mapping, Sequence
 
-from .crypto import SEAL_OVERHEAD, open_chunk, open_chunk_into, seal_chunk, seal_chunk_into
+from .crypto import (SEAL_OVERHEAD, open_chunk, open_chunk_into, seal_chunk, seal_chunk_into,
+                     uninitialized)
 from .erasure import Erasure
 from .errors import ChunkCorrupt, DataUnavailable, UnsupportedFormat
 from .keys import MasterKey
@@ -355,7 +356,7 @@ class ChunkStore:
         try:
             sealed = memoryview(buf)[:sealed_len]
             self._decode(chunk_id, good, sealed_len, sealed, context)
-            plaintext = bytearray(sealed_len - SEAL_OVERHEAD)
+            plaintext = uninitialized(sealed_len - SEAL_OVERHEAD)
             try:
                 open_chunk_into(self.master, chunk_id, sealed, plaintext)
                 if on_sealed is not None:

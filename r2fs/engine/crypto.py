@@ -16,7 +16,9 @@ and it saves the copy that prefixing the header would otherwise cost.
 
 from __future__ import annotations
 
+import ctypes
 import os
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,13 +36,34 @@ SEAL_OVERHEAD = _HEADER + TAG_SIZE
 Buffer = bytes | bytearray | memoryview
 
 
+def _uninitialized_factory() -> Callable[[int], bytearray]:
+    """bytearray(n) without zero-filling it, where CPython allows.
+
+    `bytearray(n)` memsets n bytes: ~0.5 ms per 4 MiB chunk, ~5% of a chunk
+    read's CPU, for bytes the cipher overwrites at once. The C API's
+    PyByteArray_FromStringAndSize(NULL, n) leaves them uninitialised. Only
+    for buffers that are completely written before anyone reads them.
+    """
+    try:
+        fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:  # not CPython
+        return bytearray
+    fn.restype = ctypes.py_object
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    return lambda n: fn(None, n) if n > 0 else bytearray()
+
+
+#: A fresh bytearray of n bytes with undefined contents (see _uninitialized_factory).
+uninitialized: Callable[[int], bytearray] = _uninitialized_factory()
+
+
 def _aad(chunk_id: bytes) -> bytes:
     return bytes([SEAL_VERSION]) + chunk_id
 
 
 def seal_chunk(master: MasterKey, chunk_id: bytes, plaintext: Buffer) -> bytearray:
     """Encrypt and authenticate one chunk; returns a fresh buffer the caller owns."""
-    out = bytearray(SEAL_OVERHEAD + len(plaintext))
+    out = uninitialized(SEAL_OVERHEAD + len(plaintext))
     seal_chunk_into(master, chunk_id, plaintext, out)
     return out
 
@@ -65,7 +88,7 @@ def open_chunk(master: MasterKey, chunk_id: bytes, sealed: Buffer) -> bytearray:
     """Decrypt and authenticate; ChunkCorrupt on any failure, never unauthenticated bytes."""
     if len(sealed) < SEAL_OVERHEAD:
         raise ChunkCorrupt(f"chunk {chunk_id.hex()}: sealed data truncated ({len(sealed)} bytes)")
-    out = bytearray(len(sealed) - SEAL_OVERHEAD)
+    out = uninitialized(len(sealed) - SEAL_OVERHEAD)
     open_chunk_into(master, chunk_id, sealed, out)
     return out
 

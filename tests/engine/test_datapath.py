@@ -346,6 +346,18 @@ def test_sealed_chunk_is_bound_to_its_id():
     assert again != sealed and bytes(open_chunk(master, ida, again)) == a
 
 
+def test_uninitialized_buffers_are_plain_bytearrays_and_not_leaked():
+    from r2fs.engine.crypto import uninitialized
+    import resource
+    assert uninitialized(0) == bytearray() and len(uninitialized(5)) == 5
+    assert type(uninitialized(10)) is bytearray
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(200):  # 800 MiB in total: a leaked reference would show at once
+        buf = uninitialized(4 * MiB)
+        buf[-1] = 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024
+
+
 def test_master_key_file(tmp_path):
     path = str(tmp_path / "master.key")
     key = MasterKey.create(path)
