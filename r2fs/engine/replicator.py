@@ -413,7 +413,9 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                     with trio.move_on_after(min(busy_for, poll)):
                         await stop_event.wait()
                     continue
-                due, later = await trio.to_thread.run_sync(lambda: rep.pending(limit=256))
+                # small batches: yielding to writes is re-checked between them
+                due, later = await trio.to_thread.run_sync(
+                    lambda: rep.pending(limit=4 * max(1, concurrency)))
                 if due:
                     async with trio.open_nursery() as batch:
                         for cid in due:
