@@ -3,23 +3,33 @@
 Why sealed: the cache disk may be a shared scratch disk; keeping chunks as the
 nodes hold them (AES-256-GCM, chunk id in the AAD) means no plaintext ever
 lands there, and opening an entry *is* its integrity check -- a corrupt,
-truncated or swapped file fails authentication, is dropped and the chunk is
+truncated or swapped entry fails authentication, is dropped and the chunk is
 fetched again. Chunks are immutable and content-addressed, so an entry is
 never stale and nothing ever needs invalidation.
 
-Eviction is 2Q: a chunk seen once goes to a FIFO probation queue (`a1in`);
-a second access promotes it to the LRU main queue (`am`); chunks pushed out of
-probation are remembered by id only (`ghost`) so that a comeback goes straight
-to `am`. When space is needed, probation gives it up first once it holds more
-than its share (`PROBATION_SHARE`), so one big sequential scan cycles through
-probation instead of flushing the hot set.
+Why segments: entries are appended to segment files (`seg-<n>`, up to
+`segment_size` each) instead of one file per chunk. Measured on the reference
+VM with a cold page cache, 4 MiB files read one after another ran at ~200
+MiB/s and at most ~550 MiB/s with many in flight, while one file read in
+order streams at the disk's ~0.9-1.7 GB/s: chunks cached in the order a
+reader read them sit in order in one file, so a re-read streams too.
 
-The byte bound holds at all times: space is reserved (evicting first) under
-the lock before a file is written, and released if the write fails. The index
-(queue order + ghosts) is saved atomically and reloaded at start, and files
-found on disk but missing from the index are adopted, so a restarted process
-keeps a warm cache. One directory belongs to one process at a time (`flock`
-on a slot); a second process on the same root takes the next slot.
+Eviction is 2Q over segments: new chunks go to the current probation
+segment; the first hit promotes its whole segment to the main queue (LRU);
+chunks of an evicted probation segment are remembered by id (`ghosts`), and
+a ghost that comes back goes straight to a main segment. When space is
+needed, probation gives it up first once it holds more than its share
+(`PROBATION_SHARE`), so one big sequential scan cycles through probation
+instead of flushing the hot set. Whole segments are evicted (an unlink).
+
+The byte bound holds at all times: space is reserved under the lock
+(evicting first) before an entry is written; a segment with a write in
+flight is never evicted. Every entry has a header (magic, chunk id, length),
+so the index is rebuilt at start by reading the headers -- a restarted
+process keeps a warm cache, and an entry torn by a crash is cut off. The
+queue labels and ghosts are saved in `state.json`. One directory belongs to
+one process at a time (`flock` on a slot); a second process on the same root
+takes the next slot.
 
 Every method is synchronous and thread-safe (call it via trio.to_thread).
 """
@@ -31,7 +41,7 @@ import fcntl
 import json
 import os
 import secrets
-import shutil
+import struct
 import threading
 from collections import OrderedDict
 from typing import Callable
@@ -45,11 +55,16 @@ Buffer = bytes | bytearray | memoryview
 FORMAT = 1
 #: Fraction of the capacity probation may keep once the cache is full.
 PROBATION_SHARE = 0.25
-#: Disk blocks: an entry costs its size rounded up to this on most filesystems.
+#: Entries start on block boundaries; an entry costs header + data rounded up.
 BLOCK = 4096
 DEFAULT_MAX = 2 * 1024 ** 3
 MIN_FREE_FRACTION = 0.10
 MAX_SLOTS = 64
+SEGMENT_MAX = 64 * 1024 * 1024
+SEGMENT_MIN = 1024 * 1024
+_HEADER = struct.Struct("<4sB3x32sQ")  # magic, format, chunk id, sealed length
+MAGIC = b"R2L1"
+SEG_PREFIX = "seg-"
 
 #: open_into(chunk id, sealed, out): authenticate + decrypt into `out` (ChunkCorrupt on failure)
 OpenInto = Callable[[bytes, Buffer, Buffer], None]
@@ -60,7 +75,7 @@ class CacheError(R2fsError):
 
 
 def _cost(size: int) -> int:
-    return -(-size // BLOCK) * BLOCK
+    return -(-(size + _HEADER.size) // BLOCK) * BLOCK
 
 
 def default_capacity(root: str, *, max_bytes: int = DEFAULT_MAX) -> int:
@@ -83,34 +98,51 @@ def _du(path: str) -> int:
     for base, _, files in os.walk(path):
         for f in files:
             try:
-                total += _cost(os.stat(os.path.join(base, f)).st_size)
+                total += os.stat(os.path.join(base, f)).st_blocks * 512
             except OSError:
                 pass
     return total
 
 
-class DiskCache:
-    """A 2Q cache of sealed chunks under `<root>/slot<N>/`."""
+class _Segment:
+    __slots__ = ("seq", "path", "main", "end", "entries", "pending")
 
-    def __init__(self, root: str, capacity: int, open_into: OpenInto) -> None:
+    def __init__(self, seq: int, path: str, main: bool) -> None:
+        self.seq = seq
+        self.path = path
+        self.main = main
+        self.end = 0  # bytes allocated (reserved or written)
+        self.entries: dict[bytes, tuple[int, int]] = {}  # live: cid -> (offset, sealed size)
+        self.pending = 0  # writes in flight
+
+
+class DiskCache:
+    """A 2Q cache of sealed chunks in segment files under `<root>/slot<N>/`."""
+
+    def __init__(self, root: str, capacity: int, open_into: OpenInto,
+                 segment_size: int | None = None) -> None:
         self.root = os.path.abspath(root)
         self.capacity = max(0, int(capacity))
+        self.segment_size = segment_size or max(SEGMENT_MIN, min(SEGMENT_MAX, self.capacity // 16))
         self._open_into = open_into
         self._lock = threading.Lock()
-        self._a1in: OrderedDict[bytes, int] = OrderedDict()  # id -> cost, oldest first
-        self._am: OrderedDict[bytes, int] = OrderedDict()  # id -> cost, LRU first
+        self._index: dict[bytes, tuple[_Segment, int, int]] = {}
+        self._probation: OrderedDict[int, _Segment] = OrderedDict()  # oldest first
+        self._main: OrderedDict[int, _Segment] = OrderedDict()  # least recently used first
+        self._current: dict[bool, _Segment | None] = {False: None, True: None}
         self._ghost: OrderedDict[bytes, None] = OrderedDict()
-        self._sizes: dict[bytes, int] = {}  # id -> exact file size
-        self._a1in_bytes = 0
-        self.used = 0  # bytes reserved or held (costs)
+        self._writing: set[bytes] = set()
+        self._next_seq = 1
+        self.used = 0
+        self._probation_bytes = 0
         self._dirty = False
-        self._buffers = BufferPool(16 * 1024 * 1024)
-        self.counters = {"evictions": 0, "evicted_bytes": 0, "corrupt": 0, "write_errors": 0,
-                         "fills": 0, "fill_bytes": 0}
+        self._buffers = BufferPool(64 * 1024 * 1024)
+        self.counters = {"evictions": 0, "evicted_bytes": 0, "evicted_chunks": 0, "corrupt": 0,
+                         "write_errors": 0, "fills": 0, "fill_bytes": 0}
         self.dir, self._lock_fd = self._take_slot()
         self._load()
 
-    # --- directory and index ----------------------------------------------------------
+    # --- directory, state, start-up ----------------------------------------------------
 
     def _take_slot(self) -> tuple[str, int]:
         try:
@@ -134,71 +166,91 @@ class DiskCache:
             return d, fd
         raise CacheError(f"cache directory {self.root}: all {MAX_SLOTS} slots are in use")
 
-    def _path(self, cid: bytes) -> str:
-        h = cid.hex()
-        return os.path.join(self.dir, h[:2], h)
-
-    def _index_path(self) -> str:
-        return os.path.join(self.dir, "index.json")
+    def _state_path(self) -> str:
+        return os.path.join(self.dir, "state.json")
 
     def _load(self) -> None:
-        """Rebuild the queues from the saved index, then adopt/clean what is on disk."""
-        saved: dict = {}
+        """Rebuild the index from the segments' entry headers, the queues from state.json."""
         try:
-            with open(self._index_path(), encoding="utf-8") as f:
-                saved = json.load(f)
-            if saved.get("format") != FORMAT:
-                saved = {}
+            with open(self._state_path(), encoding="utf-8") as f:
+                state = json.load(f)
+            if state.get("format") != FORMAT:
+                state = {}
         except (OSError, ValueError):
-            saved = {}
-        on_disk: dict[bytes, int] = {}
-        for sub in os.listdir(self.dir):
-            d = os.path.join(self.dir, sub)
-            if len(sub) != 2 or not os.path.isdir(d):
+            state = {}
+        main_order = [s for s in state.get("main", []) if isinstance(s, int)]
+        segments: dict[int, _Segment] = {}
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if name.endswith(".tmp"):
+                _unlink(path)
                 continue
-            for name in os.listdir(d):
-                p = os.path.join(d, name)
-                if name.endswith(".tmp"):
-                    _unlink(p)  # a write cut short by a crash
-                    continue
-                try:
-                    cid = bytes.fromhex(name)
-                    on_disk[cid] = os.stat(p).st_size
-                except (ValueError, OSError):
-                    _unlink(p)
-        for queue, name in ((self._a1in, "a1in"), (self._am, "am")):
-            for h in saved.get(name, []):
-                try:
-                    cid = bytes.fromhex(h)
-                except (TypeError, ValueError):
-                    continue
-                size = on_disk.pop(cid, None)
-                if size is not None:
-                    self._insert(queue, cid, size)
-        for cid, size in on_disk.items():  # written after the last index save
-            self._insert(self._a1in, cid, size)
-        for h in saved.get("ghost", [])[-self._ghost_limit():]:
+            if not name.startswith(SEG_PREFIX):
+                continue
+            try:
+                seq = int(name[len(SEG_PREFIX):])
+            except ValueError:
+                continue
+            segments[seq] = _Segment(seq, path, seq in main_order)
+        for seq in sorted(segments):  # later copies of a chunk win
+            self._scan(segments[seq])
+        self._next_seq = max(segments, default=0) + 1
+        for seq in main_order:
+            if seq in segments:
+                self._main[seq] = segments.pop(seq)
+        for seq in sorted(segments):
+            self._probation[seq] = segments[seq]
+            self._probation_bytes += segments[seq].end
+        self.used = sum(s.end for s in self._all())
+        for h in state.get("ghost", [])[-self._ghost_limit():]:
             try:
                 self._ghost[bytes.fromhex(h)] = None
             except (TypeError, ValueError):
                 continue
         with self._lock:
             self._make_room(0)  # the capacity may have been lowered since
-        self._dirty = True
+
+    def _scan(self, seg: _Segment) -> None:
+        """Index a segment's entries; cut off a torn tail (a crash mid-append)."""
+        try:
+            fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            off = 0
+            while off + _HEADER.size <= size:
+                magic, fmt, cid, length = _HEADER.unpack(os.pread(fd, _HEADER.size, off))
+                if magic != MAGIC or fmt != FORMAT or off + _HEADER.size + length > size:
+                    break
+                old = self._index.get(cid)
+                if old is not None:
+                    old[0].entries.pop(cid, None)
+                seg.entries[cid] = (off, length)
+                self._index[cid] = (seg, off, length)
+                off += _cost(length)
+            if off < size:
+                os.ftruncate(fd, off)
+            seg.end = off
+        finally:
+            os.close(fd)
+
+    def _all(self) -> list[_Segment]:
+        return [*self._probation.values(), *self._main.values()]
 
     def save_index(self) -> None:
-        """Persist the queue order (atomic replace); cheap when nothing changed."""
+        """Persist the queue labels and ghosts (atomic replace); cheap when unchanged."""
         with self._lock:
             if not self._dirty:
                 return
-            state = {"format": FORMAT, "a1in": [c.hex() for c in self._a1in],
-                     "am": [c.hex() for c in self._am], "ghost": [c.hex() for c in self._ghost]}
+            state = {"format": FORMAT, "main": list(self._main),
+                     "ghost": [c.hex() for c in self._ghost]}
             self._dirty = False
-        tmp = f"{self._index_path()}.{secrets.token_hex(4)}.tmp"
+        tmp = f"{self._state_path()}.{secrets.token_hex(4)}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(state, f)
-            os.replace(tmp, self._index_path())
+            os.replace(tmp, self._state_path())
         except OSError:
             _unlink(tmp)
             self._dirty = True
@@ -209,92 +261,148 @@ class DiskCache:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    # --- queues (callers hold the lock, except during _load) --------------------------
+    # --- space (callers hold the lock) ---------------------------------------------------
 
     def _ghost_limit(self) -> int:
         return max(1024, self.capacity // (64 * 1024))
 
-    def _insert(self, queue: OrderedDict, cid: bytes, size: int) -> None:
-        cost = _cost(size)
-        queue[cid] = cost
-        self._sizes[cid] = size
-        self.used += cost
-        if queue is self._a1in:
-            self._a1in_bytes += cost
+    def _victim(self) -> _Segment | None:
+        """The segment to evict next (2Q); never one with a write in flight."""
+        prob = [s for s in self._probation.values() if not s.pending]
+        main = [s for s in self._main.values() if not s.pending]
+        if prob and (not main or self._probation_bytes > self.capacity * PROBATION_SHARE):
+            return prob[0]
+        return main[0] if main else (prob[0] if prob else None)
 
-    def _remove(self, cid: bytes) -> int:
-        """Forget an entry (file not touched); its cost, or 0."""
-        self._sizes.pop(cid, None)
-        cost = self._a1in.pop(cid, None)
-        if cost is not None:
-            self._a1in_bytes -= cost
+    def _evict(self, seg: _Segment) -> None:
+        if seg.main:
+            del self._main[seg.seq]
         else:
-            cost = self._am.pop(cid, None)
-        if cost is None:
-            return 0
-        self.used -= cost
+            del self._probation[seg.seq]
+            self._probation_bytes -= seg.end
+            for cid in seg.entries:  # seen once, then pushed out: remember the id
+                self._ghost[cid] = None
+            while len(self._ghost) > self._ghost_limit():
+                self._ghost.popitem(last=False)
+        for cid in seg.entries:
+            if self._index.get(cid, (None,))[0] is seg:
+                del self._index[cid]
+        if self._current[seg.main] is seg:
+            self._current[seg.main] = None
+        self.used -= seg.end
+        _unlink(seg.path)
+        self.counters["evictions"] += 1
+        self.counters["evicted_bytes"] += seg.end
+        self.counters["evicted_chunks"] += len(seg.entries)
         self._dirty = True
-        return cost
 
     def _make_room(self, need: int) -> bool:
-        """Evict until `need` more bytes fit; False if they never can."""
+        """Evict until `need` more bytes fit; False if they cannot."""
         if need > self.capacity:
             return False
-        while self.used + need > self.capacity and (self._a1in or self._am):
-            from_probation = self._a1in and (
-                not self._am or self._a1in_bytes > self.capacity * PROBATION_SHARE)
-            if from_probation:
-                cid = next(iter(self._a1in))
-                self._ghost[cid] = None
-                while len(self._ghost) > self._ghost_limit():
-                    self._ghost.popitem(last=False)
-            else:
-                cid = next(iter(self._am))
-            cost = self._remove(cid)
-            _unlink(self._path(cid))
-            self.counters["evictions"] += 1
-            self.counters["evicted_bytes"] += cost
-        return self.used + need <= self.capacity
+        while self.used + need > self.capacity:
+            victim = self._victim()
+            if victim is None:
+                return False
+            self._evict(victim)
+        return True
 
-    # --- public ------------------------------------------------------------------------
+    def _reserve(self, cid: bytes, cost: int) -> tuple[_Segment, int] | None:
+        main = cid in self._ghost  # pushed out of probation lately, and back: it is hot
+        seg = self._current[main]
+        if seg is not None and seg.end + cost > self.segment_size and seg.end > 0:
+            seg = self._current[main] = None  # full: the next entry starts a new segment
+        if not self._make_room(cost):
+            return None
+        seg = self._current[main]  # eviction may have removed it
+        if seg is None:
+            seq = self._next_seq
+            self._next_seq += 1
+            seg = _Segment(seq, os.path.join(self.dir, f"{SEG_PREFIX}{seq:012d}"), main)
+            (self._main if main else self._probation)[seq] = seg
+            self._current[main] = seg
+        off = seg.end
+        seg.end += cost
+        seg.pending += 1
+        self.used += cost
+        if not seg.main:
+            self._probation_bytes += cost
+        self._ghost.pop(cid, None)
+        return seg, off
+
+    # --- public ----------------------------------------------------------------------------
 
     def __contains__(self, cid: bytes) -> bool:
         with self._lock:
-            return cid in self._sizes
+            return cid in self._index
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._sizes)
+            return len(self._index)
 
-    def _lookup(self, cid: bytes) -> int | None:
-        """The entry's file size (and count the access), or None."""
+    def locate(self, cid: bytes) -> tuple[str, int, int] | None:
+        """(segment file, offset of the sealed bytes, length) of an entry, for tools and tests."""
         with self._lock:
-            size = self._sizes.get(cid)
-            if size is None:
-                return None
-            if cid in self._a1in:  # second access: promote to the main queue
-                cost = self._a1in.pop(cid)
-                self._a1in_bytes -= cost
-                self._am[cid] = cost
-            else:
-                self._am.move_to_end(cid)
-            self._dirty = True
-            return size
+            hit = self._index.get(cid)
+            return None if hit is None else (hit[0].path, hit[1] + _HEADER.size, hit[2])
 
-    def _verified(self, cid: bytes, size: int, sealed: Buffer, out: Buffer | None) -> bool:
-        """Authenticate (and decrypt into `out`, or a scratch buffer); False (entry
-        dropped) if the file is short or fails authentication."""
+    def _lookup(self, cid: bytes) -> tuple[_Segment, int, int] | None:
+        """The entry (and count the access: promote / refresh its segment), or None."""
+        with self._lock:
+            hit = self._index.get(cid)
+            if hit is None:
+                return None
+            seg = hit[0]
+            if not seg.main:  # second access: the segment joins the main queue
+                del self._probation[seg.seq]
+                self._probation_bytes -= seg.end
+                if self._current[False] is seg:
+                    self._current[False] = None
+                seg.main = True
+                self._main[seg.seq] = seg
+            else:
+                self._main.move_to_end(seg.seq)
+            self._dirty = True
+            return hit
+
+    def _read(self, cid: bytes, hit: tuple[_Segment, int, int], into: memoryview) -> int | None:
+        """Read header + sealed bytes into `into`; the sealed length, or None (dropped)."""
+        seg, off, size = hit
+        try:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._drop(cid, seg, corrupt=False)  # evicted meanwhile
+            return None
+        try:
+            got = 0
+            want = _HEADER.size + size
+            while got < want:
+                n = os.preadv(fd, [into[got:want]], off + got)
+                if n == 0:
+                    break
+                got += n
+        except OSError:
+            got = 0
+        finally:
+            os.close(fd)
+        if got < _HEADER.size + size or _HEADER.unpack(into[:_HEADER.size]) != (MAGIC, FORMAT, cid, size):
+            self._drop(cid, seg, corrupt=True)
+            return None
+        return size
+
+    def _verified(self, cid: bytes, seg: _Segment, sealed: Buffer, out: Buffer | None) -> bool:
+        """Authenticate (and decrypt into `out`, or a scratch buffer); False (dropped) if not."""
         scratch = None
         try:
-            if len(sealed) != size or size < SEAL_OVERHEAD:
-                raise ChunkCorrupt(f"cache entry {cid.hex()}: {len(sealed)} bytes, expected {size}")
+            if len(sealed) < SEAL_OVERHEAD:
+                raise ChunkCorrupt(f"cache entry {cid.hex()} is too short")
             if out is None:
-                scratch = self._buffers.get(size - SEAL_OVERHEAD)
-                out = memoryview(scratch)[:size - SEAL_OVERHEAD]
+                scratch = self._buffers.get(len(sealed) - SEAL_OVERHEAD)
+                out = memoryview(scratch)[:len(sealed) - SEAL_OVERHEAD]
             self._open_into(cid, sealed, out)
             return True
         except ChunkCorrupt:
-            self._drop(cid, corrupt=True)
+            self._drop(cid, seg, corrupt=True)
             return False
         finally:
             out = None
@@ -304,21 +412,20 @@ class DiskCache:
     def get(self, cid: bytes) -> bytearray | None:
         """The authenticated plaintext of a cached chunk, or None (miss).
 
-        A file that fails authentication (bit rot, truncation, tampering) is
-        removed and reported as a miss: the caller fetches the chunk again.
+        An entry that fails authentication (bit rot, truncation, tampering) is
+        dropped and reported as a miss: the caller fetches the chunk again.
         """
-        size = self._lookup(cid)
-        if size is None:
+        hit = self._lookup(cid)
+        if hit is None:
             return None
-        buf = self._buffers.get(size + 1)
+        buf = self._buffers.get(_HEADER.size + hit[2])
         try:
-            try:
-                view = _read_file(self._path(cid), memoryview(buf)[:size + 1])
-            except OSError:
-                self._drop(cid, corrupt=False)  # evicted meanwhile, or the file vanished
+            view = memoryview(buf)
+            size = self._read(cid, hit, view)
+            if size is None:
                 return None
             plaintext = bytearray(max(0, size - SEAL_OVERHEAD))
-            ok = self._verified(cid, size, view, plaintext)
+            ok = self._verified(cid, hit[0], view[_HEADER.size:_HEADER.size + size], plaintext)
             del view
             return plaintext if ok else None
         finally:
@@ -326,106 +433,107 @@ class DiskCache:
 
     def get_sealed(self, cid: bytes) -> bytes | None:
         """The sealed chunk as stored (authenticated first), for a peer; or None."""
-        size = self._lookup(cid)
+        hit = self._lookup(cid)
+        if hit is None:
+            return None
+        buf = bytearray(_HEADER.size + hit[2])
+        size = self._read(cid, hit, memoryview(buf))
         if size is None:
             return None
-        try:
-            with open(self._path(cid), "rb", buffering=0) as f:
-                sealed = f.read(size + 1)
-        except OSError:
-            self._drop(cid, corrupt=False)
-            return None
-        return sealed if self._verified(cid, size, sealed, None) else None
+        sealed = bytes(memoryview(buf)[_HEADER.size:])
+        return sealed if self._verified(cid, hit[0], sealed, None) else None
 
-    def _drop(self, cid: bytes, *, corrupt: bool) -> None:
+    def _drop(self, cid: bytes, seg: _Segment, *, corrupt: bool) -> None:
         with self._lock:
-            self._remove(cid)
+            if self._index.get(cid, (None,))[0] is seg:
+                del self._index[cid]
+            seg.entries.pop(cid, None)
             if corrupt:
                 self.counters["corrupt"] += 1
-                _unlink(self._path(cid))
 
     def advise(self, cids: list[bytes]) -> None:
-        """Ask the kernel to start reading these entries (they are about to be read).
-
-        Why: separate 4 MiB files read one after another leave the disk idle
-        between them (measured ~200 MiB/s on the reference VM, against ~500
-        with several in flight); WILLNEED queues the reads without waiting.
-        """
-        for cid in cids:
-            if cid not in self:
-                continue
+        """Ask the kernel to start reading these entries (they are about to be read)."""
+        with self._lock:
+            spots = [(h[0].path, h[1], _HEADER.size + h[2]) for h in map(self._index.get, cids) if h]
+        for path, off, length in spots:
             try:
-                fd = os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(fd, off, length, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass
             finally:
                 os.close(fd)
 
-    def put(self, cid: bytes, sealed: bytes | bytearray | memoryview) -> bool:
+    def put(self, cid: bytes, sealed: Buffer) -> bool:
         """Store an already AUTHENTICATED sealed chunk; False if it was not cached.
 
         A full disk or an entry bigger than the whole cache is not an error: the
         read that fetched the chunk has its data either way.
         """
         size = len(sealed)
-        cost = _cost(size)
         with self._lock:
-            if cid in self._sizes:
+            if cid in self._index or cid in self._writing:
                 return True
-            if not self._make_room(cost):
+            spot = self._reserve(cid, _cost(size))
+            if spot is None:
                 return False
-            self.used += cost  # reserved: the bound holds while the file is written
-            ghost = cid in self._ghost  # evicted from probation lately: it is hot
-            self._ghost.pop(cid, None)
-        path = self._path(cid)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+            self._writing.add(cid)
+        seg, off = spot
+        ok = False
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(sealed).cast("B")
-                while view:
-                    view = view[os.write(fd, view):]
+                parts = [_HEADER.pack(MAGIC, FORMAT, cid, size), memoryview(sealed).cast("B")]
+                done, total = 0, _HEADER.size + size
+                while done < total:
+                    done += os.pwritev(fd, _tail(parts, done), off + done)
+                ok = True
             finally:
                 os.close(fd)
-            os.rename(tmp, path)
         except OSError:
-            _unlink(tmp)
-            with self._lock:
-                self.used -= cost
-                self.counters["write_errors"] += 1
-            return False
+            pass
         with self._lock:
-            self.used -= cost
-            if cid in self._sizes:  # raced with another put of the same chunk
-                return True
-            self._insert(self._am if ghost else self._a1in, cid, size)
+            self._writing.discard(cid)
+            seg.pending -= 1
+            if not ok:
+                self.counters["write_errors"] += 1  # the hole stays counted: the bound holds
+                return False
+            seg.entries[cid] = (off, size)
+            self._index[cid] = (seg, off, size)
             self.counters["fills"] += 1
             self.counters["fill_bytes"] += size
-            self._dirty = True
         return True
 
     def clear(self) -> None:
         """Remove every entry (and the ghosts): the cache is cold afterwards."""
         with self._lock:
-            for cid in list(self._sizes):
-                self._remove(cid)
+            for seg in self._all():
+                if not seg.pending:
+                    self._evict(seg)
             self._ghost.clear()
-            for sub in os.listdir(self.dir):
-                d = os.path.join(self.dir, sub)
-                if len(sub) == 2 and os.path.isdir(d):
-                    shutil.rmtree(d, ignore_errors=True)
             self._dirty = True
+        self.save_index()
 
     def status(self) -> dict[str, int | str]:
         with self._lock:
             return {"dir": self.dir, "capacity_bytes": self.capacity, "used_bytes": self.used,
-                    "entries": len(self._sizes), "probation_entries": len(self._a1in),
-                    "main_entries": len(self._am), **self.counters}
+                    "entries": len(self._index), "probation_segments": len(self._probation),
+                    "main_segments": len(self._main), **self.counters}
+
+
+def _tail(parts: list, skip: int) -> list:
+    """The buffers of `parts` after the first `skip` bytes."""
+    out = []
+    for p in parts:
+        if skip >= len(p):
+            skip -= len(p)
+            continue
+        out.append(memoryview(p)[skip:])
+        skip = 0
+    return out
 
 
 def clear_unused(root: str) -> tuple[int, int]:
@@ -449,30 +557,13 @@ def clear_unused(root: str) -> tuple[int, int]:
             except OSError:
                 busy += 1
                 continue
-            for sub in os.listdir(d):
-                p = os.path.join(d, sub)
-                if len(sub) == 2 and os.path.isdir(p):
-                    shutil.rmtree(p, ignore_errors=True)
-            _unlink(os.path.join(d, "index.json"))
+            for f in os.listdir(d):
+                if f.startswith(SEG_PREFIX) or f.startswith("state.json"):
+                    _unlink(os.path.join(d, f))
             cleared += 1
         finally:
             os.close(fd)
     return cleared, busy
-
-
-def _read_file(path: str, into: memoryview) -> memoryview:
-    """Read up to len(into) bytes of `path` into `into`; the filled view."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        got = 0
-        while got < len(into):
-            n = os.readv(fd, [into[got:]])
-            if n == 0:
-                break
-            got += n
-        return into[:got]
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: str) -> None:
