@@ -41,6 +41,7 @@ class GatewayInfo:
     scoped: Keys
     scoped_bucket: str
     log: str
+    pid: int  # the plain-http gateway process
 
     def client(self, keys: Keys | None = None, *, tls: bool = False, **config) -> "boto3.client":
         keys = keys or self.admin
@@ -136,7 +137,7 @@ def gateway(tmp_path_factory) -> GatewayInfo:
         procs.append(_start(cluster, port, log))
         procs.append(_start(cluster, tls_port, log, "--certfile", certfile, "--keyfile", keyfile))
         yield GatewayInfo(cluster, f"http://127.0.0.1:{port}", f"https://127.0.0.1:{tls_port}", port,
-                          admin, read_only, scoped, "scoped-bucket", log)
+                          admin, read_only, scoped, "scoped-bucket", log, procs[0].pid)
     finally:
         for proc in procs:
             _stop(proc)

@@ -106,3 +106,52 @@ def make_signer(keys, payload_hash: str | None = None):
             return payload_hash if payload_hash is not None else super().payload(request)
 
     return Signer(Credentials(keys.id, keys.secret), "s3", "auto")
+
+
+class DataPattern:
+    """`size` reproducible, non-repeating bytes produced piece by piece (never all in memory)."""
+
+    PIECE = 1024 * 1024
+
+    def __init__(self, size: int, seed: int = 1) -> None:
+        import os
+        self.size, self.seed = size, seed
+        self._pool = os.urandom(self.PIECE + 4096)
+        md5 = hashlib.md5()
+        for piece in self.pieces():
+            md5.update(piece)
+        self.md5 = md5.hexdigest()
+
+    def pieces(self):
+        done, n = 0, 0
+        while done < self.size:
+            take = min(self.PIECE, self.size - done)
+            off = (n * 131) % 4096
+            yield n.to_bytes(8, "little") + self._pool[off + 8: off + take]
+            done += take
+            n += 1
+
+    def reader(self):
+        """A file-like view (read + len), so HTTP clients stream it with a Content-Length."""
+        pattern = self
+
+        class Reader:
+            def __init__(self) -> None:
+                self._it = pattern.pieces()
+                self._buf = b""
+                self.len = pattern.size
+
+            def __len__(self) -> int:
+                return pattern.size
+
+            def read(self, n: int = -1) -> bytes:
+                while (n < 0 or len(self._buf) < n) and self._it is not None:
+                    piece = next(self._it, None)
+                    if piece is None:
+                        self._it = None
+                    else:
+                        self._buf += piece
+                out, self._buf = (self._buf, b"") if n < 0 else (self._buf[:n], self._buf[n:])
+                return out
+
+        return Reader()
