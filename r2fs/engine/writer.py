@@ -131,13 +131,15 @@ class ChunkWriter:
         """The `uploads` section of ClusterStatus.extra (blocking: journal scan)."""
         from .replicator import backlog, live_replicators
         b = backlog(self.cluster)
-        section: dict[str, Any] = {
-            "write mode": self.mode or "by region (sync at the bucket's home, local elsewhere)",
-            "region": self.region or "the bucket's home",
+        section: dict[str, Any] = {}
+        if self.mode or self.region:  # this process's settings (a mount or gateway)
+            section["write mode"] = self.mode or "by region (sync at home, local elsewhere)"
+            section["region"] = self.region or "the bucket's home"
+        section.update({
             "backlog chunks": b.chunks,
             "backlog bytes": b.bytes,
             "oldest (s)": round(b.oldest_age, 1),
-        }
+        })
         if b.failing:
             section["failing chunks"] = b.failing
             section["last error"] = b.last_error

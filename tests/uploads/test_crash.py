@@ -126,3 +126,12 @@ def test_sync_cli_errors(cdir):
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     out = r2fs(os.path.join(cdir, "missing"), "replicate")
     assert out.returncode == 1 and "no r2fs cluster" in out.stderr
+
+
+def test_write_flags_are_checked(cdir):
+    make_cluster(cdir).close()
+    out = r2fs(cdir, "serve", "--listen", "127.0.0.1:1", "--region", "nowhere")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "'nowhere' is not a region of this cluster (regions: east, west)" in out.stderr
+    out = r2fs(cdir, "serve", "--listen", "127.0.0.1:1", "--write-mode", "fast")
+    assert out.returncode == 2 and "invalid choice: 'fast'" in out.stderr
