@@ -284,6 +284,9 @@ class Gateway:
             return cors.preflight(req, info.settings.get("cors"))
         level = "service" if ctx.bucket_name is None else "bucket" if ctx.key is None else "object"
         op = select_operation(req.method, level, req.query, req)
+        if req.query.get("versionId", "null") != "null":
+            raise S3Error("InvalidArgument", "Invalid version id specified (buckets are unversioned; "
+                                             "the only version is null)")
         await self._authorize(ctx, op)
         self.meter.count(ctx.bucket_name, op.billing)
         if req.header("origin") and ctx.bucket_name is not None:

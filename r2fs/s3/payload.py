@@ -21,6 +21,8 @@ from .chunked import PIECE, THREAD_THRESHOLD, ChunkedDecoder
 from .errors import S3Error
 from .http import Request
 CHECKSUM_HEADER = "x-amz-checksum-"
+#: x-amz-checksum-* headers that are settings, not checksum values.
+NOT_VALUES = ("type", "mode", "algorithm")
 
 
 class Payload:
@@ -35,7 +37,7 @@ class Payload:
         self.checksums: dict[str, str] = {}
         self._expected: dict[str, str | None] = {}  # algorithm -> value (None: from trailer)
         for name, value in req.headers:
-            if name.startswith(CHECKSUM_HEADER) and name != "x-amz-checksum-type" and name != "x-amz-checksum-mode":
+            if name.startswith(CHECKSUM_HEADER) and name[len(CHECKSUM_HEADER):] not in NOT_VALUES:
                 algo = checksums.normalize_algorithm(name[len(CHECKSUM_HEADER):])
                 self._expected[algo] = checksums.check_b64(algo, value)
         trailer = req.header("x-amz-trailer")

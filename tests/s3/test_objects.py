@@ -127,3 +127,10 @@ def test_versioning_answers(s3, obj):
     assert "Status" not in s3.get_bucket_versioning(Bucket=obj[0])
     versions = s3.list_object_versions(Bucket=obj[0])["Versions"]
     assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in versions] == [("obj", "null", True)]
+
+
+def test_version_ids(s3, obj):
+    assert s3.get_object(Bucket=obj[0], Key="obj", VersionId="null")["Body"].read() == DATA
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=obj[0], Key="obj", VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert code(err.value) == "InvalidArgument"

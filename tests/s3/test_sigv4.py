@@ -153,3 +153,44 @@ def test_clock_skew_refused():
 
 def test_anonymous_is_none():
     assert sigv4.parse(request_from_parts("GET", "http://h/b/k", {})) is None
+
+
+# --- property tests of the aws-chunked decoder -------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _split_request(body: bytes, cuts: list[int]):
+    """A Request whose body arrives in the pieces given by `cuts` (as a network would)."""
+    points = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
+    pieces = [body[a:b] for a, b in zip(points, points[1:])]
+    req = request_from_parts("PUT", "http://h/b/k", {"Content-Length": str(len(body))})
+    messages = [{"type": "http.request", "body": p, "more_body": True} for p in pieces]
+    messages.append({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive():
+        return messages.pop(0)
+    req.receive = receive
+    return req
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=6),
+       cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=12))
+async def test_signed_chunked_any_split(chunks, cuts):
+    ctx = sigv4.SigningContext(AK, "20130524T000000Z", "20130524/us-east-1/s3/aws4_request",
+                               sigv4.signing_key(SK, "20130524", "us-east-1", "s3"), "ab" * 32,
+                               sigv4.STREAMING_SIGNED)
+    body = sign_chunks(ctx.key, ctx.amz_date, ctx.scope, ctx.seed_signature, chunks)
+    data, _ = await _decode(_split_request(body, cuts), ctx, length=sum(map(len, chunks)))
+    assert data == b"".join(chunks)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(garbage=st.binary(max_size=400), cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=5))
+async def test_chunked_garbage_only_raises_s3_errors(garbage, cuts):
+    try:
+        await _decode(_split_request(garbage, cuts), None, mode=sigv4.STREAMING_UNSIGNED_TRAILER)
+    except S3Error:
+        pass
