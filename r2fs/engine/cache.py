@@ -432,16 +432,31 @@ class DiskCache:
             self._buffers.put(buf)
 
     def get_sealed(self, cid: bytes) -> bytes | None:
-        """The sealed chunk as stored (authenticated first), for a peer; or None."""
+        """The sealed chunk as stored (authenticated first), for a peer; or None.
+
+        Read straight into the bytes object that is returned (no extra copy).
+        """
         hit = self._lookup(cid)
         if hit is None:
             return None
-        buf = bytearray(_HEADER.size + hit[2])
-        size = self._read(cid, hit, memoryview(buf))
-        if size is None:
+        seg, off, size = hit
+        try:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._drop(cid, seg, corrupt=False)  # evicted meanwhile
             return None
-        sealed = bytes(memoryview(buf)[_HEADER.size:])
-        return sealed if self._verified(cid, hit[0], sealed, None) else None
+        try:
+            head = os.pread(fd, _HEADER.size, off)
+            sealed = os.pread(fd, size, off + _HEADER.size)
+        except OSError:
+            head = sealed = b""
+        finally:
+            os.close(fd)
+        if len(head) != _HEADER.size or _HEADER.unpack(head) != (MAGIC, FORMAT, cid, size) \
+                or len(sealed) != size:
+            self._drop(cid, seg, corrupt=True)
+            return None
+        return sealed if self._verified(cid, seg, sealed, None) else None
 
     def _drop(self, cid: bytes, seg: _Segment, *, corrupt: bool) -> None:
         with self._lock:

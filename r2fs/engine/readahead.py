@@ -108,9 +108,10 @@ class ReadAhead:
             data = await self._fetch(ref, context)
         except Exception as exc:  # noqa: BLE001 - the reader's own read reports it
             log.debug("read-ahead of %s chunk %s failed: %s", context, ref.hex, exc)
-            self.counters["failed"] += 1
         finally:
             with self._lock:
+                if data is None:
+                    self.counters["failed"] += 1
                 self._inflight_bytes -= self._inflight.pop(ref.id, 0)
                 if data is not None:
                     self.counters["prefetched"] += 1

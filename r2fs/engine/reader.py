@@ -143,6 +143,8 @@ class ChunkReader:
         self.close()
         root = cache_dir or os.path.join(self.cluster.path, "cache")
         size = default_capacity(root) if cache_size is None else cache_size
+        if cache_size is None and size == 0:
+            log.warning("no local read cache: %s has less than 10%% of its disk free", root)
         self.l1 = DiskCache(root, size, self.open_into) if size > 0 else None
         self.readahead.enabled = readahead
         if peer_listen:
