@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import tempfile
 import time
+from typing import Iterator
 
 import trio
 import xxhash
@@ -126,27 +128,32 @@ async def _store_runs(args: argparse.Namespace, base: str, table: Table) -> None
         await cluster.create_bucket("bench")
         bucket = cluster.bucket("bench")
         puts, gets, nwrites, nreads = [], [], [], []
+        cpu = {"put": 0.0, "get": 0.0, "native write": 0.0, "native read": 0.0}
         dropped = True
         for run in range(args.runs):
             stream = DataStream(args.size, seed=run + 1, piece=args.piece)
             native_path = os.path.join(base, f"native-{run}")
 
             drop_caches()
-            nwrites.append(mb_per_s(args.size, native_write(native_path, stream)))
+            with cpu_time(cpu, "native write"):
+                nwrites.append(mb_per_s(args.size, native_write(native_path, stream)))
             drop_caches()
             start = time.perf_counter()
-            await bucket.put(f"obj-{run}", stream.apieces())
+            with cpu_time(cpu, "put"):
+                await bucket.put(f"obj-{run}", stream.apieces())
             puts.append(mb_per_s(args.size, time.perf_counter() - start))
 
             dropped &= drop_caches()
-            seconds, nbytes = native_read(native_path)
+            with cpu_time(cpu, "native read"):
+                seconds, nbytes = native_read(native_path)
             nreads.append(mb_per_s(nbytes, seconds))
             dropped &= drop_caches()
             start = time.perf_counter()
             got = 0
-            body = await bucket.get(f"obj-{run}")
-            async for piece in body:
-                got += len(piece)
+            with cpu_time(cpu, "get"):
+                body = await bucket.get(f"obj-{run}")
+                async for piece in body:
+                    got += len(piece)
             gets.append(mb_per_s(got, time.perf_counter() - start))
             if got != args.size:
                 raise SystemExit(f"get returned {got} bytes, put {args.size}")
@@ -161,6 +168,9 @@ async def _store_runs(args: argparse.Namespace, base: str, table: Table) -> None
                    + " | native write " + ", ".join(f"{x:,.0f}" for x in nwrites)
                    + " | get " + ", ".join(f"{x:,.0f}" for x in gets)
                    + " | native read " + ", ".join(f"{x:,.0f}" for x in nreads) + " (MB/s)")
+        gib = args.size * args.runs / (1 << 30)
+        table.note("process CPU seconds per GiB (user+sys, all threads; robust to a busy "
+                   "machine): " + ", ".join(f"{k} {v / gib:.2f}" for k, v in cpu.items()))
         if not dropped:
             table.note("page cache NOT dropped before reads (needs root): reads may be cached")
         else:
@@ -178,6 +188,17 @@ async def _store_runs(args: argparse.Namespace, base: str, table: Table) -> None
         table.note(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def cpu_time(acc: dict[str, float], key: str) -> Iterator[None]:
+    """Add the process's CPU time (user + system, all threads) spent inside to acc[key]."""
+    before = os.times()
+    try:
+        yield
+    finally:
+        after = os.times()
+        acc[key] += (after.user - before.user) + (after.system - before.system)
 
 
 def run_store(args: argparse.Namespace) -> Table:

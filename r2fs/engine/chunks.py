@@ -199,8 +199,9 @@ class ChunkStore:
         files = [pack_shard_parts(chunk_id, i, self.k, self.m, self.stripe_size, parts[i],
                                   self.erasure.codec) for i in range(n)]
         pool = _io_pool()
-        futures: list[Future[None]] = [pool.submit(nodes[i].write_parts, names[i], files[i])
-                                       for i in range(n)]
+        futures: list[Future[None]] = [
+            pool.submit(nodes[i].write_parts, names[i], files[i], scratch=_buffers)
+            for i in range(n)]
         errors = []
         for i, fut in enumerate(futures):
             try:

@@ -15,17 +15,27 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import secrets
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from .errors import R2fsError
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 TEMP_SUFFIX = ".tmp"
+
+
+class Scratch(Protocol):
+    """A pool of reusable (page-aligned) buffers, as `chunks.BufferPool` is."""
+
+    def get(self, size: int) -> Buffer: ...
+
+    def put(self, buf: object) -> None: ...
 
 
 class NodeUnavailable(R2fsError):
@@ -86,8 +96,17 @@ class LocalNode:
     def write(self, name: str, data: Buffer) -> None:
         self.write_parts(name, [data])
 
-    def write_parts(self, name: str, parts: Sequence[Buffer]) -> None:
-        """Durably write the concatenation of `parts` as `name` (vectored, no join)."""
+    def write_parts(self, name: str, parts: Sequence[Buffer], *,
+                    scratch: Scratch | None = None) -> None:
+        """Durably write the concatenation of `parts` as `name` (vectored, no join).
+
+        scratch: a pool of page-aligned buffers; given one, a file of 64 KiB
+        or more is written with O_DIRECT from an aligned copy of `parts`.
+        Measured on the reference VM: about a quarter of the CPU of a write
+        through the page cache (a put writes 1.5 times its size in shards,
+        so this is a large share of a put's CPU), at the same throughput.
+        The shards are then not cached; the L1 chunk cache is for that.
+        """
         path = self._file(name)
         directory = os.path.dirname(path)
         try:
@@ -104,7 +123,11 @@ class LocalNode:
             self._ensure_dir(directory)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, parts)
+            total = sum(len(p) for p in parts)
+            if scratch is not None and self._direct_ok and total >= _DIRECT_MIN:
+                self._write_direct(fd, parts, total, scratch)
+            else:
+                _write_all(fd, parts)
             os.fdatasync(fd)
             os.close(fd)
             fd = -1
@@ -118,6 +141,38 @@ class LocalNode:
                 pass
             raise
         _fsync_dir(directory)
+
+    def _write_direct(self, fd: int, parts: Sequence[Buffer], total: int, scratch: Scratch) -> None:
+        """Write `parts` to the empty file `fd`: the 4 KiB-aligned bulk with O_DIRECT,
+        the tail through the page cache; any refusal falls back to an ordinary write."""
+        buf = scratch.get(total)
+        try:
+            if _address(buf) % _DIRECT_ALIGN:
+                _write_all(fd, parts)
+                return
+            view = memoryview(buf)[:total]
+            off = 0
+            for p in parts:
+                view[off:off + len(p)] = p
+                off += len(p)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            bulk = total // _DIRECT_ALIGN * _DIRECT_ALIGN
+            written = 0
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+                while written < bulk and written % _DIRECT_ALIGN == 0:
+                    written += os.pwrite(fd, view[written:bulk], written)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._direct_ok = False  # this filesystem or device refuses: never again here
+            finally:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            while written < total:  # the tail (or everything, after a refusal)
+                written += os.pwrite(fd, view[written:], written)
+            del view
+        finally:
+            scratch.put(buf)
 
     def read(self, name: str) -> bytes:
         with open(self._file(name), "rb", buffering=0) as f:

@@ -165,9 +165,41 @@ def test_read_into_direct_and_fallbacks(tmp_path):
     if os.path.isdir(shm) and os.access(shm, os.W_OK):  # tmpfs refuses O_DIRECT: fallback
         with tempfile.TemporaryDirectory(dir=shm) as d:
             tnode = LocalNode("t", d)
-            tnode.write("shards/aa/bb/y.1.0", payload)
+            tnode.write_parts("shards/aa/bb/y.1.0", [payload[:10], payload[10:]],
+                              scratch=_Pool())
             got = tnode.read_into("shards/aa/bb/y.1.0", lambda n: mmap.mmap(-1, n), direct=True)
             assert bytes(got) == payload
+
+
+class _Pool:
+    """The smallest scratch pool LocalNode accepts: fresh page-aligned buffers."""
+
+    def __init__(self, unaligned: bool = False) -> None:
+        self.unaligned = unaligned
+        self.given = self.returned = 0
+
+    def get(self, n: int):
+        self.given += 1
+        if self.unaligned:
+            return (ctypes.c_char * n).from_buffer(mmap.mmap(-1, n + 4096), 1)
+        return mmap.mmap(-1, n)
+
+    def put(self, buf) -> None:
+        self.returned += 1
+
+
+@pytest.mark.parametrize("size", [100, 64 * 1024, 5 * 4096, 1024 * 1024 + 4095])
+@pytest.mark.parametrize("unaligned", [False, True])
+def test_direct_writes_store_exact_bytes(tmp_path, size, unaligned):
+    root = tmp_path / "n0"
+    root.mkdir()
+    node = LocalNode("n0", str(root))
+    payload = os.urandom(size)
+    pool = _Pool(unaligned)
+    node.write_parts("shards/aa/bb/z.1.0", [payload[:7], memoryview(payload)[7:]], scratch=pool)
+    assert (root / "shards/aa/bb/z.1.0").read_bytes() == payload
+    assert pool.given == pool.returned == (1 if size >= 64 * 1024 else 0)
+    assert [n for n, _ in node.names()] == ["shards/aa/bb/z.1.0"]  # no temp file left
 
 
 def test_generation_names_do_not_collide(dp_cluster):
