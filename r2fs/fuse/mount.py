@@ -73,14 +73,15 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
                 staging_dir: str, on_ready: Callable[[], None] | None = None) -> None:
     """Mount `bucket_name` at `mountpoint` and serve until unmounted or signalled."""
     await cluster.head_bucket(bucket_name)  # NoSuchBucket before anything is mounted
-    status = await cluster.status()
+    # the layout from cluster.toml (status() would walk every shard file)
+    cfg = cluster.config
     own = OwnChanges()
     bucket = TrackedBucket(cluster.bucket(bucket_name), own)
     ctx = MountContext(cluster=cluster, bucket=bucket, bucket_name=bucket_name,  # type: ignore[arg-type]
-                       owner=Owner(os.getuid(), os.getgid()), chunk_size=status.chunk_size,
+                       owner=Owner(os.getuid(), os.getgid()), chunk_size=cfg.chunk_size,
                        staging_dir=staging_dir,
                        options=opts, mounted_ns=time.time_ns(),
-                       layout=(status.k, status.m, [n.path for n in status.nodes]))
+                       layout=(cfg.k, cfg.m, [n.path for n in cfg.nodes]))
     ops = R2Operations(ctx)
     poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None)
     try:

@@ -19,13 +19,13 @@ def mount_factory(tmp_path):
     cluster_dir = str(tmp_path / "cluster")
     make_cluster(cluster_dir)
 
-    def factory(options: str | None = None, name: str = "mnt") -> Mount:
+    def factory(options: str | None = None, name: str = "mnt", args: tuple[str, ...] = ()) -> Mount:
         # R2FS_TEST_MOUNT_OPTIONS runs the whole suite with extra -o options (e.g. writeback)
         extra = os.environ.get("R2FS_TEST_MOUNT_OPTIONS")
         options = ",".join(filter(None, [options, extra])) or None
         path = tmp_path / name
         path.mkdir(exist_ok=True)
-        m = Mount(cluster_dir, BUCKET, str(path), options)
+        m = Mount(cluster_dir, BUCKET, str(path), options, args)
         made.append(m)
         m.start()
         return m

@@ -41,6 +41,7 @@ class Mount:
     bucket: str
     path: str
     options: str | None = None
+    args: tuple[str, ...] = ()  # more `r2fs mount` flags
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -49,8 +50,16 @@ class Mount:
         args = ["--cluster", self.cluster_dir, "mount", self.bucket, self.path]
         if self.options:
             args += ["-o", self.options]
-        r2fs(*args)
+        r2fs(*args, *self.args)
         assert is_r2fs_mount(self.path)
+
+    def peak_rss(self) -> int:
+        """The daemon's peak resident set size in bytes (VmHWM)."""
+        with open(f"/proc/{self.pid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
 
     def pid(self) -> int:
         pid = daemon_pid(self.path)

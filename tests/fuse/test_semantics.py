@@ -355,3 +355,27 @@ def test_kill9_mid_write_old_or_new(mount_factory):
     assert read(m.p("victim")) in (old, new)
     write(m.p("after"), b"works")
     assert read(m.p("after")) == b"works"
+
+
+def test_unreadable_data_is_eio_and_the_mount_survives(mount_factory):
+    m = mount_factory()
+    data = os.urandom(1_000_000)  # several chunks, stored on the nodes
+    write(m.p("big"), data)
+    write(m.p("small"), b"inline")  # small objects live in their manifest
+    m.stop()
+    import glob
+    import shutil
+    nodes = sorted(glob.glob(os.path.join(m.cluster_dir, "nodes", "*")))
+    for node in nodes[:3]:  # more than m=2 shards of every chunk gone
+        for entry in os.listdir(node):
+            full = os.path.join(node, entry)
+            if os.path.isdir(full):
+                shutil.rmtree(full)
+    shutil.rmtree(os.path.join(m.cluster_dir, "cache"), ignore_errors=True)
+    m.args = ("--cache-size", "0")
+    m.start()
+    assert errno_of(read, m.p("big")) == errno.EIO
+    assert read(m.p("small")) == b"inline"
+    write(m.p("after"), b"still serving")
+    assert read(m.p("after")) == b"still serving"
+    assert errno_of(read, m.p("big")) == errno.EIO

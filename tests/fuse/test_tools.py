@@ -39,6 +39,7 @@ def test_cp_200mib_and_remount(mount_factory, tmp_path):
     m = mount_factory()
     run("cp", str(src), m.p("big"))
     run("cmp", str(src), m.p("big"))
+    assert m.peak_rss() < 400 << 20  # staging is on disk: memory does not grow with the file
     m.stop()
     m.start()  # cold: read back from the cluster, not from any cache of the first mount
     run("cmp", str(src), m.p("big"))
