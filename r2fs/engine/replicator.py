@@ -27,6 +27,7 @@ error and the time of the next attempt: exponential backoff with jitter.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -47,6 +48,8 @@ from .writer import LOC_NODES, LOC_STAGING
 
 if TYPE_CHECKING:
     from .store import Cluster
+
+log = logging.getLogger("r2fs.replicator")
 
 LEASE_SECONDS = 60.0
 BACKOFF_BASE = 0.5
@@ -393,6 +396,33 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
     cluster.writer.add_listener(on_staged)
     last_beat = last_sweep = 0.0
     limiter = trio.CapacityLimiter(max(1, concurrency))
+
+    async def one_round() -> None:
+        nonlocal last_beat, last_sweep, wake
+        now = time.monotonic()
+        if now - last_beat >= HEARTBEAT_INTERVAL:
+            await _heartbeat(cluster, rep, started)
+            last_beat = now
+        if now - last_sweep >= SWEEP_INTERVAL:
+            await trio.to_thread.run_sync(rep.sweep_staging)
+            last_sweep = now
+        wake = trio.Event()
+        busy_for = yield_to_writes - (time.monotonic() - last_staged[0])
+        if busy_for > 0 and not await trio.to_thread.run_sync(_must_catch_up, cluster):
+            await trio.sleep(min(busy_for, poll))
+            return
+        # small batches: yielding to writes is re-checked between them
+        due, later = await trio.to_thread.run_sync(
+            lambda: rep.pending(limit=4 * max(1, concurrency)))
+        if due:
+            async with trio.open_nursery() as batch:
+                for cid in due:
+                    batch.start_soon(_one, rep, cid, limiter)
+            return
+        delay = poll if later is None else max(0.01, min(poll, later - time.time()))
+        with trio.move_on_after(delay):
+            await wake.wait()
+
     try:
         async with trio.open_nursery() as outer:
             async def stopper() -> None:
@@ -400,37 +430,18 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                 outer.cancel_scope.cancel()
             outer.start_soon(stopper)
             while True:
-                now = time.monotonic()
-                if now - last_beat >= HEARTBEAT_INTERVAL:
-                    await _heartbeat(cluster, rep, started)
-                    last_beat = now
-                if now - last_sweep >= SWEEP_INTERVAL:
-                    await trio.to_thread.run_sync(rep.sweep_staging)
-                    last_sweep = now
-                wake = trio.Event()
-                busy_for = yield_to_writes - (time.monotonic() - last_staged[0])
-                if busy_for > 0 and not await trio.to_thread.run_sync(_must_catch_up, cluster):
-                    with trio.move_on_after(min(busy_for, poll)):
-                        await stop_event.wait()
-                    continue
-                # small batches: yielding to writes is re-checked between them
-                due, later = await trio.to_thread.run_sync(
-                    lambda: rep.pending(limit=4 * max(1, concurrency)))
-                if due:
-                    async with trio.open_nursery() as batch:
-                        for cid in due:
-                            batch.start_soon(_one, rep, cid, limiter)
-                    continue
-                delay = poll if later is None else max(0.01, min(poll, later - time.time()))
-                with trio.move_on_after(delay):
-                    await wake.wait()
+                try:
+                    await one_round()
+                except Exception:  # e.g. LMDB full: keep serving, retry later
+                    log.exception("replicator round failed; retrying in %.1f s", 5 * poll)
+                    await trio.sleep(5 * poll)
     finally:
         cluster.writer.remove_listener(on_staged)
         with trio.CancelScope(shield=True):
             try:
                 await cluster.delete_record(RECORDS, rep.owner)
-            except Exception:  # the cluster may be closing; the heartbeat just goes stale
-                pass
+            except Exception as exc:  # the cluster may be closing: the beat just goes stale
+                log.debug("could not remove the replicator heartbeat: %s", exc)
 
 
 def _must_catch_up(cluster: "Cluster") -> bool:
@@ -440,4 +451,15 @@ def _must_catch_up(cluster: "Cluster") -> bool:
 
 
 async def _one(rep: Replicator, cid: bytes, limiter: trio.CapacityLimiter) -> None:
-    await trio.to_thread.run_sync(rep.replicate_one, cid, limiter=limiter)
+    """One chunk; an unexpected error is logged, never allowed to stop a mount or gateway.
+
+    (Its lease runs out and the chunk is tried again: nothing is lost.)
+    """
+    try:
+        outcome, error = await trio.to_thread.run_sync(rep.replicate_one, cid, limiter=limiter)
+    except Exception as exc:  # background work must outlive a bug
+        rep.last_error = f"chunk {cid.hex()[:16]}: {type(exc).__name__}: {exc}"
+        log.exception("replication of chunk %s failed unexpectedly", cid.hex())
+        return
+    if outcome == FAILED:
+        log.warning("replication failed, will retry: %s", error)
