@@ -7,13 +7,14 @@ errors become errno only in errmap.py (every handler is wrapped by it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import pyfuse3
 import trio
@@ -249,15 +250,12 @@ class R2Operations(pyfuse3.Operations):
             node = await self._resolve(path)
             if node.is_dir:
                 raise fail(errno.EISDIR)
-        else:
-            async with of.lock:  # the open handles keep the content, locally
-                await of.buf.materialize()
-                if of.pending:
-                    self.table.detach(path)
-                    return
-        if not await self.ctx.bucket.delete(path):
-            raise fail(errno.ENOENT)
-        self.table.detach(path)
+        async with _locked(of):  # no commit of an open file may land after the delete
+            if of is not None:
+                await of.buf.materialize()  # the open handles keep the content, locally
+            if not (of is not None and of.pending) and not await self.ctx.bucket.delete(path):
+                raise fail(errno.ENOENT)
+            self.table.detach(path)
         await keep_parent(self.ctx, path)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -303,10 +301,14 @@ class R2Operations(pyfuse3.Operations):
                 raise fail(errno.EISDIR)
             victim = self.table.known(new)
             vof = self.files.get(victim) if victim is not None else None
-            if vof is not None:
-                async with vof.lock:
+            async with _locked(sof, vof):  # commits of either file wait for the new names
+                if vof is not None:
                     await vof.buf.materialize()
-            await self.ctx.bucket.rename(old, new, replace=True)
+                await self.ctx.bucket.rename(old, new, replace=True)
+                self.table.detach(new)
+                self.table.move(old, new)
+            await keep_parent(self.ctx, old)
+            return
         self.table.detach(new)
         self.table.move(old, new)
         await keep_parent(self.ctx, old)
@@ -523,6 +525,15 @@ class R2Operations(pyfuse3.Operations):
         data.f_namemax = 255
         self._statfs = (time.monotonic(), data)
         return data
+
+
+@contextlib.asynccontextmanager
+async def _locked(*files: OpenFile | None) -> AsyncIterator[None]:
+    """Hold the locks of the given open files (in inode order: no deadlock)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for of in sorted({f.ino: f for f in files if f is not None}.values(), key=lambda f: f.ino):
+            await stack.enter_async_context(of.lock)
+        yield
 
 
 def _node_space(paths: list[str]) -> tuple[int, int]:
