@@ -111,19 +111,24 @@ def check_auth(token: bytes, method: str, path: str, headers: dict[str, str],
 
 
 def normalize_url(url: str) -> str:
-    """`http://HOST:PORT` (no path, no trailing slash); PeerError if it is not one."""
+    """`http://HOST:PORT` (no path, no trailing slash); PeerError if it is not one.
+
+    https is accepted here (a TLS gateway names itself so), but `Peer` only
+    speaks plain http: peers are on a trusted network, their traffic is
+    sealed chunks and HMAC-signed requests.
+    """
     text = url.strip()
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
         raise PeerError(f"peer address {url!r}: expected http://HOST:PORT")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise PeerError(f"peer address {url!r}: bad port") from None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    return f"http://{host}:{port}"
+    return f"{parts.scheme}://{host}:{port}"
 
 
 def score(chunk_id: bytes, peer_id: str) -> bytes:
@@ -181,6 +186,8 @@ class Peer:
 
     def __init__(self, url: str, token: bytes) -> None:
         self.url = normalize_url(url)
+        if self.url.startswith("https:"):
+            raise PeerError(f"peer {url}: peers are reached over plain http (give its http address)")
         parts = urlsplit(self.url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80

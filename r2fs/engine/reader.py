@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from .cache import DiskCache, default_capacity
-from .chunks import BufferPool
-from .crypto import SEAL_OVERHEAD, open_chunk_into
+from .crypto import open_chunk_into
 from .errors import ChunkCorrupt, DataUnavailable
 from .peers import PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
 from .readahead import ReadAhead
@@ -109,7 +108,6 @@ class ChunkReader:
         self.readahead = ReadAhead(self._read_tiers, hint=self._hint)
         self.server: PeerServer | None = None
         self._token: bytes | None = None
-        self._pool = BufferPool(32 * 1024 * 1024)
         self._flights: dict[Any, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._maint: threading.Thread | None = None
@@ -291,31 +289,10 @@ class ChunkReader:
         return data
 
     def _from_nodes(self, cid: bytes, rec: dict, context: str) -> bytearray:
-        chunks = self.cluster.chunks
         l1 = self.l1
-        if l1 is None:
-            data = chunks.read(cid, rec["g"], rec["p"], rec["l"], context=context)
-        else:
-            # like chunks.read (the sealed chunk decoded into a reused buffer, see
-            # BufferPool), keeping the sealed bytes long enough to fill L1
-            sealed_len = rec["l"]
-            if sealed_len < SEAL_OVERHEAD:
-                raise ChunkCorrupt(f"{context}: chunk {cid.hex()}: recorded sealed length "
-                                   f"{sealed_len} is impossible")
-            good = chunks._gather(cid, rec["g"], rec["p"], context)  # noqa: SLF001
-            buf = self._pool.get(sealed_len)
-            try:
-                sealed = memoryview(buf)[:sealed_len]
-                chunks._decode(cid, good, sealed_len, sealed, context)  # noqa: SLF001
-                data = bytearray(sealed_len - SEAL_OVERHEAD)
-                try:
-                    self.open_into(cid, sealed, data)
-                except ChunkCorrupt as e:
-                    raise ChunkCorrupt(f"{context}: {e}" if context else str(e)) from None
-                l1.put(cid, sealed)  # authenticated just above
-                del sealed
-            finally:
-                self._pool.put(buf)
+        data = self.cluster.chunks.read(
+            cid, rec["g"], rec["p"], rec["l"], context=context,
+            on_sealed=None if l1 is None else (lambda sealed: l1.put(cid, sealed)))
         self.stats.hit("nodes", len(data))
         return data
 

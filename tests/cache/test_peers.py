@@ -7,6 +7,7 @@ import socket
 import time
 
 import h11
+import pytest
 import trio
 
 from r2fs.engine import peers as peermod
@@ -241,3 +242,11 @@ async def test_peer_app_works_as_asgi_under_hypercorn(small_cluster, bucket):
             assert c.reader.figures()["tiers"]["l2"]["hits"] == 1
         finally:
             stop.set()
+
+
+def test_tls_gateway_names_itself_with_https_but_peers_are_http():
+    me = "https://127.0.0.1:9443"
+    ps = PeerSet(["http://127.0.0.1:2"], b"t" * 32, self_url=me)
+    assert ps.self_url == me and list(ps.peers) == ["http://127.0.0.1:2"]
+    with pytest.raises(peermod.PeerError, match="plain http"):
+        PeerSet(["https://127.0.0.1:3"], b"t" * 32)
