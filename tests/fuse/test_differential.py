@@ -147,7 +147,7 @@ def test_mount_matches_native_directory(mnt, tmp_path):
     native = tmp_path / "native"
     native.mkdir()
     cls = machine(mnt.path, str(native))
-    cls.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+    cls.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                      suppress_health_check=list(HealthCheck))
     before = next(_steps)
     try:
