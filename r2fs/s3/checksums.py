@@ -22,6 +22,33 @@ try:  # awscrt ships C implementations; botocore uses the same package.
 except ImportError:  # pragma: no cover - exercised only without awscrt
     _crt = None
 
+
+def _reflected_table(poly: int, width: int) -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table.append(crc & ((1 << width) - 1))
+    return table
+
+
+def _table_crc(poly: int, width: int):
+    """A pure-Python CRC (slow: ~10 MB/s), used only when awscrt is missing."""
+    table = _reflected_table(poly, width)
+    mask = (1 << width) - 1
+
+    def crc(data: bytes, previous: int = 0) -> int:
+        value = previous ^ mask
+        for b in data:
+            value = table[(value ^ b) & 0xFF] ^ (value >> 8)
+        return value ^ mask
+    return crc
+
+
+_py_crc32c = _table_crc(0x82F63B78, 32)
+_py_crc64nvme = _table_crc(0x9A6C9329AC4BC9B5, 64)
+
 ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
 
@@ -60,11 +87,10 @@ def new_hasher(algorithm: str) -> Hasher:
     """A fresh hasher for a lowercase algorithm name from ALGORITHMS."""
     if algorithm == "crc32":
         return _Crc(zlib.crc32, 4)
-    if algorithm in ("crc32c", "crc64nvme"):
-        if _crt is None:
-            raise S3Error("NotImplemented", f"checksum algorithm {algorithm} needs the awscrt package")
-        fn = _crt.crc32c if algorithm == "crc32c" else _crt.crc64nvme
-        return _Crc(fn, 4 if algorithm == "crc32c" else 8)
+    if algorithm == "crc32c":
+        return _Crc(_crt.crc32c if _crt else _py_crc32c, 4)
+    if algorithm == "crc64nvme":
+        return _Crc(_crt.crc64nvme if _crt else _py_crc64nvme, 8)
     if algorithm in ("sha1", "sha256"):
         return _Hashlib(algorithm)
     raise S3Error("InvalidArgument", f"unknown checksum algorithm {algorithm!r}")

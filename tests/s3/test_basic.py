@@ -62,8 +62,17 @@ def test_put_get_roundtrip(gateway, bucket_name, tls, size):
     assert head["ETag"] == put["ETag"] and head["ContentLength"] == size
 
 
+def _client_algorithms() -> tuple[str, ...]:
+    """botocore computes CRC32C / CRC64NVME only with awscrt installed."""
+    try:
+        import awscrt  # noqa: F401
+        return ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
+    except ImportError:
+        return ("CRC32", "SHA1", "SHA256")
+
+
 def test_checksum_stored_and_returned(s3_tls, bucket_name):
-    for algo in ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"):
+    for algo in _client_algorithms():
         s3_tls.put_object(Bucket=bucket_name, Key=algo, Body=b"checksum me", ChecksumAlgorithm=algo)
         head = s3_tls.head_object(Bucket=bucket_name, Key=algo, ChecksumMode="ENABLED")
         assert head.get(f"Checksum{algo}"), head

@@ -194,3 +194,13 @@ async def test_chunked_garbage_only_raises_s3_errors(garbage, cuts):
         await _decode(_split_request(garbage, cuts), None, mode=sigv4.STREAMING_UNSIGNED_TRAILER)
     except S3Error:
         pass
+
+
+def test_pure_python_crcs_match_awscrt():
+    """The fallback used without awscrt computes the same values, also when chained."""
+    awscrt = pytest.importorskip("awscrt.checksums")
+    from r2fs.s3 import checksums
+    data = bytes(range(256)) * 3 + b"tail"
+    for fast, slow in ((awscrt.crc32c, checksums._py_crc32c), (awscrt.crc64nvme, checksums._py_crc64nvme)):
+        assert slow(data) == fast(data)
+        assert slow(data[100:], slow(data[:100])) == fast(data)
