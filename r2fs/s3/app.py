@@ -178,7 +178,7 @@ class Gateway:
         resp.set("x-amz-request-id", request_id)
         resp.set("x-amz-id-2", request_id)
         resp.set("Server", "r2fs")
-        if not req._consumed and (req.content_length or req.header("transfer-encoding")):
+        if not req.consumed and (req.content_length or req.header("transfer-encoding")):
             resp.set("Connection", "close")  # do not read a body we refused
         try:
             await resp.send(send, head_only=req.method == "HEAD")

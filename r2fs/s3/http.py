@@ -48,6 +48,11 @@ class Request:
         req.query = parse_query(qs)
         return req
 
+    @property
+    def consumed(self) -> bool:
+        """Whether the body has been (or is being) read."""
+        return self._consumed
+
     def header(self, name: str, default: str | None = None) -> str | None:
         for k, v in self.headers:
             if k == name:

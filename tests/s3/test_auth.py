@@ -144,3 +144,16 @@ def test_keys_cli_list_and_delete(gateway, s3):
     with pytest.raises(ClientError) as err:
         gateway.client(keys).list_buckets()
     assert code(err.value) == "InvalidAccessKeyId"
+
+
+def test_cli_errors_are_one_line(gateway):
+    import subprocess
+    import sys
+    for args, needle in ((["keys", "delete", "R2FSNOSUCHKEY0000000"], "no access key"),
+                         (["keys", "create", "--bucket", "no-such-bucket"], "no-such-bucket"),
+                         (["bucket", "public", "no-such-bucket", "on"], "no-such-bucket"),
+                         (["serve", "--listen", "nonsense"], "HOST:PORT")):
+        out = subprocess.run([sys.executable, "-m", "r2fs", "--cluster", gateway.cluster, *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and needle in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2, out.stderr
