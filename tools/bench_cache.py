@@ -1,9 +1,11 @@
 """Read cache: a 1 GiB object read cold from the nodes, warm from L1, from a peer's L2, read-ahead on/off.
 
 Every figure is a streamed `bucket.get` through the store API (the path the
-S3 gateway serves GETs on), each run beside a native cold read of the same
-bytes from one plain file on the same disk, the page cache dropped before
-every read (root only):
+S3 gateway serves GETs on) -- or, with --mount, a sequential read of the file
+through a real `r2fs mount` (mounted afresh for every run with the flags of
+the case) -- each run beside a native cold read of the same bytes from one
+plain file on the same disk, the page cache dropped before every read (root
+only):
 
 (a) cold: L1 on and empty, so the read goes to the nodes (and fills L1);
 (b) L1: the same object again, every chunk a local L1 hit (sealed file read
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object size (default 1GiB)")
     parser.add_argument("--chunk", type=parse_size, default=4 * MiB,
                         help="cluster chunk size (default 4MiB)")
+    parser.add_argument("--mount", action="store_true",
+                        help="read through a FUSE mount instead of the store API")
 
 
 async def _put(cluster: Any, size: int) -> Any:
@@ -91,6 +95,90 @@ def _pair(label: str, native_path: str, size: int, prepare: Any, measure: Any, r
     return statistics.median(ours), statistics.median(native)
 
 
+def _r2fs(*argv: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "r2fs.cli", *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench cache: r2fs {' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def _mount_read(cluster_path: str, mnt: str, flags: list[str], size: int, state: dict) -> float:
+    """MB/s of one cold sequential read of the object through a fresh mount with `flags`."""
+    os.makedirs(mnt, exist_ok=True)
+    _r2fs("--cluster", cluster_path, "mount", "bench", mnt, *flags)
+    try:
+        state["dropped"] &= drop_caches()
+        seconds, total = native_read(os.path.join(mnt, "obj"))
+    finally:
+        if subprocess.run([sys.executable, "-m", "r2fs.cli", "umount", mnt],
+                          capture_output=True).returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+    if total != size:
+        raise SystemExit(f"bench cache: read {total} bytes through the mount, expected {size}")
+    return mb_per_s(total, seconds)
+
+
+def _start_peer(cluster_path: str, cache_dir: str, cache_size: int) -> tuple[Any, str]:
+    peer = subprocess.Popen([sys.executable, "-c", PEER_PROGRAM, cluster_path, cache_dir,
+                             str(cache_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    url = peer.stdout.readline().strip()
+    if not url.startswith("http://"):
+        peer.kill()
+        raise SystemExit("bench cache: the peer process did not start")
+    return peer, url
+
+
+def _stop_peer(peer: Any) -> None:
+    peer.stdin.close()
+    try:
+        peer.wait(20)
+    except subprocess.TimeoutExpired:
+        peer.kill()
+        peer.wait()
+
+
+def run_mount(args: argparse.Namespace, table: Table, cluster: Any, work: str, native_path: str,
+              cache_size: int, state: dict) -> tuple[float, float]:
+    """The four cases through `r2fs mount`; (read-ahead off, on) MB/s."""
+    size = args.size
+    mnt = os.path.join(work, "mnt")
+    read = lambda flags: lambda: _mount_read(cluster.path, mnt, flags, size, state)  # noqa: E731
+    fresh = iter(range(1000))
+    new_dir = lambda: os.path.join(work, f"l1-{next(fresh)}")  # noqa: E731
+    cache = ["--cache-size", str(cache_size)]
+    for label, flags in (("cold, read-ahead off", ["--cache-size", "0", "--no-readahead"]),
+                         ("cold, read-ahead on", ["--cache-size", "0"])):
+        r, n = _pair(label, native_path, size, lambda: None, read(flags), args.runs, state)
+        table.add(f"{label} (nodes)", r, n)
+    off, on = table.rows[-2].r2fs, table.rows[-1].r2fs
+    runs = {"flags": []}
+
+    def fresh_l1() -> None:
+        runs["flags"] = ["--cache-dir", new_dir(), *cache]
+    r, n = _pair("cold, L1 filling", native_path, size, fresh_l1,
+                 lambda: read(runs["flags"])(), args.runs, state)
+    table.add("(a) cold from the nodes, filling L1", r, n)
+    warm = ["--cache-dir", os.path.join(work, "l1-warm"), *cache]
+    progress("filling the L1 of the warm case")
+    _mount_read(cluster.path, mnt, warm, size, state)
+    r, n = _pair("L1 hits", native_path, size, lambda: None, read(warm), args.runs, state)
+    table.add("(b) warm: L1 hits (remounted)", r, n)
+    peer, url = _start_peer(cluster.path, os.path.join(work, "peer-l1"), cache_size)
+    try:
+        progress("warming the peer's L1")
+        _mount_read(cluster.path, mnt, ["--cache-dir", new_dir(), *cache, "--peer", url], size,
+                    state)
+
+        def fresh_l1_with_peer() -> None:
+            runs["flags"] = ["--cache-dir", new_dir(), *cache, "--peer", url]
+        r, n = _pair("L2 hits", native_path, size, fresh_l1_with_peer,
+                     lambda: read(runs["flags"])(), args.runs, state)
+        table.add("(c) L2: a peer's L1, own L1 empty", r, n)
+    finally:
+        _stop_peer(peer)
+    return off, on
+
+
 def run(args: argparse.Namespace) -> None:
     from r2fs.engine.store import Cluster
 
@@ -98,8 +186,10 @@ def run(args: argparse.Namespace) -> None:
     size = args.size
     cache_size = size + size // 4 + 64 * MiB
     state = {"dropped": True}
+    how = "read through r2fs mount" if args.mount else "streamed bucket.get"
     table = Table(f"read cache: {size / MiB:,.0f} MiB object, {args.chunk // MiB} MiB chunks, "
-                  f"RS(4,2), streamed bucket.get, median of {args.runs}")
+                  f"RS(4,2), {how}, median of {args.runs}")
+    l1_hits = l2_hits = node_reads = None
     with temp_dir(base, "r2fs-bench-cache-") as work:
         cluster = Cluster.init(os.path.join(work, "cluster"), chunk_size=args.chunk)
         peer = None
@@ -109,6 +199,9 @@ def run(args: argparse.Namespace) -> None:
             native_path = os.path.join(work, "native.bin")
             native_write(native_path, DataStream(size, seed=7))
             reader = cluster.reader
+            if args.mount:
+                off, on = run_mount(args, table, cluster, work, native_path, cache_size, state)
+                return _finish(table, args, off, on, None, None, None, state, base)
 
             # (d) read-ahead on/off, no L1: the nodes every time
             for label, on in (("cold, read-ahead off", False), ("cold, read-ahead on", True)):
@@ -130,12 +223,7 @@ def run(args: argparse.Namespace) -> None:
             l1_hits = reader.figures()["tiers"]["l1"]["hits"]
 
             # (c) a peer process's L1 (warmed by the first run), this process's L1 emptied
-            peer = subprocess.Popen([sys.executable, "-c", PEER_PROGRAM, cluster.path,
-                                     os.path.join(work, "peer-l1"), str(cache_size)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            url = peer.stdout.readline().strip()
-            if not url.startswith("http://"):
-                raise SystemExit("bench cache: the peer process did not start")
+            peer, url = _start_peer(cluster.path, os.path.join(work, "peer-l1"), cache_size)
             reader.configure(cache_dir=os.path.join(work, "l1"), cache_size=cache_size,
                              peers=[url], snapshots=False)
             reader.l1.clear()
@@ -150,18 +238,20 @@ def run(args: argparse.Namespace) -> None:
             node_reads = after["nodes"]["hits"] - before["nodes"]["hits"]
         finally:
             if peer is not None:
-                peer.stdin.close()
-                try:
-                    peer.wait(20)
-                except subprocess.TimeoutExpired:
-                    peer.kill()
+                _stop_peer(peer)
             cluster.reader.close()
             cluster.close()
-    chunks = -(-size // args.chunk)
+    _finish(table, args, off, on, l1_hits, l2_hits, node_reads, state, base)
+
+
+def _finish(table: Table, args: argparse.Namespace, off: float, on: float, l1_hits: Any,
+            l2_hits: Any, node_reads: Any, state: dict, base: str) -> None:
+    chunks = -(-args.size // args.chunk)
     table.note(f"read-ahead on / off: {on / off:.2f}x (target >= 1.5x)")
     table.note("targets: (b) >= 60% of native, (c) >= 40% of native")
-    table.note(f"(b) served {l1_hits} L1 hits over {args.runs} runs ({chunks} chunks per read); "
-               f"(c) {l2_hits} L2 hits and {node_reads} node reads over {args.runs} runs")
+    if l1_hits is not None:
+        table.note(f"(b) served {l1_hits} L1 hits over {args.runs} runs ({chunks} chunks per "
+                   f"read); (c) {l2_hits} L2 hits and {node_reads} node reads over {args.runs} runs")
     table.note("page cache dropped before every read" if state["dropped"] else
                "page cache NOT dropped before reads (needs root): reads may be cached")
     table.note(f"{describe_machine()}; disk {filesystem_of(base)}")

@@ -37,6 +37,9 @@ DEFAULT_BUDGET = 64 * MiB
 DEFAULT_WINDOW = 8
 #: Sequential-stream positions remembered (object versions being read).
 STREAMS = 512
+#: A read starting this close to where the last one ended continues its stream
+#: (the kernel sends a mount's sequential 128 KiB reads slightly out of order).
+SEQUENTIAL_SLACK = 128 * 1024
 
 Fetch = Callable[[ChunkRef, str], Awaitable[bytes]]
 
@@ -61,7 +64,8 @@ class ReadAhead:
         self._inflight: dict[bytes, int] = {}
         self._claimed: set[bytes] = set()  # in flight, but a reader already waits for it
         self._inflight_bytes = 0
-        self._streams: OrderedDict[str, int] = OrderedDict()  # version -> next offset
+        # version -> [where the last read ended, chunks up to this index were prefetched]
+        self._streams: OrderedDict[str, list[int]] = OrderedDict()
         self._spans: OrderedDict[str, list[int]] = OrderedDict()
         self.counters = {"prefetched": 0, "used": 0, "dropped": 0, "failed": 0}
 
@@ -127,14 +131,20 @@ class ReadAhead:
 
     # --- streams -----------------------------------------------------------------------
 
-    def _sequential(self, info: ObjectInfo, offset: int, end: int) -> bool:
-        """Whether this read continues the previous read of the same version."""
+    def _stream(self, info: ObjectInfo, offset: int, end: int) -> list[int] | None:
+        """The stream state if this read continues the previous read of the same
+        version (give or take a read-ahead's worth of reordering: the kernel
+        may issue a sequential reader's reads concurrently), else None."""
         with self._lock:
-            prev = self._streams.pop(info.version, None)
-            self._streams[info.version] = end
+            state = self._streams.pop(info.version, None)
+            sequential = state is not None and abs(offset - state[0]) <= SEQUENTIAL_SLACK
+            if not sequential:
+                state = [end, -1]
+            state[0] = max(state[0], end) if sequential else end
+            self._streams[info.version] = state
             while len(self._streams) > STREAMS:
                 self._streams.popitem(last=False)
-        return prev is not None and prev == offset
+        return state if sequential else None
 
     def _starts(self, info: ObjectInfo) -> list[int]:
         with self._lock:
@@ -152,6 +162,38 @@ class ReadAhead:
                 self._spans.popitem(last=False)
         return starts
 
+    def _plan(self, info: ObjectInfo, offset: int, end: int) -> "_Plan":
+        refs = info.chunks
+        starts = self._starts(info)
+        plan = _Plan(refs, starts, max(0, bisect.bisect_right(starts, offset) - 1),
+                     bisect.bisect_left(starts, end))
+        plan.ahead = plan.hint_end = plan.last
+        plan.stream = self._stream(info, offset, end) if self.enabled else None
+        if plan.stream is not None:
+            plan.ahead = min(len(refs), plan.last + self.window)
+            plan.hint_end = min(len(refs), plan.last + 2 * self.window)
+        return plan
+
+    async def _chunk(self, plan: "_Plan", i: int, end: int, read: Fetch, context: str) -> bytes:
+        """Chunk i of the plan: prefetch what follows it, then take or read it."""
+        refs, stream = plan.refs, plan.stream
+        upto = min(plan.ahead, i + 1 + self.window)
+        if self.enabled and (stream is None or upto - 1 > stream[1]):
+            # (a stream asks only once per chunk, not on every small read)
+            self.prefetch([refs[j] for j in range(i + 1, upto)], context)
+            if stream is not None:
+                stream[1] = upto - 1
+            if self._hint is not None:
+                self._give_hint([refs[j].id for j in range(
+                    i + 1 + self.window, min(max(plan.ahead, plan.hint_end), i + 1 + 2 * self.window))])
+        ref = refs[i]
+        data = self.take(ref.id)
+        if data is None:
+            data = await read(ref, context)
+        if end < plan.starts[i] + len(data):
+            self._park(ref.id, data)  # the next small read wants the rest of it
+        return data
+
     async def chunks(self, info: ObjectInfo, offset: int, end: int, read: Fetch,
                      context: str) -> AsyncIterator[tuple[int, bytes]]:
         """(chunk start, plaintext) of every chunk overlapping [offset, end), in order.
@@ -159,30 +201,27 @@ class ReadAhead:
         `read` is the tiered read (it finds a chunk this buffer is fetching
         in flight and waits for it rather than fetching it twice).
         """
-        refs = info.chunks
-        starts = self._starts(info)
-        first = max(0, bisect.bisect_right(starts, offset) - 1)
-        last = bisect.bisect_left(starts, end)  # exclusive
-        ahead = hint_end = last
-        if self.enabled and self._sequential(info, offset, end):
-            ahead = min(len(refs), last + self.window)
-            hint_end = min(len(refs), last + 2 * self.window)
-        for i in range(first, last):
-            ref = refs[i]
-            if ref.size == 0:
+        plan = self._plan(info, offset, end)
+        for i in range(plan.first, plan.last):
+            if plan.refs[i].size:
+                yield plan.starts[i], await self._chunk(plan, i, end, read, context)
+
+    async def read(self, info: ObjectInfo, offset: int, end: int, read: Fetch,
+                   context: str) -> bytes:
+        """Bytes [offset, end) as one bytes object: `chunks` without the generator
+        machinery, for the many small reads a mount makes (128 KiB each)."""
+        plan = self._plan(info, offset, end)
+        pieces = []
+        for i in range(plan.first, plan.last):
+            if not plan.refs[i].size:
                 continue
-            if self.enabled:
-                self.prefetch([refs[j] for j in range(i + 1, min(ahead, i + 1 + self.window))],
-                              context)
-                if self._hint is not None:
-                    self._give_hint([refs[j].id for j in range(
-                        i + 1 + self.window, min(max(ahead, hint_end), i + 1 + 2 * self.window))])
-            data = self.take(ref.id)
-            if data is None:
-                data = await read(ref, context)
-            if self.enabled and end < starts[i] + len(data):
-                self._park(ref.id, data)  # the next small read wants the rest of it
-            yield starts[i], data
+            start = plan.starts[i]
+            data = await self._chunk(plan, i, end, read, context)
+            lo, hi = max(offset, start) - start, min(end, start + len(data)) - start
+            pieces.append(memoryview(data)[lo:hi])
+        out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+        del pieces
+        return out
 
     def _give_hint(self, cids: list[bytes]) -> None:
         with self._lock:
@@ -206,3 +245,14 @@ class ReadAhead:
             if self._ready_bytes + self._inflight_bytes + len(data) <= self.budget:
                 self._ready[cid] = data
                 self._ready_bytes += len(data)
+
+
+class _Plan:
+    """Which chunks a read covers, and how far its stream reads ahead."""
+
+    __slots__ = ("refs", "starts", "first", "last", "ahead", "hint_end", "stream")
+
+    def __init__(self, refs: tuple[ChunkRef, ...], starts: list[int], first: int, last: int) -> None:
+        self.refs, self.starts, self.first, self.last = refs, starts, first, last
+        self.ahead = self.hint_end = last
+        self.stream: list[int] | None = None

@@ -198,11 +198,14 @@ class ChunkReader:
     async def _read_tiers(self, ref: ChunkRef, context: str) -> bytes:
         return await self._single(ref.id, lambda: self._fetch(ref, context))
 
-    async def chunks(self, info: ObjectInfo, offset: int, end: int, *,
-                     context: str) -> AsyncIterator[tuple[int, bytes]]:
+    def chunks(self, info: ObjectInfo, offset: int, end: int, *,
+               context: str) -> AsyncIterator[tuple[int, bytes]]:
         """(chunk start, plaintext) for the chunks overlapping [offset, end), with read-ahead."""
-        async for item in self.readahead.chunks(info, offset, end, self._read_tiers, context):
-            yield item
+        return self.readahead.chunks(info, offset, end, self._read_tiers, context)
+
+    async def read_range(self, info: ObjectInfo, offset: int, end: int, *, context: str) -> bytes:
+        """Bytes [offset, end) of a chunked object (not inline), with read-ahead."""
+        return await self.readahead.read(info, offset, end, self._read_tiers, context)
 
     def _hint(self, cids: list[bytes]) -> None:
         """Read-ahead's early notice: have the kernel start reading those L1 files."""

@@ -295,7 +295,9 @@ class Bucket:
         end = min(info.size, offset + length)
         if offset >= end:
             return b""
-        return b"".join([p async for p in self._iter_range(info, offset, end - offset)])
+        if info.inline:
+            return b"".join([p async for p in self._iter_range(info, offset, end - offset)])
+        return await self.cluster.reader.read_range(info, offset, end, context=self._what(info.key))
 
     async def _iter_range(self, info: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
         end = offset + length
