@@ -43,15 +43,25 @@ def _context(key_id: str) -> str:
     return f"s3-key/{key_id}"
 
 
-async def create_key(cluster: Cluster, *, bucket: str | None = None, read_only: bool = False) -> AccessKey:
+async def create_key(cluster: Cluster, *, bucket: str | None = None, read_only: bool = False,
+                     label: str | None = None) -> AccessKey:
+    """A new key pair; `label` names keys made by tools (the demo reuses its own)."""
     key_id = "R2FS" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
     secret = base64.b64encode(secrets.token_bytes(30)).decode().replace("+", "A").replace("/", "B")
     sealed = cluster.seal_secret(secret.encode(), _context(key_id))
     key = AccessKey(key_id, secret, bucket, read_only, time.time())
     await cluster.put_record(NAMESPACE, key_id, {
         "secret": base64.b64encode(sealed).decode(), "bucket": bucket,
-        "read_only": read_only, "created": key.created})
+        "read_only": read_only, "created": key.created, "label": label})
     return key
+
+
+async def labelled_key(cluster: Cluster, label: str) -> AccessKey:
+    """The key created with `label` (secret opened), made on first use."""
+    for key_id, rec in await cluster.list_records(NAMESPACE):
+        if rec.get("label") == label:
+            return _from_record(cluster, key_id, rec)
+    return await create_key(cluster, label=label)
 
 
 def _from_record(cluster: Cluster | None, key_id: str, rec: dict) -> AccessKey:
