@@ -59,15 +59,19 @@ POLL_INTERVAL = 0.5
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_STALE = 10.0
 SWEEP_INTERVAL = 300.0
-#: Background replication yields to this process's own local writes: it waits
-#: until they pause for YIELD_TO_WRITES seconds -- unless the deferred backlog
-#: passes MAX_DEFERRED_BYTES or its oldest entry MAX_DEFER_SECONDS. Why: on one
-#: machine (and on any PoP whose staging disk also carries other work) the
-#: replicator's k+m fsyncs per chunk queue in front of the client's one fsync
-#: and double its acknowledged latency -- the very thing local mode is for.
+#: Background replication yields to this process's own local writes. While
+#: they keep coming (a pause shorter than YIELD_TO_WRITES seconds) it waits;
+#: once the deferred backlog is older than MAX_DEFER_SECONDS or larger than
+#: TRICKLE_BYTES it replicates one chunk at a time; past MAX_DEFERRED_BYTES at
+#: full concurrency. Why: on one machine (and on any PoP whose staging disk
+#: also carries other work) the replicator's k+m fsyncs and RS coding per chunk
+#: queue in front of the client's one fsync and inflate its acknowledged
+#: latency -- the very thing local mode is for -- while the bounds keep the
+#: data at risk in staging small and the backlog from growing without end.
 YIELD_TO_WRITES = 0.25
-MAX_DEFERRED_BYTES = 256 * 1024 * 1024
 MAX_DEFER_SECONDS = 10.0
+TRICKLE_BYTES = 64 * 1024 * 1024
+MAX_DEFERRED_BYTES = 256 * 1024 * 1024
 STAGING_ORPHAN_GRACE = 600.0
 RECORDS = "replicators"  # Cluster records namespace: heartbeats of running replicators
 
@@ -395,7 +399,9 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
 
     cluster.writer.add_listener(on_staged)
     last_beat = last_sweep = 0.0
-    limiter = trio.CapacityLimiter(max(1, concurrency))
+    concurrency = max(1, concurrency)
+    limiter = trio.CapacityLimiter(concurrency)
+    trickle = trio.CapacityLimiter(1)
 
     async def one_round() -> None:
         nonlocal last_beat, last_sweep, wake
@@ -407,17 +413,18 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
             await trio.to_thread.run_sync(rep.sweep_staging)
             last_sweep = now
         wake = trio.Event()
-        busy_for = yield_to_writes - (time.monotonic() - last_staged[0])
-        if busy_for > 0 and not await trio.to_thread.run_sync(_must_catch_up, cluster):
-            await trio.sleep(min(busy_for, poll))
-            return
+        width = concurrency
+        if time.monotonic() - last_staged[0] < yield_to_writes:
+            width = await trio.to_thread.run_sync(_width_while_writing, cluster, concurrency)
+            if width == 0:
+                await trio.sleep(min(yield_to_writes, poll))
+                return
         # small batches: yielding to writes is re-checked between them
-        due, later = await trio.to_thread.run_sync(
-            lambda: rep.pending(limit=4 * max(1, concurrency)))
+        due, later = await trio.to_thread.run_sync(lambda: rep.pending(limit=4 * width))
         if due:
             async with trio.open_nursery() as batch:
                 for cid in due:
-                    batch.start_soon(_one, rep, cid, limiter)
+                    batch.start_soon(_one, rep, cid, limiter if width == concurrency else trickle)
             return
         delay = poll if later is None else max(0.01, min(poll, later - time.time()))
         with trio.move_on_after(delay):
@@ -444,10 +451,14 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                 log.debug("could not remove the replicator heartbeat: %s", exc)
 
 
-def _must_catch_up(cluster: "Cluster") -> bool:
-    """True when deferring replication any longer would let the backlog grow too big or old."""
+def _width_while_writing(cluster: "Cluster", concurrency: int) -> int:
+    """How many chunks to replicate at once while this process is writing (0: wait)."""
     b = backlog(cluster)
-    return b.bytes >= MAX_DEFERRED_BYTES or b.oldest_age >= MAX_DEFER_SECONDS
+    if b.bytes >= MAX_DEFERRED_BYTES:
+        return concurrency
+    if b.bytes >= TRICKLE_BYTES or b.oldest_age >= MAX_DEFER_SECONDS:
+        return 1
+    return 0
 
 
 async def _one(rep: Replicator, cid: bytes, limiter: trio.CapacityLimiter) -> None:
