@@ -143,15 +143,19 @@ class ChunkReader:
         size = default_capacity(root) if cache_size is None else cache_size
         if cache_size is None and size == 0:
             log.warning("no local read cache: %s has less than 10%% of its disk free", root)
-        self.l1 = DiskCache(root, size, self.open_into) if size > 0 else None
-        self.readahead.enabled = readahead
-        if peer_listen:
-            self.server = PeerServer(self.peer_app(), peer_listen)
-            self_url = self.server.start()
-        if peers is None:
-            pops = self.cluster.config.raw.get("pops") if self.cluster.config.raw else None
-            peers = [str(u) for u in (pops or {}).values()] if isinstance(pops, dict) else []
-        self.peers = PeerSet(peers, self.token, self_url=self_url) if peers else None
+        try:
+            self.l1 = DiskCache(root, size, self.open_into) if size > 0 else None
+            self.readahead.enabled = readahead
+            if peer_listen:
+                self.server = PeerServer(self.peer_app(), peer_listen)
+                self_url = self.server.start()
+            if peers is None:
+                pops = self.cluster.config.raw.get("pops") if self.cluster.config.raw else None
+                peers = [str(u) for u in (pops or {}).values()] if isinstance(pops, dict) else []
+            self.peers = PeerSet(peers, self.token, self_url=self_url) if peers else None
+        except BaseException:
+            self.close()  # nothing half-configured stays behind (the L1 slot lock, a server)
+            raise
         self.self_url = self.server.url if self.server else self_url
         self.configured = True
         if snapshots:

@@ -138,3 +138,25 @@ def test_cache_clear_cli(tmp_path, small_cluster):
         assert not any(n.startswith("seg-") for n in os.listdir(idle_dir))
     finally:
         busy.close()
+
+
+def test_a_taken_peer_port_is_a_one_line_error_and_leaves_nothing_behind(small_cluster, tmp_path):
+    import socket
+
+    from r2fs.engine.peers import PeerError
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        with pytest.raises(PeerError, match=f"cannot serve peers on 127.0.0.1:{port}"):
+            small_cluster.reader.configure(cache_dir=str(tmp_path / "l1"), cache_size=1 << 20,
+                                           peer_listen=f"127.0.0.1:{port}", snapshots=False)
+        assert small_cluster.reader.l1 is None and not small_cluster.reader.configured
+        # the L1 slot was released: configuring again takes the same slot
+        small_cluster.reader.configure(cache_dir=str(tmp_path / "l1"), cache_size=1 << 20,
+                                       snapshots=False)
+        assert small_cluster.reader.l1.dir.endswith("slot0")
+    finally:
+        busy.close()
