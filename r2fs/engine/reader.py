@@ -214,9 +214,15 @@ class ChunkReader:
     def _hint(self, cids: list[bytes]) -> None:
         """Read-ahead's early notice: have the kernel start reading those L1 files."""
         l1 = self.l1
-        if l1 is not None:
-            trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, l1.advise, cids,
-                                            name="r2fs-l1-advise")
+        if l1 is None:
+            return
+
+        async def advise() -> None:
+            try:
+                await trio.to_thread.run_sync(l1.advise, cids)
+            except Exception as exc:  # noqa: BLE001 - a hint; a system task must not raise
+                log.debug("L1 read hint failed: %s", exc)
+        trio.lowlevel.spawn_system_task(advise, name="r2fs-l1-advise")
 
     async def _single(self, key: Any, fetch: Callable[[], Awaitable[Any]]) -> Any:
         """Run `fetch` once for concurrent callers with the same key."""
