@@ -41,9 +41,12 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 def test_mount_write_seen_over_s3(mounted, s3, bucket_name):
     os.makedirs(os.path.join(mounted, "docs"))
     path = os.path.join(mounted, "docs", "note.txt")
-    with open(path, "wb") as f:
-        f.write(b"written through FUSE\n")
-    os.chmod(path, 0o640)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o640)
+        os.write(fd, b"written through FUSE\n")
+    finally:
+        os.close(fd)  # close-to-open: the object and its attributes are committed here
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket_name, Prefix="docs/").get("Contents", [])]
     assert "docs/note.txt" in keys
     got = s3.get_object(Bucket=bucket_name, Key="docs/note.txt")
