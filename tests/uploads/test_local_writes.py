@@ -210,3 +210,21 @@ async def test_background_replicator_drains_as_writes_arrive(regional, cdir):
     for k, v in data.items():
         assert await (await c.bucket("bkt").get(k)).read() == v
     assert (await c.list_records("replicators")) == []  # heartbeat removed on a clean stop
+
+
+async def test_replication_yields_to_writes_within_bounds(regional, monkeypatch):
+    from r2fs.engine import replicator as rmod
+
+    c = regional
+    await c.create_bucket("bkt", location="west")
+    c.writer.configure(region="east")
+    await c.bucket("bkt").put("k", rand(2 * CHUNK, 40))  # 128 KiB waiting
+    assert rmod._width_while_writing(c, 4) == 0  # young and small: wait for a pause
+    monkeypatch.setattr(rmod, "TRICKLE_BYTES", 100 * 1024)
+    assert rmod._width_while_writing(c, 4) == 1  # trickle
+    monkeypatch.setattr(rmod, "MAX_DEFERRED_BYTES", 120 * 1024)
+    assert rmod._width_while_writing(c, 4) == 4  # full speed
+    monkeypatch.setattr(rmod, "TRICKLE_BYTES", 1 << 40)
+    monkeypatch.setattr(rmod, "MAX_DEFERRED_BYTES", 1 << 40)
+    monkeypatch.setattr(rmod, "MAX_DEFER_SECONDS", 0.0)
+    assert rmod._width_while_writing(c, 4) == 1  # too old to wait any longer
