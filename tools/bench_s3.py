@@ -130,6 +130,39 @@ def _client_worker(job: tuple) -> float:
         return time.perf_counter() - start
 
 
+#: An ASGI app on the same HTTP server as the gateway that answers every PUT with
+#: 200 and every GET with 4 KiB, doing nothing else: the ceiling the HTTP server
+#: and the boto3 clients leave on this machine, whatever the gateway does.
+NULL_APP = """
+import sys, trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+BODY = b"x" * int(sys.argv[2])
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            await send({"type": m["type"] + ".complete"})
+            if m["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = BODY if scope["method"] == "GET" else b""
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-length", str(len(body)).encode()), (b"etag", b'"0"')]})
+    await send({"type": "http.response.body", "body": body})
+cfg = Config(); cfg.bind = ["127.0.0.1:" + sys.argv[1]]; cfg.accesslog = None; cfg.errorlog = None
+trio.run(serve, app, cfg)
+"""
+
+
+def start_null(object_size: int) -> Server:
+    port = _free_port()
+    return Server("http-ceiling", [sys.executable, "-c", NULL_APP, str(port), str(object_size)], port, "x", "y")
+
+
 def small_objects(server: Server, args: argparse.Namespace, run: int, pool) -> tuple[float, float]:
     """(PUT ops/s, GET ops/s) for one run; the clock is the slowest client process's."""
     bucket = f"small-{run}"
@@ -172,18 +205,20 @@ def run(args: argparse.Namespace) -> None:
     with temp_dir(args.dir, "r2fs-bench-s3-") as base:
         progress(f"machine: {describe_machine()}; disk {filesystem_of(base)}")
         servers: list[Server] = []
+        ceiling = None
         try:
             r2fs = start_r2fs(base)
             servers.append(r2fs)
             moto = None if args.no_moto else start_moto()
             if moto:
                 servers.append(moto)
+            ceiling = start_null(args.object_size)
             table = Table(f"s3: boto3 {boto3_version()} against the r2fs gateway "
                           f"({'moto ' + moto_version() if moto else 'no moto'} in the 'native' column "
                           "for small objects)")
             figures = {}
             with multiprocessing.get_context("spawn").Pool(max(1, min(args.client_procs, args.threads))) as pool:
-                for srv in servers:
+                for srv in [*servers, ceiling]:
                     results = []
                     for i in range(args.runs):
                         progress(f"{srv.name}: {args.objects} x {args.object_size} B puts/gets, run {i + 1}")
@@ -197,6 +232,10 @@ def run(args: argparse.Namespace) -> None:
             table.add(f"GET {args.object_size // KiB} KiB, {threads}", figures["r2fs"][1],
                       m[1] if m else None, unit="ops/s")
             table.note("small objects: the comparison column is moto's server, not a native directory")
+            c = figures["http-ceiling"]
+            table.note(f"HTTP ceiling, same clients against an empty ASGI app on hypercorn: "
+                       f"PUT {c[0]:.0f} ops/s, GET {c[1]:.0f} ops/s")
+            ceiling.stop()
             if not args.no_large:
                 path = os.path.join(base, "large.bin")
                 stream = DataStream(args.size, seed=7)
@@ -226,8 +265,9 @@ def run(args: argparse.Namespace) -> None:
             table.note(f"median of {args.runs} runs; client and server share this machine's CPUs")
             table.print()
         finally:
-            for srv in servers:
-                srv.stop()
+            for srv in [*servers, ceiling]:
+                if srv is not None:
+                    srv.stop()
 
 
 def boto3_version() -> str:
