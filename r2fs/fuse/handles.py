@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -33,12 +34,18 @@ class OpenFile:
     http: dict[str, str] | None
     meta_dirty: bool = False
     pending: bool = False  # created through the mount, not yet in the bucket
+    lingering: bool = False  # held (one ref) to gather attribute changes into one commit
     refs: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def dirty(self) -> bool:
         return self.buf.changed or self.meta_dirty
+
+    @property
+    def users(self) -> int:
+        """References other than the linger hold."""
+        return self.refs - (1 if self.lingering else 0)
 
 
 @dataclass
@@ -49,9 +56,16 @@ class Handle:
     writable: bool
 
 
+#: How long attribute changes to a closed file wait to be committed together.
+#: `rsync` and `tar` set times, mode and owner one call after another right
+#: after close(): one metadata commit instead of three.
+LINGER = 0.3
+
+
 class OpenFiles:
     def __init__(self, ctx: MountContext) -> None:
         self._ctx = ctx
+        self.on_commit: Callable[[int, ObjectInfo], None] = lambda ino, info: None
         self._files: dict[int, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
@@ -121,7 +135,7 @@ class OpenFiles:
     async def release(self, of: OpenFile) -> None:
         """Drop one reference; the last one commits and frees the buffer."""
         try:
-            if of.refs == 1 and of.dirty:
+            if of.users == 1 and of.dirty:
                 async with of.lock:
                     await self.commit(of)
         finally:
@@ -130,6 +144,29 @@ class OpenFiles:
                 del self._files[of.ino]
                 of.buf.close()
             self._ctx.table.unpin(of.ino)
+
+    async def linger(self, of: OpenFile) -> None:
+        """Take over one reference of a file nobody has open, commit it LINGER later.
+
+        Attribute changes made meanwhile land in the same commit. Unmount and
+        signals commit lingering files too (`commit_all`).
+        """
+        nursery = self._ctx.nursery
+        if of.lingering or nursery is None:
+            await self.release(of)
+            return
+        of.lingering = True
+        nursery.start_soon(self._linger, of)
+
+    async def _linger(self, of: OpenFile) -> None:
+        try:
+            await trio.sleep(LINGER)
+        finally:
+            of.lingering = False  # (if cancelled: unmount's commit_all still sees the file)
+        try:
+            await self.release(of)
+        except Exception:  # noqa: BLE001 - logged; the mount goes on
+            log.exception("could not commit attributes of inode %d", of.ino)
 
     def close_handle(self, fh: int) -> Handle:
         return self._handles.pop(fh)
@@ -148,12 +185,14 @@ class OpenFiles:
         else:
             try:
                 info = await self._ctx.bucket.update_metadata(path, custom_metadata=meta)
-            except NoSuchKey:  # deleted by another writer meanwhile: recreate it
-                info = await of.buf.commit(path, custom_metadata=meta, http_metadata=of.http)
+            except NoSuchKey:  # deleted by another writer meanwhile: the delete wins
+                of.meta_dirty = False
+                return None
             of.buf.base = info
         of.meta = dict(info.custom_metadata)
         of.meta_dirty = False
         of.pending = False
+        self.on_commit(of.ino, info)
         return info
 
     async def commit_all(self) -> None:

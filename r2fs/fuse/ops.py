@@ -58,6 +58,7 @@ class R2Operations(pyfuse3.Operations):
         self._root_meta: dict[str, str] = {}
         self._cache_version: dict[int, str] = {}  # ino -> version the page cache holds
         self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
+        self.files.on_commit = self._committed
 
     # --- attributes ------------------------------------------------------------------
 
@@ -185,11 +186,15 @@ class R2Operations(pyfuse3.Operations):
                     await of.buf.truncate(truncate)
                 of.attrs, of.meta = change(of.attrs, of.meta)
                 of.meta_dirty = True
-                info = await self.files.commit(of)
-                if info is not None and truncate is None:
-                    self._cache_version[inode] = info.version
-        finally:
+        except BaseException:
             await self.files.release(of)
+            raise
+        if of.users > 1:
+            await self.files.release(of)  # open elsewhere: its flush/close commits
+        elif truncate is None:
+            await self.files.linger(of)  # more attribute changes usually follow
+        else:
+            await self.files.release(of)  # the last reference commits now
 
     # --- names -------------------------------------------------------------------------
 
@@ -251,7 +256,7 @@ class R2Operations(pyfuse3.Operations):
             if node.is_dir:
                 raise fail(errno.EISDIR)
         async with _locked(of):  # no commit of an open file may land after the delete
-            if of is not None:
+            if of is not None and of.users > 0:
                 await of.buf.materialize()  # the open handles keep the content, locally
             if not (of is not None and of.pending) and not await self.ctx.bucket.delete(path):
                 raise fail(errno.ENOENT)
@@ -302,7 +307,7 @@ class R2Operations(pyfuse3.Operations):
             victim = self.table.known(new)
             vof = self.files.get(victim) if victim is not None else None
             async with _locked(sof, vof):  # commits of either file wait for the new names
-                if vof is not None:
+                if vof is not None and vof.users > 0:
                     await vof.buf.materialize()
                 await self.ctx.bucket.rename(old, new, replace=True)
                 self.table.detach(new)
@@ -378,11 +383,13 @@ class R2Operations(pyfuse3.Operations):
             of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
             return n
 
+    def _committed(self, ino: int, info: object) -> None:
+        """Our own commit: the kernel's page cache (written through) matches it."""
+        self._cache_version[ino] = info.version  # type: ignore[attr-defined]
+
     async def _commit(self, of: OpenFile) -> None:
         async with of.lock:
-            info = await self.files.commit(of)
-        if info is not None:
-            self._cache_version[of.ino] = info.version
+            await self.files.commit(of)
 
     async def flush(self, fh: int) -> None:
         await self._commit(self.files.handle(fh).file)
