@@ -41,8 +41,6 @@ UNSUPPORTED = {
     "requestPayment", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
     "retention", "legal-hold", "torrent", "restore", "select", "attributes", "session",
 }
-#: Sub-resources that select an operation (other query parameters are arguments).
-SUBRESOURCES = {"cors", "location", "versioning", "versions", "uploads", "uploadId", "delete", "list-type"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ OPS = {
 PUBLIC_OPS = {"GetObject", "HeadObject"}
 
 
-def select_operation(method: str, level: str, query: dict[str, str], headers: Request) -> Op:
+def select_operation(method: str, level: str, query: dict[str, str], req: Request) -> Op:
     """Which S3 operation a request is, from method, addressing level and sub-resource."""
     unsupported = UNSUPPORTED.intersection(query)
     if unsupported:
@@ -127,7 +125,7 @@ def select_operation(method: str, level: str, query: dict[str, str], headers: Re
         elif method == "PUT":
             if "partNumber" in query or "uploadId" in query:
                 name = "UploadPart"
-            elif headers.header("x-amz-copy-source") is not None:
+            elif req.header("x-amz-copy-source") is not None:
                 name = "CopyObject"
             else:
                 name = "PutObject"
