@@ -82,6 +82,13 @@ class OpenFiles:
     async def acquire(self, ino: int, path: str, info: ObjectInfo | None = None) -> OpenFile:
         """The open state of `ino` (read from the bucket if nobody has it open)."""
         of = self._files.get(ino)
+        if of is not None and of.users == 0 and not of.buf.changed and path:
+            # only lingering: another writer may have changed the object meanwhile
+            current = info or await self._ctx.bucket.head(path)
+            if of.buf.base is not None and current.version != of.buf.base.version:
+                of.buf.rebase(current)
+                of.meta = dict(current.custom_metadata)
+                of.http = dict(current.http_metadata) or None
         if of is None:
             if info is None:
                 info = await self._ctx.bucket.head(path)

@@ -251,6 +251,11 @@ class FileBuffer:
                 nursery.start_soon(one, slot)
         return refs  # type: ignore[return-value]
 
+    def rebase(self, info: ObjectInfo) -> None:
+        """Follow a newer version written elsewhere (only while nothing is changed here)."""
+        assert not self.changed
+        self._committed(info)
+
     def _committed(self, info: ObjectInfo) -> None:
         self.base = info
         self.size = info.size
