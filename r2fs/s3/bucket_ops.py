@@ -6,6 +6,7 @@ from __future__ import annotations
 from .context import OWNER_ID, Ctx
 from .errors import S3Error
 from .http import Response
+from .payload import read_document
 from .xmlio import S3_NS, document, iso8601, parse_cors, parse_location, render_cors
 from xml.sax.saxutils import escape
 
@@ -27,7 +28,7 @@ async def list_buckets(ctx: Ctx) -> Response:
 
 
 async def create_bucket(ctx: Ctx) -> Response:
-    location = parse_location(await ctx.req.read_all(64 * 1024))
+    location = parse_location(await read_document(ctx.req, ctx.signing, 64 * 1024))
     await ctx.cluster.create_bucket(ctx.bucket_name, location=location)
     resp = Response()
     resp.set("Location", f"/{ctx.bucket_name}")
@@ -71,7 +72,7 @@ async def get_bucket_cors(ctx: Ctx) -> Response:
 
 
 async def put_bucket_cors(ctx: Ctx) -> Response:
-    rules = parse_cors(await ctx.req.read_all(256 * 1024))
+    rules = parse_cors(await read_document(ctx.req, ctx.signing, 256 * 1024))
     await ctx.cluster.update_bucket_settings(ctx.bucket_name, cors=rules)
     return Response()
 

@@ -93,16 +93,6 @@ class Request:
         if expected is not None and total != expected:
             raise S3Error("IncompleteBody")
 
-    async def read_all(self, limit: int = 1024 * 1024) -> bytes:
-        """A small body (XML documents) in memory, refused beyond `limit` bytes."""
-        parts, total = [], 0
-        async for piece in self.body():
-            total += len(piece)
-            if total > limit:
-                raise S3Error("InvalidRequest", f"request body larger than {limit} bytes")
-            parts.append(piece)
-        return b"".join(parts)
-
     async def drain(self) -> None:
         """Consume an unread body so the connection can be reused."""
         if not self._consumed:

@@ -10,7 +10,7 @@ from .context import OWNER_ID, Ctx, conditional, content_md5, custom_metadata, e
 from .errors import S3Error
 from .http import Response
 from .object_ops import check_size, parse_copy_source, parse_range
-from .payload import Payload
+from .payload import Payload, read_document
 from .xmlio import Node, document, iso8601, parse_complete_multipart
 
 MAX_PARTS = 10000
@@ -75,7 +75,7 @@ async def upload_part_copy(ctx: Ctx, number: int, upload_id: str) -> Response:
 
 async def complete_multipart_upload(ctx: Ctx) -> Response:
     upload_id = _upload_id(ctx)
-    parts = parse_complete_multipart(await ctx.req.read_all(4 * 1024 * 1024))
+    parts = parse_complete_multipart(await read_document(ctx.req, ctx.signing, 4 * 1024 * 1024))
     if len(parts) > MAX_PARTS:
         raise S3Error("MalformedXML", f"at most {MAX_PARTS} parts")
     numbers = [n for n, _ in parts]

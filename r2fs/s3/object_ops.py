@@ -11,7 +11,7 @@ from .context import (Ctx, conditional, content_md5, custom_metadata, etag_heade
                       object_headers)
 from .errors import S3Error, to_s3_error
 from .http import Response
-from .payload import Payload
+from .payload import Payload, read_document
 from .xmlio import document, iso8601, parse_delete
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -161,7 +161,7 @@ async def delete_object(ctx: Ctx) -> Response:
 
 async def delete_objects(ctx: Ctx) -> Response:
     """DeleteObjects; Content-MD5 is optional (SDKs send a CRC checksum header instead)."""
-    body = await ctx.req.read_all(2 * 1024 * 1024)
+    body = await read_document(ctx.req, ctx.signing, 2 * 1024 * 1024)
     keys, quiet = parse_delete(body)
     deleted: list[str] = []
     failed: list[tuple[str, S3Error]] = []

@@ -18,6 +18,7 @@ import trio
 
 from . import checksums, sigv4
 from .chunked import PIECE, THREAD_THRESHOLD, ChunkedDecoder
+from .context import content_md5
 from .errors import S3Error
 from .http import Request
 CHECKSUM_HEADER = "x-amz-checksum-"
@@ -109,3 +110,19 @@ class Payload:
                 raise S3Error("BadDigest", f"the x-amz-checksum-{algo} you specified did not match "
                                            "the calculated checksum")
             self.checksums[algo] = value
+
+
+async def read_document(req: Request, ctx: sigv4.SigningContext | None, limit: int) -> bytes:
+    """A small request document (XML), verified like any payload: signed SHA-256,
+    aws-chunked signatures, x-amz-checksum-* and Content-MD5; refused beyond `limit`."""
+    md5 = content_md5(req)
+    parts, total = [], 0
+    async for piece in Payload(req, ctx):
+        total += len(piece)
+        if total > limit:
+            raise S3Error("InvalidRequest", f"request body larger than {limit} bytes")
+        parts.append(piece)
+    body = b"".join(parts)
+    if md5 is not None and hashlib.md5(body).digest() != md5:
+        raise S3Error("BadDigest", "the Content-MD5 you specified did not match what was received")
+    return body

@@ -171,3 +171,18 @@ def test_garbage_requests_get_errors(gateway):
                  b"GET /%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n"):
         out = _raw(gateway, junk)
         assert out == b"" or out.startswith(b"HTTP/1.1 4"), out[:200]
+
+
+def test_xml_documents_are_verified_too(gateway, s3, bucket_name):
+    """DeleteObjects' body is checked against the signed SHA-256 and Content-MD5 like any payload."""
+    s3.put_object(Bucket=bucket_name, Key="keep", Body=b"1")
+    doc = b"<Delete><Object><Key>keep</Key></Object></Delete>"
+    signed_for = b"<Delete><Object><Key>other</Key></Object></Delete>"
+    resp, _ = signed_request(gateway.endpoint, gateway.admin, "POST", f"/{bucket_name}?delete", body=doc,
+                             payload_hash=hashlib.sha256(signed_for).hexdigest())
+    assert resp.status_code == 400 and error_code(resp) == "XAmzContentSHA256Mismatch"
+    wrong_md5 = base64.b64encode(hashlib.md5(signed_for).digest()).decode()
+    resp, _ = signed_request(gateway.endpoint, gateway.admin, "POST", f"/{bucket_name}?delete", body=doc,
+                             headers={"Content-MD5": wrong_md5})
+    assert resp.status_code == 400 and error_code(resp) == "BadDigest"
+    assert s3.head_object(Bucket=bucket_name, Key="keep")["ContentLength"] == 1
