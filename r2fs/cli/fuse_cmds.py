@@ -118,19 +118,30 @@ def _foreground(args: argparse.Namespace, mountpoint: str) -> int:
 
 
 def _background(args: argparse.Namespace, mountpoint: str) -> int:
-    log = log_file(mountpoint)
-    cmd = [sys.executable, "-m", "r2fs.cli", "--cluster", cluster_path(args), "mount", args.bucket,
-           mountpoint, "--foreground"]
+    extra: list[str] = []
     if args.cache_dir:
-        cmd += ["--cache-dir", os.path.abspath(args.cache_dir)]
+        extra += ["--cache-dir", os.path.abspath(args.cache_dir)]
     if args.options:
-        cmd += ["-o", args.options]
+        extra += ["-o", args.options]
     if args.region:
-        cmd += ["--region", args.region]
+        extra += ["--region", args.region]
     if args.write_mode:
-        cmd += ["--write-mode", args.write_mode]
+        extra += ["--write-mode", args.write_mode]
     from .cache_cmds import cache_argv
-    cmd += cache_argv(args)
+    extra += cache_argv(args)
+    pid, log = start_background(cluster_path(args), args.bucket, mountpoint, extra)
+    print(f"mounted bucket {args.bucket} at {mountpoint} (pid {pid}, log: {log})")
+    print(f"unmount with: r2fs umount {mountpoint}")
+    return 0
+
+
+def start_background(cluster_dir: str, bucket: str, mountpoint: str,
+                     extra: list[str] | None = None) -> tuple[int, str]:
+    """Start a mount daemon and wait until the mount answers: (pid, log file)."""
+    mountpoint = os.path.abspath(mountpoint)
+    log = log_file(mountpoint)
+    cmd = [sys.executable, "-m", "r2fs.cli", "--cluster", cluster_dir, "mount", bucket,
+           mountpoint, "--foreground", *(extra or [])]
     with open(log, "ab") as out:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  start_new_session=True, close_fds=True)
@@ -142,16 +153,12 @@ def _background(args: argparse.Namespace, mountpoint: str) -> int:
         if is_r2fs_mount(mountpoint) and daemon_pid(mountpoint) == child.pid:
             try:
                 os.stat(mountpoint)
-                break
+                return child.pid, log
             except OSError:
                 pass
         time.sleep(0.05)
-    else:
-        child.terminate()
-        raise MountFailed(f"mount did not answer within {READY_TIMEOUT:.0f}s (log: {log})")
-    print(f"mounted bucket {args.bucket} at {mountpoint} (pid {child.pid}, log: {log})")
-    print(f"unmount with: r2fs umount {mountpoint}")
-    return 0
+    child.terminate()
+    raise MountFailed(f"mount did not answer within {READY_TIMEOUT:.0f}s (log: {log})")
 
 
 def _last_line(path: str) -> str:
