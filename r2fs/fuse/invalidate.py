@@ -11,6 +11,7 @@ way to it. Together with `open()` checking the object's version
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -24,7 +25,7 @@ log = logging.getLogger("r2fs.fuse")
 
 
 class ChangePoller:
-    def __init__(self, ctx: MountContext, own: OwnChanges, is_open: "callable[[int], bool]") -> None:
+    def __init__(self, ctx: MountContext, own: OwnChanges, is_open: Callable[[int], bool]) -> None:
         self._ctx = ctx
         self._own = own
         self._is_open = is_open
@@ -81,7 +82,7 @@ class ChangePoller:
             path = parent
 
 
-async def _quietly(fn: "callable", *args: object) -> None:
+async def _quietly(fn: Callable[..., object], *args: object) -> None:
     """Kernel notifications may block (writeback) and fail with ENOENT: keep them off the loop."""
     try:
         await trio.to_thread.run_sync(fn, *args)

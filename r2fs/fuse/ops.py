@@ -22,7 +22,7 @@ import trio
 from ..engine.types import Conditional
 from . import attrs as A
 from .context import MountContext
-from .dirs import Node, dir_node, entries, has_entries, keep_parent, make_marker, resolve
+from .dirs import Node, dir_node, entries, file_node, has_entries, keep_parent, make_marker, resolve
 from .errmap import fail, guard_operations
 from .handles import OpenFile, OpenFiles
 from .inodes import ROOT
@@ -205,7 +205,8 @@ class R2Operations(pyfuse3.Operations):
         return await self.ctx.bucket.read_range(node.info, 0, node.size)
 
     async def _create_object(self, parent: int, name: bytes, kind: int, perm: int,
-                             ctx: pyfuse3.RequestContext, content: bytes = b"") -> tuple[str, int, OpenFile | None, object]:
+                             ctx: pyfuse3.RequestContext, content: bytes = b"") -> pyfuse3.EntryAttributes:
+        """A new object committed at once (symlinks, mknod): create-only, so never a clobber."""
         path = self._child(parent, name)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
@@ -213,28 +214,20 @@ class R2Operations(pyfuse3.Operations):
         info = await self.ctx.bucket.put(path, content, custom_metadata=A.to_metadata(attrs),
                                          only_if=Conditional(etag_does_not_match="*"))
         ino = self.table.ino(path)
-        return path, ino, None, info
+        node = file_node(self.ctx, path, info)
+        self.table.looked_up(ino)
+        return self._entry(ino, node.attrs, node.size)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if not stat.S_ISREG(mode):
             raise fail(errno.EPERM)  # only regular files can be objects
-        _, ino, _, info = await self._create_object(parent_inode, name, stat.S_IFREG, mode, ctx)
-        return await self._looked_up_file(ino, info)
+        return await self._create_object(parent_inode, name, stat.S_IFREG, mode, ctx)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        _, ino, _, info = await self._create_object(parent_inode, name, stat.S_IFLNK, A.SYMLINK_PERM,
-                                                    ctx, bytes(target))
-        return await self._looked_up_file(ino, info)
-
-    async def _looked_up_file(self, ino: int, info: object) -> pyfuse3.EntryAttributes:
-        path = self.table.path(ino)
-        from .dirs import file_node
-        node = file_node(self.ctx, path, info)  # type: ignore[arg-type]
-        entry = self._entry(ino, node.attrs, node.size)
-        self.table.looked_up(ino)
-        return entry
+        return await self._create_object(parent_inode, name, stat.S_IFLNK, A.SYMLINK_PERM, ctx,
+                                         bytes(target))
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

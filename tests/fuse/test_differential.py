@@ -13,7 +13,6 @@ import os
 import shutil
 import stat
 
-import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
