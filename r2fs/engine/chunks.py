@@ -265,30 +265,35 @@ class ChunkStore:
         def collect(indices: range) -> None:
             # Hot shards (in the page cache) are read right here: a hop to another
             # thread costs more than the copy. Once one shard turns out cold, the
-            # rest go to the I/O pool at once (O_DIRECT), so the disk sees them
-            # all together.
-            futures: dict[int, Future[memoryview | None]] = {}
+            # others go to the I/O pool at once (O_DIRECT), so the disk sees them
+            # all together, and this thread reads the first cold one itself.
+            cold: list[int] = []
             for i in indices:
-                if futures:
-                    futures[i] = pool.submit(self._fetch, chunk_id, names[i], i, placement[i],
-                                             False, _DIRECT)
+                if cold:
+                    cold.append(i)
                     continue
                 try:
                     view = self._fetch(chunk_id, names[i], i, placement[i], True)
-                    if view is None:
-                        futures[i] = pool.submit(self._fetch, chunk_id, names[i], i, placement[i],
-                                                 False, _DIRECT)
-                    else:
-                        good[i] = view
                 except Exception as e:  # noqa: BLE001 -- classified by note()
                     note(i, e)
-            for i, fut in futures.items():
-                try:
-                    view = fut.result()
-                    assert view is not None
+                    continue
+                if view is None:
+                    cold.append(i)
+                else:
                     good[i] = view
+            if not cold:
+                return
+            futures = {i: pool.submit(self._fetch, chunk_id, names[i], i, placement[i],
+                                      False, _DIRECT) for i in cold[1:]}
+            for i in cold:
+                try:
+                    view = (futures[i].result() if i in futures else
+                            self._fetch(chunk_id, names[i], i, placement[i], False, _DIRECT))
                 except Exception as e:  # noqa: BLE001
                     note(i, e)
+                    continue
+                if view is not None:  # never None without only_if_cached
+                    good[i] = view
 
         def note(i: int, error: Exception) -> None:
             """Record why shard i is unusable; re-raise what is not about the shard."""
