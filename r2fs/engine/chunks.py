@@ -15,6 +15,7 @@ CPU, so k+m of them in parallel cost about as much as one.
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,19 @@ def _io_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=_IO_WORKERS, thread_name_prefix="r2fs-shard-io")
         return _pool
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a mount daemonising) gets no threads: start a fresh pool there.
+
+    The parent's executor would count its dead workers as busy and never run
+    a task; its locks may have been held by a thread that does not exist.
+    """
+    global _pool, _pool_lock, _buffers
+    _pool = None
+    _pool_lock = threading.Lock()
+    _buffers = BufferPool()
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _release(view: memoryview) -> None:
@@ -114,6 +128,7 @@ class BufferPool:
 
 
 _buffers = BufferPool()
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ChunkStore:

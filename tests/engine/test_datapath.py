@@ -202,6 +202,36 @@ def test_direct_writes_store_exact_bytes(tmp_path, size, unaligned):
     assert [n for n, _ in node.names()] == ["shards/aa/bb/z.1.0"]  # no temp file left
 
 
+def test_reads_work_in_a_forked_child(dp_cluster):
+    """A mount that daemonises forks after the I/O pool exists: the child must not hang."""
+    data = _random(300_000)
+    cid, placement, n = dp_cluster.put(data)
+    paths = [dp_cluster.shard_path(cid, placement, i) for i in range(K + M)]
+    _evict(paths)
+    assert bytes(dp_cluster.store.read(cid, 1, placement, n)) == data
+    from r2fs.engine import chunks
+    list(chunks._io_pool().map(time.sleep, [0.02] * 64))  # every worker thread exists now
+    pid = os.fork()
+    if pid == 0:  # child: exit status says whether the cold (pooled) read worked
+        ok = False
+        try:
+            _evict(paths)
+            ok = bytes(dp_cluster.store.read(cid, 1, placement, n)) == data
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("read in a forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_generation_names_do_not_collide(dp_cluster):
     data = _random(10_000)
     cid, placement, n = dp_cluster.put(data, gen=1)
