@@ -116,7 +116,8 @@ class Erasure:
                 frags: list[Buffer] = [stripe[min(i * piece, length):min((i + 1) * piece, length)]
                                        for i in range(self.k)]
             else:
-                # pyeclib needs real bytes (a memoryview is refused; see DESIGN notes)
+                # pyeclib needs real bytes: it refuses a memoryview on encode, and its
+                # decode even aborts the process on one (measured with pyeclib 1.8)
                 frags = self._driver.encode(stripe.tobytes())
             for i, frag in enumerate(frags):
                 parts[i].append(_LEN.pack(len(frag)))
@@ -198,7 +199,8 @@ class Erasure:
                        dst: memoryview) -> None:
         if self._driver is None:
             raise DataUnavailable("a data shard of an uncoded (m=0) chunk is missing or damaged")
-        # data fragments first: the codec then has the least to reconstruct
+        # data fragments first: the codec then has the least to reconstruct;
+        # bytes, never memoryviews (pyeclib aborts the process on those)
         chosen = [frames[i][s].tobytes() for i in sorted(frames)[:self.k]]
         try:
             stripe = self._driver.decode(chosen)
