@@ -22,7 +22,8 @@ from r2fs.engine.replicator import backlog
 from r2fs.engine.simulate import set_simulation
 from r2fs.engine.store import Cluster
 
-from uploads_helpers import CHUNK, WEST, cli_env, make_cluster, r2fs, rand, staged_files
+from uploads_helpers import (CHUNK, EAST, WEST, cli_env, make_cluster, r2fs, rand, shard_files,
+                             staged_files)
 
 BUCKET = "far-bucket"
 
@@ -63,6 +64,13 @@ def backlog_chunks(cdir: str) -> int:
         return backlog(c, BUCKET).chunks
 
 
+def assert_home_placement(cdir: str, *, chunks: int) -> None:
+    """Every shard is on a node of the bucket's home region (west), k+m per chunk."""
+    files = shard_files(cdir)
+    assert not any(files[n] for n in EAST), {n: files[n] for n in EAST}
+    assert sum(len(files[n]) for n in WEST) == chunks * 6
+
+
 def region_back(cdir: str) -> None:
     for nid in WEST:
         set_simulation(cdir, nid)
@@ -95,6 +103,7 @@ async def test_s3_gateway_in_local_mode(cdir):
         region_back(cdir)
         done = r2fs(cdir, "sync", BUCKET, "--timeout", "60")
         assert done.returncode == 0, done.stderr
+        assert_home_placement(cdir, chunks=4)
         shutil.rmtree(os.path.join(cdir, "staging"))
         assert s3.get_object(Bucket=BUCKET, Key="obj")["Body"].read() == data
     finally:
@@ -133,6 +142,7 @@ async def test_mount_in_local_mode(cdir, tmp_path):
         done = r2fs(cdir, "sync", BUCKET, "--timeout", "60")
         assert done.returncode == 0, done.stderr
         assert staged_files(cdir) == []
+        assert_home_placement(cdir, chunks=3)
         assert (mnt / "file.bin").read_bytes() == data
     finally:
         pid = daemon_pid(str(mnt))
