@@ -73,7 +73,13 @@ class Staging:
         self._ensure_dir(directory)
         header = _HEADER.pack(MAGIC, FORMAT, cid, len(sealed))
         view = memoryview(sealed).cast("B")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:  # the staging directory was removed under us: make it again
+            self._known_dirs.clear()
+            self._ensure_dir(directory)
+            fd = os.open(path, flags, 0o600)
         try:
             pending = [memoryview(header), view]
             while pending:

@@ -228,3 +228,16 @@ async def test_replication_yields_to_writes_within_bounds(regional, monkeypatch)
     monkeypatch.setattr(rmod, "MAX_DEFERRED_BYTES", 1 << 40)
     monkeypatch.setattr(rmod, "MAX_DEFER_SECONDS", 0.0)
     assert rmod._width_while_writing(c, 4) == 1  # too old to wait any longer
+
+
+async def test_staging_directory_removed_while_running(regional, cdir):
+    c = regional
+    await c.create_bucket("bkt", location="west")
+    c.writer.configure(region="east")
+    await c.bucket("bkt").put("a", rand(CHUNK, 60))
+    await replicate_all(c)
+    shutil.rmtree(os.path.join(cdir, "staging"))
+    data = rand(CHUNK, 61)
+    await c.bucket("bkt").put("b", data)  # staged again in a fresh directory
+    assert await (await c.bucket("bkt").get("b")).read() == data
+    assert len(staged_files(cdir)) == 1
