@@ -250,3 +250,41 @@ def test_tls_gateway_names_itself_with_https_but_peers_are_http():
     assert ps.self_url == me and list(ps.peers) == ["http://127.0.0.1:2"]
     with pytest.raises(peermod.PeerError, match="plain http"):
         PeerSet(["https://127.0.0.1:3"], b"t" * 32)
+
+
+async def test_damaged_entry_in_the_peers_l1_never_reaches_the_reader(small_cluster, bucket,
+                                                                      peer_process, tmp_path):
+    c = small_cluster
+    data = rand(2 * CHUNK, seed=18)
+    await bucket.put("obj", data)
+    proc, url = peer_process(c.path, "a")
+    c.reader.configure(cache_size=0, peers=[url], snapshots=False)
+    assert await (await bucket.get("obj")).read() == data  # A caches both chunks
+    seg_dir = tmp_path / "cache-a" / "slot0"
+    from r2fs.engine.cache import _HEADER, _cost
+
+    for seg in seg_dir.glob("seg-*"):  # bit rot under A's feet: every entry's ciphertext
+        blob = bytearray(seg.read_bytes())
+        off = 0
+        while off < len(blob):
+            length = _HEADER.unpack(blob[off:off + _HEADER.size])[3]
+            blob[off + _HEADER.size + 1000] ^= 0x10
+            off += _cost(length)
+        seg.write_bytes(bytes(blob))
+    before = c.reader.figures()
+    assert await (await bucket.get("obj")).read() == data
+    after = c.reader.figures()
+    # A passed on entries it had written itself; B caught them (the breaker opens at
+    # the first: the second is caught too only if it was already in flight) and
+    # both chunks came from the nodes
+    assert 1 <= after["events"]["peer_corrupt"] - before["events"]["peer_corrupt"] <= 2
+    assert after["tiers"]["nodes"]["hits"] - before["tiers"]["nodes"]["hits"] == 2
+    # restarted, A no longer trusts its entries: it checks, drops and refetches them
+    proc.kill()
+    proc.wait()
+    proc, url = peer_process(c.path, "a")
+    c.reader.configure(cache_size=0, peers=[url], snapshots=False)
+    assert await (await bucket.get("obj")).read() == data
+    figs = c.reader.figures()
+    assert figs["events"]["peer_corrupt"] == after["events"]["peer_corrupt"]
+    assert figs["tiers"]["l2"]["hits"] - after["tiers"]["l2"]["hits"] == 2
