@@ -260,12 +260,22 @@ class Replicator:
             return FAILED, msg
         flipped = c.meta.write(lambda txn: self._flip(txn, cid, staged_gen, gen, placement))
         if not flipped:
-            c.chunks.delete_shards(cid, gen, placement)
+            _quietly(c.chunks.delete_shards, cid, gen, placement)  # else: orphans for gc
             return DROPPED, None
         _test_hook_kill_after("flip")
-        c.writer.staging.delete(cid, staged_gen)
+        _quietly(c.writer.staging.delete, cid, staged_gen)  # else: left for the staging sweep
         _test_hook_kill_after("unstage")
         return DONE, None
+
+    def replicate_safely(self, cid: bytes, *, force: bool = False) -> tuple[str, str | None]:
+        """replicate_one, with an unexpected error reported as a failure (lease runs out)."""
+        try:
+            return self.replicate_one(cid, force=force)
+        except Exception as exc:  # background work must outlive a bug; nothing is lost
+            msg = f"chunk {cid.hex()[:16]}: {type(exc).__name__}: {exc}"
+            log.exception("replication of chunk %s failed unexpectedly", cid.hex())
+            self.last_error = msg
+            return FAILED, msg
 
     def _still_staged(self, cid: bytes, gen: int) -> bool:
         rec = self.cluster.chunk_record(cid)
@@ -364,7 +374,7 @@ async def replicate_all(cluster: "Cluster", *, bucket: str | None = None, force:
     def work() -> None:
         with ThreadPoolExecutor(max_workers=max(1, concurrency),
                                 thread_name_prefix="r2fs-replicate") as pool:
-            for outcome, error in pool.map(lambda cid: rep.replicate_one(cid, force=force), due):
+            for outcome, error in pool.map(lambda cid: rep.replicate_safely(cid, force=force), due):
                 report.add(outcome, error)
 
     await trio.to_thread.run_sync(work)
@@ -462,15 +472,14 @@ def _width_while_writing(cluster: "Cluster", concurrency: int) -> int:
 
 
 async def _one(rep: Replicator, cid: bytes, limiter: trio.CapacityLimiter) -> None:
-    """One chunk; an unexpected error is logged, never allowed to stop a mount or gateway.
-
-    (Its lease runs out and the chunk is tried again: nothing is lost.)
-    """
-    try:
-        outcome, error = await trio.to_thread.run_sync(rep.replicate_one, cid, limiter=limiter)
-    except Exception as exc:  # background work must outlive a bug
-        rep.last_error = f"chunk {cid.hex()[:16]}: {type(exc).__name__}: {exc}"
-        log.exception("replication of chunk %s failed unexpectedly", cid.hex())
-        return
+    outcome, error = await trio.to_thread.run_sync(rep.replicate_safely, cid, limiter=limiter)
     if outcome == FAILED:
         log.warning("replication failed, will retry: %s", error)
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    """Best-effort cleanup: what it cannot remove now, gc or the sweep removes later."""
+    try:
+        fn(*args)
+    except (OSError, NodeUnavailable) as exc:
+        log.info("cleanup deferred to gc: %s", exc)
