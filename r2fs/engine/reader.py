@@ -484,7 +484,8 @@ def _alive(pid: int) -> bool:
 
 
 def _command() -> str:
-    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv else ["?"]
+    prog = os.path.basename(sys.argv[0]) if sys.argv else "?"
+    argv = ["r2fs" if prog in ("__main__.py", "-m") else prog] + sys.argv[1:]
     text = " ".join(argv)
     return text if len(text) <= 80 else text[:77] + "..."
 
