@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import socket
 import threading
 import time
@@ -436,6 +437,7 @@ class PeerServer:
     hypercorn ran at ~200 MB/s, the same answer written straight to the trio
     socket at ~550 MB/s, and this endpoint does nothing but send such answers
     (GET only, one request per connection, bounded request head, timeouts).
+    Answers are sent from a worker thread on a duplicate of the socket.
     """
 
     HEAD_TIMEOUT = 10.0
@@ -495,10 +497,9 @@ class PeerServer:
                 head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
                         f"content-type: {ctype.decode()}\r\ncontent-length: {len(body)}\r\n"
                         "cache-control: no-store\r\nconnection: close\r\n\r\n").encode()
-                with trio.move_on_after(self.SEND_TIMEOUT):
-                    await stream.send_all(head)
-                    if method != "HEAD":
-                        await stream.send_all(body)
+                await trio.to_thread.run_sync(_send_blocking, stream.socket.fileno(), head,
+                                              body if method != "HEAD" else b"",
+                                              self.SEND_TIMEOUT, limiter=_fetch_limiter())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return  # the client went away
             except Exception:  # noqa: BLE001 - one bad request must not stop the server
@@ -512,6 +513,19 @@ class PeerServer:
                 pass
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _send_blocking(fd: int, head: bytes, body: bytes, timeout: float) -> None:
+    """Send on a duplicate of the connection's socket from a worker thread (the
+    same measured reason as the client's blocking receive); `timeout` per send."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.settimeout(timeout)  # poll() + non-blocking send: trio's fd mode is untouched
+        sock.sendall(head)
+        if body:
+            sock.sendall(body)
+    finally:
+        sock.close()
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
