@@ -136,15 +136,18 @@ def test_signed_payload_hash_mismatch(gateway, s3, bucket_name):
 
 
 def _raw(gateway, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+    """Send raw bytes, half-close, and return what comes back up to the end of the
+    response head (or the connection closing)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         out = b""
-        while True:
+        while b"\r\n\r\n" not in out:
             piece = sock.recv(65536)
             if not piece:
-                return out
+                break
             out += piece
+        return out
 
 
 def _raw_put(gateway, bucket, key, length: int, body: bytes) -> bytes:
