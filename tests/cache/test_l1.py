@@ -209,3 +209,19 @@ async def test_chunk_bigger_than_the_cache_is_read_but_not_cached(small_cluster,
     await bucket.put("obj", data)
     assert await (await bucket.get("obj")).read() == data
     assert c.reader.l1.status()["entries"] == 0
+
+
+async def test_chunks_in_local_staging_are_read_from_there(small_cluster, bucket):
+    """Local uploads: a chunk not yet replicated is read from staging (no replicator
+    runs here), counted as a staging hit, and not copied into L1."""
+    c = small_cluster
+    c.writer.configure(mode="local")
+    c.reader.configure(cache_size=64 << 20, snapshots=False)
+    data = rand(3 * CHUNK, seed=10)
+    await bucket.put("staged", data)
+    assert {c.chunk_record(r.id)["loc"] for r in (await bucket.head("staged")).chunks} == {"staging"}
+    with nodes_gone(c):
+        assert await (await bucket.get("staged")).read() == data
+    figs = c.reader.figures()
+    assert figs["tiers"]["staging"]["hits"] == 3 and figs["tiers"]["nodes"]["hits"] == 0
+    assert figs["l1"]["entries"] == 0
