@@ -179,7 +179,7 @@ class FileBuffer:
         start = slot * self._cs
         gen = self._gen.get(slot, 0)
         data = await self.read(start, min(start + self._cs, self.size) - start)
-        ref = await self._cluster.write_chunk(data)
+        ref = await self._cluster.write_chunk(data, bucket=self._bucket.name)
         if slot in self.dirty and self._gen.get(slot, 0) == gen:
             self._encoded[slot] = (gen, ref)
         return ref
