@@ -410,6 +410,15 @@ class Bucket:
                   only_if: Conditional | None = None,
                   content_md5: bytes | None = None,
                   checksums: dict[str, str] | None = None) -> ObjectInfo:
+        """Store a whole object; atomic: readers see the old or the new version.
+
+        `value` may be bytes, an async iterable of bytes (a streamed HTTP body:
+        if it raises, nothing is committed), a binary file object, or None.
+        `content_md5` (raw digest) is verified -> BadDigest. `checksums` are
+        stored as given; the dict is read only at commit time, after the body
+        was consumed, so a caller may fill it from a trailer at the stream's
+        end. `only_if` is checked again inside the commit transaction.
+        """
         check_key(key)
         what = self._what(key)
         with self.cluster.meta.read() as txn:  # fail fast, before storing any data
