@@ -3,8 +3,9 @@
 (a) Each stage of the data path alone, in MB/s of chunk plaintext: keyed
     BLAKE2b (chunk id), AES-256-GCM seal and open, RS encode, RS decode with
     all data shards and with 2 shards lost, shard files written (k+m files,
-    fsync each) and read back (verify + decode). Stages have no native
-    counterpart; they show where a put or get spends its time.
+    O_DIRECT + fsync each) and read back (verify + decode) from disk (cold)
+    and from the page cache (hot). Stages have no native counterpart; they
+    show where a put or get spends its time.
 (b) `bucket.put` of an N-byte async stream and `bucket.get` of it through the
     store API, beside the native baseline from the same run: the same bytes
     written to one plain file on the same disk with fsync, and read back,
@@ -70,8 +71,10 @@ def run_stages(args: argparse.Namespace) -> Table:
     table = Table(f"engine stages: {size // MiB} MiB chunks, RS({k},{m}), "
                   f"{iterations} chunks per run, median of {args.runs}")
 
-    def stage(name: str, fn, n_iter: int = iterations, nbytes: int = size) -> None:
+    def stage(name: str, fn, n_iter: int = iterations, nbytes: int = size,
+              prepare=lambda: None) -> None:
         def one(_: int) -> float:
+            prepare()
             start = time.perf_counter()
             for _ in range(n_iter):
                 fn()
@@ -102,17 +105,31 @@ def run_stages(args: argparse.Namespace) -> Table:
         def write() -> None:
             store.write_shards(cid, next(counter), sealed, placement)
 
-        stage(f"shard files: encode + write {k + m} (fsync)", write, io_iter)
+        stage(f"shard files: encode + write {k + m} (O_DIRECT, fsync)", write, io_iter)
         gens = list(range(1, next(counter)))
+        files = [os.path.join(nodes[node_id].path, store.shard_names(cid, gen)[i])
+                 for gen in gens for i, node_id in enumerate(placement)]
 
         def read() -> None:
             gen = gens.pop()
             gens.insert(0, gen)
             store.read_sealed(cid, gen, placement, len(sealed))
 
-        stage("shard files: read + verify + decode (cached)", read, io_iter)
-        stage("chunk read (shards + open, cached)",
-              lambda: store.read(cid, gens[-1], placement, len(sealed)), io_iter)
+        def evict() -> None:
+            for path in files:
+                fd = os.open(path, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+
+        def warm() -> None:
+            for path in files:
+                with open(path, "rb") as f:
+                    f.read()
+
+        stage("shard files: read + verify + decode, cold", read, io_iter, prepare=evict)
+        stage("shard files: read + verify + decode, hot", read, io_iter, prepare=warm)
+        stage("chunk read (shards + open), hot",
+              lambda: store.read(cid, gens[-1], placement, len(sealed)), io_iter, prepare=warm)
     table.note(describe_machine())
     return table
 
