@@ -47,7 +47,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from .chunks import BufferPool
-from .crypto import SEAL_OVERHEAD
+from .crypto import SEAL_OVERHEAD, uninitialized
 from .errors import ChunkCorrupt, R2fsError
 
 Buffer = bytes | bytearray | memoryview
@@ -449,7 +449,7 @@ class DiskCache:
             size = self._read(cid, hit, view)
             if size is None:
                 return None
-            plaintext = bytearray(max(0, size - SEAL_OVERHEAD))
+            plaintext = uninitialized(max(0, size - SEAL_OVERHEAD))  # the cipher fills it
             ok = self._verified(cid, hit[0], view[_HEADER.size:_HEADER.size + size], plaintext)
             del view
             return plaintext if ok else None

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from .crypto import uninitialized
 from .errors import DataUnavailable, R2fsError
 
 if TYPE_CHECKING:
@@ -302,7 +303,7 @@ def _receive(sock: socket.socket, max_body: int, deadline: float) -> tuple[int, 
         raise PeerError("response without content-length")
     if length > max_body:
         raise PeerError(f"answer of {length} bytes, at most {max_body} expected")
-    body = bytearray(length)
+    body = uninitialized(length)  # filled completely below, or thrown away
     got = min(length, len(buf) - end - 4)
     body[:got] = buf[end + 4:end + 4 + got]
     view = memoryview(body)
