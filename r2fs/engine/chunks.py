@@ -93,7 +93,7 @@ class BufferPool:
     MIN = 128 * 1024
     GRAIN = 64 * 1024
 
-    def __init__(self, max_bytes: int = 48 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
         self._free: list[mmap.mmap] = []
         self._held = 0
