@@ -93,12 +93,16 @@ class InodeTable:
             self._maybe_drop(ino)
         return ino
 
-    def move(self, old: str, new: str) -> None:
-        """A rename: `old` (and everything below it) is now at `new`.
+    def move(self, old: str, new: str, *, tree: bool = True) -> None:
+        """A rename: `old` (and, if `tree`, everything below it) is now at `new`.
 
         Whatever inode was at `new` (and below) must have been detached first.
+        A file's rename (`tree=False`) touches one entry, not the whole table.
         """
-        moved = [(p, i) for p, i in self._ino_of.items() if p and is_under(p, old)]
+        if tree:
+            moved = [(p, i) for p, i in self._ino_of.items() if p and is_under(p, old)]
+        else:
+            moved = [(old, self._ino_of[old])] if old in self._ino_of else []
         for p, _ in moved:
             del self._ino_of[p]
         for p, i in moved:

@@ -304,7 +304,7 @@ class R2Operations(pyfuse3.Operations):
                     await vof.buf.materialize()
                 await self.ctx.bucket.rename(old, new, replace=True)
                 self.table.detach(new)
-                self.table.move(old, new)
+                self.table.move(old, new, tree=False)
             await keep_parent(self.ctx, old)
             return
         self.table.detach(new)
