@@ -114,6 +114,10 @@ class MasterKey:
         """The AES-256 key of one chunk (unique per chunk id)."""
         return hashlib.blake2b(chunk_id, key=self._chunk_kdf_key, digest_size=32).digest()
 
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte subkey for `purpose` (e.g. "peer-token"), independent of every other."""
+        return _derive(self._raw, purpose)
+
     def check_value(self) -> str:
         """A public fingerprint of the key, stored in cluster.toml.
 

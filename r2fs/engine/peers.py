@@ -73,14 +73,9 @@ def cluster_token(master: "MasterKey") -> bytes:
     """The HMAC key peers of one cluster share, derived from the master key.
 
     Derived with a label of its own so that it can never be replayed as a
-    chunk key or id. Uses `MasterKey.derive(purpose)` when keys.py offers it;
-    until then the same derivation through keys.py's `_derive`.
+    chunk key or id (`MasterKey.derive`).
     """
-    derive = getattr(master, "derive", None)
-    if callable(derive):
-        return derive("peer-token")
-    from .keys import _derive
-    return _derive(master._raw, "peer-token")  # noqa: SLF001 - see the docstring
+    return master.derive("peer-token")
 
 
 def _message(method: str, path: str, date: str) -> bytes:

@@ -74,7 +74,7 @@ PutValue = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO | No
 T = TypeVar("T")
 
 #: Chunks stored concurrently by one put (bounds memory: ~this many chunks + one).
-PUT_INFLIGHT = 3
+PUT_INFLIGHT = 6
 MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
 SMALL_INLINE_CRYPTO = 64 * 1024  # below this, seal/unseal on the loop thread (cheaper than a hop)
@@ -820,7 +820,10 @@ class Cluster:
         return cls(path, cfg, master, meta)
 
     def close(self) -> None:
-        self.meta.close()
+        try:
+            self.reader.close()
+        finally:
+            self.meta.close()
 
     def __enter__(self) -> "Cluster":
         return self
