@@ -274,13 +274,15 @@ def test_status_counts_and_gc(tmp_path: Path, big_file: Path) -> None:
     assert "objects:  0" in status and "chunks:   0" in status and "stored:   0 B" in status
 
 
-def test_demo(tmp_path: Path) -> None:
+def test_demo_engine_part(tmp_path: Path) -> None:
+    """`demo --no-mount`: the engine walk-through alone (tests/fuse/test_demo.py mounts)."""
     path = tmp_path / "c"
-    out = ok(r2fs(path, "demo"))
+    out = ok(r2fs(path, "demo", "--no-mount", "--mountpoint", tmp_path / "mnt"))
     assert "created with the embedded defaults" in out and "bucket    demo created" in out
     assert "identical" in out and "hello.txt" in out
-    out = ok(r2fs(path, "demo"))  # again: reuses the cluster and the bucket
-    assert "(opened)" in out and "already exists" in out
+    out = ok(r2fs(path, "demo", "--no-mount", "--mountpoint", tmp_path / "mnt"))
+    assert "(opened)" in out and "already exists" in out  # reuses the cluster and the bucket
+    assert not (tmp_path / "mnt").exists()
     assert b"Hello from r2fs" in r2fs(path, "get", "demo/hello.txt", "-").stdout
 
 
