@@ -104,7 +104,11 @@ def mount_step(args: argparse.Namespace) -> str:
     """Step 2: the bucket as a folder. Returns the mount point."""
     mountpoint = os.path.abspath(args.mountpoint)
     if is_r2fs_mount(mountpoint):
-        _say(f"mount     {mountpoint} is already an r2fs mount (pid {daemon_pid(mountpoint)}); using it")
+        pid = daemon_pid(mountpoint)
+        if _mounted_cluster(pid) != os.path.abspath(cluster_path(args)):
+            raise MountFailed(f"{mountpoint} is an r2fs mount of another cluster or bucket "
+                              f"(pid {pid}); unmount it first: r2fs umount {mountpoint}")
+        _say(f"mount     {mountpoint} is already an r2fs mount (pid {pid}); using it")
     else:
         os.makedirs(mountpoint, exist_ok=True)
         try:
@@ -124,6 +128,19 @@ def mount_step(args: argparse.Namespace) -> str:
     with open(os.path.join(mountpoint, FROM_FOLDER_KEY), "wb") as f:
         f.write(note)  # committed to the bucket when the file is closed
     return mountpoint
+
+
+def _mounted_cluster(pid: int | None) -> str | None:
+    """The cluster directory a running demo mount daemon serves (from its command line)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
+        i = argv.index("--cluster")
+        if argv[i + 2] != "mount" or argv[i + 3] != DEMO_BUCKET:
+            return None
+        return os.path.abspath(argv[i + 1])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

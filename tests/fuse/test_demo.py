@@ -22,6 +22,8 @@ def test_demo_mounts_bucket(tmp_path):
             assert f.read().startswith(b"Hello from r2fs")
         again = r2fs("--cluster", cluster, "demo", "--mountpoint", mp).stdout  # idempotent
         assert "already an r2fs mount" in again and "already exists" in again
+        other = r2fs("--cluster", str(tmp_path / "other"), "demo", "--mountpoint", mp, check=False)
+        assert other.returncode == 1 and "another cluster" in other.stderr  # never reuses it
     finally:
         m.stop()
     assert not is_r2fs_mount(mp)
