@@ -92,7 +92,9 @@ class MasterKey:
             raise ClusterError(f"cannot read master key {path}: {e.strerror}") from None
         if len(raw) != cls.SIZE:
             raise ClusterError(
-                f"master key {path} has the wrong size ({len(raw)} bytes; expected {cls.SIZE})")
+                f"master key {path} has the wrong size "
+                f"({'more than ' + str(cls.SIZE) if len(raw) > cls.SIZE else len(raw)} bytes; "
+                f"expected {cls.SIZE})")
         return cls(raw)
 
     @classmethod

@@ -33,6 +33,7 @@ from .errors import (
     BucketAlreadyExists,
     BucketNotEmpty,
     ChunkMissing,
+    ClusterError,
     ClusterExists,
     ClusterNotFound,
     DataUnavailable,
@@ -816,7 +817,11 @@ class Cluster:
         if master.check_value() != cfg.key_check:
             raise WrongMasterKey(f"{os.path.join(path, 'master.key')} is not the master key of "
                                  f"the cluster at {path}; nothing was decrypted")
-        meta = Meta(os.path.join(path, "meta"))
+        meta_dir = os.path.join(path, "meta")
+        if not os.path.exists(os.path.join(meta_dir, "data.mdb")):
+            raise ClusterError(f"the metadata of the cluster at {path} is missing ({meta_dir}); "
+                               "refusing to start an empty one over existing data")
+        meta = Meta(meta_dir)
         return cls(path, cfg, master, meta)
 
     def close(self) -> None:

@@ -477,3 +477,14 @@ async def test_memory_stays_bounded_for_2gib(cluster_dir, bucket):
                          capture_output=True, text=True, check=True)
     peak_mib = int(out.stdout.strip())
     assert peak_mib < 300, f"peak RSS {peak_mib} MiB"
+
+
+async def test_missing_metadata_is_refused_not_recreated(cluster_dir, cluster, bucket):
+    await bucket.put("k", b"v")
+    cluster.close()
+    shutil.rmtree(os.path.join(cluster_dir, "meta"))
+    from r2fs.engine.errors import ClusterError
+    with pytest.raises(ClusterError) as exc:
+        Cluster.open(cluster_dir, create=True)
+    assert "metadata" in str(exc.value)
+    assert not os.path.exists(os.path.join(cluster_dir, "meta"))
