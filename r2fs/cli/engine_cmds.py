@@ -171,15 +171,40 @@ def check_layout(nodes: int, k: int, m: int, chunk_size: int) -> None:
         raise InvalidClusterConfig(f"--chunk-size must be positive (got {chunk_size})")
 
 
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def parse_regions(text: str) -> dict[str, int]:
+    """`east:3,west:3` -> {"east": 3, "west": 3} (argparse type)."""
+    regions: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, count = part.strip().partition(":")
+        if not sep or not _REGION_RE.match(name) or not count.isdigit() or int(count) < 1:
+            raise BadArgument(f"invalid --regions {text!r}: use NAME:COUNT pairs, e.g. east:3,west:3")
+        if name in regions:
+            raise BadArgument(f"invalid --regions {text!r}: region {name} given twice")
+        regions[name] = int(count)
+    return regions
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     path = cluster_path(args)
-    check_layout(args.nodes, args.k, args.m, args.chunk_size)
+    nodes = args.nodes
+    if args.regions:
+        total = sum(args.regions.values())
+        if nodes is not None and nodes != total:
+            raise InvalidClusterConfig(f"--regions list {total} nodes but --nodes is {nodes}")
+        nodes = total
+    nodes = 6 if nodes is None else nodes
+    check_layout(nodes, args.k, args.m, args.chunk_size)
     if os.path.exists(os.path.join(path, "cluster.toml")):
         raise ClusterExists(f"a cluster already exists at {path}")
-    cluster = Cluster.init(path, nodes=args.nodes, k=args.k, m=args.m, chunk_size=args.chunk_size)
+    cluster = Cluster.init(path, nodes=nodes, k=args.k, m=args.m, chunk_size=args.chunk_size,
+                           regions=args.regions)
     cluster.close()
-    print(f"initialised cluster at {path}: {args.nodes} nodes, k={args.k}, m={args.m}, "
-          f"chunk size {format_size(args.chunk_size)}")
+    where = ", ".join(f"{r}: {n}" for r, n in args.regions.items()) if args.regions else ""
+    print(f"initialised cluster at {path}: {nodes} nodes{f' ({where})' if where else ''}, "
+          f"k={args.k}, m={args.m}, chunk size {format_size(args.chunk_size)}")
     return 0
 
 
@@ -499,7 +524,9 @@ def _grace(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("init", help="create a cluster",
                               description="Create a cluster: node directories, metadata, master key.")
-    p.add_argument("--nodes", type=int, default=6, help="number of node directories (default 6)")
+    p.add_argument("--nodes", type=int, default=None, help="number of node directories (default 6)")
+    p.add_argument("--regions", type=parse_regions, default=None, metavar="NAME:N,...",
+                   help="regions of the nodes, e.g. east:3,west:3 (default: one region)")
     p.add_argument("--k", type=int, default=4, help="data shards per chunk (default 4)")
     p.add_argument("--m", type=int, default=2, help="parity shards per chunk (default 2)")
     p.add_argument("--chunk-size", type=parse_size, default=4 * MiB, metavar="SIZE",

@@ -535,3 +535,19 @@ def test_status_lines_print_counters_and_extra_sections() -> None:
     assert "cache:\n  size: 123\n  hits: 4" in text
     assert "replication:\n  pending:\n    - 1\n    - 2" in text
     assert lines[-1] == "mode: local"
+
+
+def test_init_with_regions(tmp_path):
+    import tomllib
+    c = tmp_path / "regions"
+    out = subprocess.run([sys.executable, "-m", "r2fs", "--cluster", str(c), "init",
+                          "--regions", "east:3,west:3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cfg = tomllib.loads((c / "cluster.toml").read_text())
+    regions = sorted(n["region"] for n in cfg["nodes"].values())
+    assert regions == ["east"] * 3 + ["west"] * 3
+    for bad in (["--regions", "east"], ["--regions", "east:0"], ["--regions", "east:3,west:3", "--nodes", "5"]):
+        out = subprocess.run([sys.executable, "-m", "r2fs", "--cluster", str(tmp_path / "x"), "init", *bad],
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "Traceback" not in out.stderr
