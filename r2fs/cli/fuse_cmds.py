@@ -204,7 +204,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="local directory for the read cache and write staging (default: CLUSTER/cache)")
     p.add_argument("-o", dest="options", metavar="OPTIONS", default=None,
                    help="comma-separated: attr_timeout=S, entry_timeout=S, poll_interval=S, "
-                        "writeback, debug, and libfuse options such as allow_other, ro")
+                        "read_ahead_kb=N (default 4096), writeback, debug, and libfuse "
+                        "options such as allow_other, ro")
     from .cache_cmds import add_cache_arguments
     from .uploads_cmds import add_write_arguments
     add_cache_arguments(p)

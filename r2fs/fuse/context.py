@@ -17,6 +17,7 @@ class MountOptions:
     entry_timeout: float = 5.0  # kernel name cache
     poll_interval: float = 0.25  # change-sequence polling
     writeback: bool = False  # FUSE writeback cache
+    read_ahead_kb: int = 4096  # kernel read-ahead for this mount (0: leave the default)
     fuse_options: set[str] = field(default_factory=set)  # passed through to libfuse
 
 
