@@ -75,7 +75,7 @@ PutValue = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO | No
 T = TypeVar("T")
 
 #: Chunks stored concurrently by one put (bounds memory: ~this many chunks + one).
-PUT_INFLIGHT = 6
+PUT_INFLIGHT = 4
 MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
 SMALL_INLINE_CRYPTO = 64 * 1024  # below this, seal/unseal on the loop thread (cheaper than a hop)
