@@ -158,7 +158,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _say("")
     _say(f"The bucket '{DEMO_BUCKET}' is mounted at {mountpoint}: use it like any folder")
     _say(f"(ls, cp, rsync, tar, git, sqlite...). Unmount with:  r2fs umount {mountpoint}")
+    if not args.no_gateway:
+        gateway_step(args)
     return 0
+
+
+def gateway_step(args: argparse.Namespace) -> None:
+    """Start the S3 gateway beside the mount (reused if already running) and show a key."""
+    from ..s3.launch import demo_key, start_background as start_gateway
+
+    gw = start_gateway(cluster_path(args), args.listen)
+    with open_cluster(args) as cluster:
+        key = run(demo_key, cluster)
+    _say("")
+    _say(f"S3 gateway {'started' if gw.started else 'already running'} at {gw.endpoint} "
+         f"(pid {gw.pid}, log {gw.log}); region 'auto', bucket '{DEMO_BUCKET}':")
+    _say(f"  export AWS_ACCESS_KEY_ID={key.id}")
+    _say(f"  export AWS_SECRET_ACCESS_KEY={key.secret}")
+    _say(f"  aws --endpoint-url {gw.endpoint} --region auto s3 ls s3://{DEMO_BUCKET}/")
+    _say(f"Stop it with:  kill {gw.pid}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -169,4 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mountpoint", default="mnt", metavar="DIR",
                    help="where to mount the bucket (default: ./mnt)")
     p.add_argument("--no-mount", action="store_true", help="only the engine part")
+    p.add_argument("--no-gateway", action="store_true", help="do not start the S3 gateway")
+    p.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT",
+                   help="where the demo's S3 gateway listens (default 127.0.0.1:9000)")
     p.set_defaults(func=cmd_demo)
