@@ -180,16 +180,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if res.returncode != 0:
         reason = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
         raise MountFailed(f"cannot unmount {mountpoint}: {reason} (close open files, or use --lazy)")
-    if pid is not None:
-        deadline = time.monotonic() + EXIT_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                break
-            time.sleep(0.05)
-        else:
-            raise MountFailed(f"unmounted, but the mount process {pid} is still flushing")
+    if pid is not None and not wait_for_exit(pid, EXIT_TIMEOUT):
+        raise MountFailed(f"unmounted, but the mount process {pid} is still flushing")
     return 0
 
 
@@ -216,3 +208,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint")
     p.add_argument("--lazy", action="store_true", help="detach even if files are open")
     p.set_defaults(func=cmd_umount)
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for process `pid` to be gone; True if it is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False

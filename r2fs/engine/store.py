@@ -53,7 +53,6 @@ from .meta import CHUNK_LIVE, Meta
 from .reader import ChunkReader
 from .writer import ChunkWriter
 from .names import check_bucket_name, check_key
-from .nodes import LocalNode
 from .simulate import build_nodes
 from .types import (
     MiB,

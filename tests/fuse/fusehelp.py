@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import trio
 
-from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount
+from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount, wait_for_exit
 from r2fs.engine.store import Cluster
 
 BUCKET = "fuse-test"
@@ -72,19 +71,11 @@ class Mount:
         if is_r2fs_mount(self.path):
             if r2fs("umount", self.path, check=False).returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
-        if pid is not None:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except OSError:
-                    break
-                time.sleep(0.05)
-            else:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+        if pid is not None and not wait_for_exit(pid, 30):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def api(self, fn):
         """Run `async fn(bucket)` against the same cluster through the Python API."""

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from fusehelp import BUCKET, Mount, make_cluster, r2fs
-from r2fs.cli.fuse_cmds import is_r2fs_mount
+from r2fs.cli.fuse_cmds import is_r2fs_mount, wait_for_exit
 
 
 def test_mount_errors_are_one_line(tmp_path):
@@ -48,15 +47,7 @@ def test_sigterm_flushes_dirty_files(mount_factory):
     os.write(fd, b"unflushed data" * 1000)
     pid = m.pid()
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("mount daemon did not exit on SIGTERM")
+    assert wait_for_exit(pid, 30), "mount daemon did not exit on SIGTERM"
     try:
         os.close(fd)
     except OSError:

@@ -123,7 +123,7 @@ def _fuse_available() -> bool:
 
 @pytest.mark.skipif(not _fuse_available(), reason="no FUSE on this machine")
 async def test_mount_in_local_mode(cdir, tmp_path):
-    from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount
+    from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount, wait_for_exit
 
     await far_cluster_home_down(cdir)
     mnt = tmp_path / "mnt"
@@ -148,14 +148,6 @@ async def test_mount_in_local_mode(cdir, tmp_path):
         pid = daemon_pid(str(mnt))
         if is_r2fs_mount(str(mnt)) and r2fs(cdir, "umount", mnt).returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        if pid is not None:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except OSError:
-                    break
-                time.sleep(0.05)
-            else:
-                os.kill(pid, signal.SIGKILL)
+        if pid is not None and not wait_for_exit(pid, 30):
+            os.kill(pid, signal.SIGKILL)
     assert await read_via_api(cdir, "file.bin") == data
