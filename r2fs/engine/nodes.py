@@ -127,7 +127,7 @@ class LocalNode:
             if scratch is not None and self._direct_ok and total >= _DIRECT_MIN:
                 self._write_direct(fd, parts, total, scratch)
             else:
-                _write_all(fd, parts)
+                write_all(fd, parts)
             os.fdatasync(fd)
             os.close(fd)
             fd = -1
@@ -148,7 +148,7 @@ class LocalNode:
         buf = scratch.get(total)
         try:
             if _address(buf) % _DIRECT_ALIGN:
-                _write_all(fd, parts)
+                write_all(fd, parts)
                 return
             view = memoryview(buf)[:total]
             off = 0
@@ -307,7 +307,8 @@ def _read_full(fd: int, view: memoryview, got: int) -> int:
     return got
 
 
-def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
+def write_all(fd: int, parts: Sequence[Buffer]) -> None:
+    """Write every byte of `parts` with writev, resuming after short writes."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
         written = os.writev(fd, views[:512])  # stay below IOV_MAX

@@ -22,7 +22,7 @@ import struct
 from typing import Iterator
 
 from .errors import ChunkCorrupt, UnsupportedFormat
-from .nodes import Buffer
+from .nodes import Buffer, write_all
 
 STAGING_DIR = "staging"
 MAGIC = b"R2STAGE\0"
@@ -81,16 +81,7 @@ class Staging:
             self._ensure_dir(directory)
             fd = os.open(path, flags, 0o600)
         try:
-            pending = [memoryview(header), view]
-            while pending:
-                n = os.writev(fd, pending)
-                while n and pending:
-                    if n >= len(pending[0]):
-                        n -= len(pending[0])
-                        pending.pop(0)
-                    else:
-                        pending[0] = pending[0][n:]
-                        n = 0
+            write_all(fd, [header, view])
             os.fdatasync(fd)
         except BaseException:
             os.close(fd)
