@@ -85,7 +85,7 @@ class LocalNode:
                 os.mkdir(d, 0o755)
             except FileExistsError:
                 pass  # made meanwhile by another writer, whose parent fsync may not be done
-            _fsync_dir(os.path.dirname(d))
+            fsync_dir(os.path.dirname(d))
         with self._lock:
             if len(self._known_dirs) > 100_000:  # bounded: at most 65,536 shard dirs anyway
                 self._known_dirs.clear()
@@ -140,7 +140,7 @@ class LocalNode:
             except OSError:
                 pass
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def _write_direct(self, fd: int, parts: Sequence[Buffer], total: int, scratch: Scratch) -> None:
         """Write `parts` to the empty file `fd`: the 4 KiB-aligned bulk with O_DIRECT,
@@ -348,7 +348,8 @@ def _address(buf: Buffer) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

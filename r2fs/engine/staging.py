@@ -22,7 +22,7 @@ import struct
 from typing import Iterator
 
 from .errors import ChunkCorrupt, UnsupportedFormat
-from .nodes import Buffer, write_all
+from .nodes import Buffer, fsync_dir, write_all
 
 STAGING_DIR = "staging"
 MAGIC = b"R2STAGE\0"
@@ -53,8 +53,8 @@ class Staging:
             except FileExistsError:
                 pass
         if created:
-            _fsync_dir(os.path.dirname(directory))
-            _fsync_dir(os.path.dirname(self.root))
+            fsync_dir(os.path.dirname(directory))
+            fsync_dir(os.path.dirname(self.root))
         self._known_dirs.add(directory)
 
     def write(self, cid: bytes, gen: int, sealed: Buffer) -> int:
@@ -91,7 +91,7 @@ class Staging:
                 pass
             raise
         os.close(fd)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return _HEADER.size + len(view)
 
     def read(self, cid: bytes, gen: int) -> bytes | None:
@@ -155,10 +155,3 @@ class Staging:
             return 0
         return size
 
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
