@@ -41,6 +41,7 @@ from typing import Any, AsyncIterator, BinaryIO, Awaitable, Callable, Iterator, 
 
 import trio
 
+from ..engine.config import validate_layout
 from ..engine.errors import ClusterExists, InvalidClusterConfig, NoSuchKey
 from ..engine.store import Bucket, Cluster
 from ..engine.types import MiB, ClusterStatus, GcReport, ObjectInfo
@@ -155,22 +156,6 @@ def _with_cluster(fn: Callable[[Cluster, argparse.Namespace], Awaitable[int | No
 
 # --- init ------------------------------------------------------------------------------
 
-def check_layout(nodes: int, k: int, m: int, chunk_size: int) -> None:
-    """The engine checks these too; here the message speaks in option names."""
-    if nodes < 1:
-        raise InvalidClusterConfig(f"--nodes must be at least 1 (got {nodes})")
-    if k < 1:
-        raise InvalidClusterConfig(f"--k must be at least 1 data shard (got {k})")
-    if m < 0:
-        raise InvalidClusterConfig(f"--m must be 0 or more parity shards (got {m})")
-    if k + m > nodes:
-        raise InvalidClusterConfig(
-            f"k+m = {k}+{m} = {k + m} shards per chunk need at least {k + m} nodes, "
-            f"but --nodes is {nodes}")
-    if chunk_size < 1:
-        raise InvalidClusterConfig(f"--chunk-size must be positive (got {chunk_size})")
-
-
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -196,7 +181,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise InvalidClusterConfig(f"--regions list {total} nodes but --nodes is {nodes}")
         nodes = total
     nodes = 6 if nodes is None else nodes
-    check_layout(nodes, args.k, args.m, args.chunk_size)
+    validate_layout(nodes, args.k, args.m, args.chunk_size, spell=lambda name: f"--{name}")
     if os.path.exists(os.path.join(path, "cluster.toml")):
         raise ClusterExists(f"a cluster already exists at {path}")
     cluster = Cluster.init(path, nodes=nodes, k=args.k, m=args.m, chunk_size=args.chunk_size,

@@ -10,7 +10,7 @@ import os
 import tomllib
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InvalidClusterConfig, UnsupportedFormat
 from .types import KiB, MiB
@@ -44,20 +44,27 @@ class ClusterConfig:
         return [n.id for n in self.nodes]
 
 
-def validate_layout(nodes: int, k: int, m: int, chunk_size: int) -> None:
-    if k < 1:
-        raise InvalidClusterConfig(f"k must be at least 1 (got {k})")
-    if m < 0:
-        raise InvalidClusterConfig(f"m must not be negative (got {m})")
+def validate_layout(nodes: int, k: int, m: int, chunk_size: int,
+                    spell: Callable[[str], str] = str) -> None:
+    """One set of layout rules for `init`, `Cluster.create` and reading cluster.toml.
+
+    `spell` names a setting in the caller's terms (the CLI passes `--k` style option
+    names), so each error message says what the user actually typed."""
     if nodes < 1:
-        raise InvalidClusterConfig(f"a cluster needs at least one node (got {nodes})")
+        raise InvalidClusterConfig(f"{spell('nodes')} must be at least 1 (got {nodes})")
+    if k < 1:
+        raise InvalidClusterConfig(f"{spell('k')} must be at least 1 data shard (got {k})")
+    if m < 0:
+        raise InvalidClusterConfig(f"{spell('m')} must be 0 or more parity shards (got {m})")
     if k + m > nodes:
         raise InvalidClusterConfig(
-            f"k+m = {k + m} shards per chunk need at least {k + m} nodes (got {nodes})")
+            f"k+m = {k}+{m} = {k + m} shards per chunk need at least {k + m} nodes, "
+            f"but {spell('nodes')} is {nodes}")
     if k + m > 32:
         raise InvalidClusterConfig(f"k+m must be at most 32 (got {k + m})")
     if not (64 * KiB <= chunk_size <= 64 * MiB):
-        raise InvalidClusterConfig(f"chunk size must be between 64KiB and 64MiB (got {chunk_size})")
+        raise InvalidClusterConfig(
+            f"{spell('chunk-size')} must be between 64KiB and 64MiB (got {chunk_size})")
 
 
 def _quote(s: str) -> str:
