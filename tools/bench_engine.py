@@ -6,6 +6,12 @@
     O_DIRECT + fsync each) and read back (verify + decode) from disk (cold)
     and from the page cache (hot). Stages have no native counterpart; they
     show where a put or get spends its time.
+(c) small objects (`--small`, on by default): N concurrent writers each put
+    4 KiB objects (inlined in the manifest: one LMDB commit per put, batched
+    by group commit), then get them back, in objects/s, beside the same
+    number of concurrent threads writing 4 KiB plain files with fsync (and
+    reading them back). Not an issue target: a guard against regressing the
+    group-commit figure while tuning the big-put path.
 (b) `bucket.put` of an N-byte async stream and `bucket.get` of it through the
     store API, beside the native baseline from the same run: the same bytes
     written to one plain file on the same disk with fsync, and read back,
@@ -45,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--stages-only", action="store_true", help="only the stage figures")
     what.add_argument("--store-only", action="store_true", help="only put/get through the store")
+    what.add_argument("--small-only", action="store_true", help="only the small-object figures")
+    parser.add_argument("--small-count", type=int, default=2000,
+                        help="small objects per run (default 2000)")
+    parser.add_argument("--small-size", type=parse_size, default=4096,
+                        help="small object size (default 4KiB)")
+    parser.add_argument("--small-writers", type=int, default=16,
+                        help="concurrent small-object writers (default 16)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the (untimed) check that get returned the bytes put")
 
@@ -227,14 +240,110 @@ def run_store(args: argparse.Namespace) -> Table:
     return table
 
 
+# --- (c) small objects, concurrent ---------------------------------------------------------
+
+async def _small_runs(args: argparse.Namespace, base: str) -> tuple[list[float], list[float],
+                                                                       float]:
+    from r2fs.engine.store import Cluster
+
+    cluster = Cluster.init(os.path.join(base, "cluster"), k=args.k, m=args.m,
+                           nodes=max(6, args.k + args.m))
+    puts, gets = [], []
+    cpu = 0.0
+    try:
+        await cluster.create_bucket("bench")
+        bucket = cluster.bucket("bench")
+        n, writers = args.small_count, args.small_writers
+        for run in range(args.runs):
+            bodies = [p for p in DataStream(n * args.small_size, 1000 + run,
+                                            args.small_size).pieces()]
+
+            async def put_some(w: int) -> None:
+                for i in range(w, n, writers):
+                    await bucket.put(f"r{run}/o{i:06d}", bodies[i])
+
+            async def get_some(w: int) -> None:
+                for i in range(w, n, writers):
+                    data = await (await bucket.get(f"r{run}/o{i:06d}")).read()
+                    if data != bodies[i]:
+                        raise SystemExit(f"small get r{run}/o{i} returned different bytes")
+
+            for fn, out in ((put_some, puts), (get_some, gets)):
+                before = os.times()
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for w in range(writers):
+                        nursery.start_soon(fn, w)
+                out.append(n / (time.perf_counter() - start))
+                after = os.times()
+                if fn is put_some:
+                    cpu += (after.user - before.user) + (after.system - before.system)
+            progress(f"small run {run + 1}: put {puts[-1]:,.0f}/s, get {gets[-1]:,.0f}/s")
+    finally:
+        cluster.close()
+    return puts, gets, cpu / (args.small_count * args.runs)
+
+
+def _native_small(args: argparse.Namespace, base: str, run: int) -> tuple[float, float]:
+    """(files/s written with fsync, files/s read) by `small_writers` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, writers = args.small_count, args.small_writers
+    bodies = list(DataStream(n * args.small_size, 1000 + run, args.small_size).pieces())
+    d = os.path.join(base, f"native-small-{run}")
+    os.mkdir(d)
+
+    def write_some(w: int) -> None:
+        for i in range(w, n, writers):
+            fd = os.open(os.path.join(d, f"o{i:06d}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, bodies[i])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def read_some(w: int) -> None:
+        for i in range(w, n, writers):
+            with open(os.path.join(d, f"o{i:06d}"), "rb") as f:
+                f.read()
+
+    rates = []
+    for fn in (write_some, read_some):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(fn, range(writers)))
+        rates.append(n / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
+def run_small(args: argparse.Namespace) -> Table:
+    table = Table(f"engine small objects: {args.small_count} x {args.small_size // 1024} KiB, "
+                  f"{args.small_writers} concurrent, median of {args.runs}")
+    with temp_dir(args.dir, "r2fs-bench-small-") as base:
+        puts, gets, cpu = trio.run(_small_runs, args, base)
+        natives = [_native_small(args, base, run) for run in range(args.runs)]
+        median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        table.add("small put", median(puts), median([w for w, _ in natives]), "obj/s")
+        table.add("small get", median(gets), median([r for _, r in natives]), "obj/s")
+        table.note("native = plain files written with fsync (read back from the page cache, as "
+                   "r2fs gets from its LMDB pages) by as many threads")
+        table.note(f"process CPU per small put: {cpu * 1000:.2f} ms; {describe_machine()}")
+    return table
+
+
 def run(args: argparse.Namespace) -> None:
     if args.dir is None:
         args.dir = tempfile.gettempdir()
     tables = []
-    if not args.store_only:
-        tables.append(run_stages(args))
-    if not args.stages_only:
-        tables.append(run_store(args))
+    if args.small_only:
+        tables.append(run_small(args))
+    else:
+        if not args.store_only:
+            tables.append(run_stages(args))
+        if not args.stages_only:
+            tables.append(run_store(args))
+        if not args.stages_only and not args.store_only:
+            tables.append(run_small(args))
     for t in tables:
         print()
         t.print()
