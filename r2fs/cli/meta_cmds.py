@@ -79,7 +79,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    report = metasnap.restore(cluster_path(args), snapshot_id=args.snapshot, force=args.force)
+    report = metasnap.restore(cluster_path(args), snapshot_id=args.snapshot, force=args.force,
+                              check=not args.no_check)
     s = report.snapshot
     for why in report.skipped:
         print(f"skipped unreadable snapshot {why}")
@@ -91,6 +92,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
             print(f"  {d}")
     if report.previous:
         print(f"the previous metadata was moved to {report.previous}")
+    check = report.check
+    if check is not None:
+        if check.lost:
+            print(f"{check.lost} of {check.chunks} chunks named by the snapshot lost their data "
+                  f"after it was taken; {check.objects_affected} objects will not read, e.g. "
+                  f"{', '.join(check.examples)}")
+        else:
+            print(f"all {check.chunks} chunks named by the snapshot have their data")
     print("changes made after the snapshot are not in the restored metadata; "
           "run `r2fs gc` later to remove the data they left behind")
     return 0
@@ -122,4 +131,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the snapshot to restore (default: the newest readable one)")
     r.add_argument("--force", action="store_true",
                    help="restore even over a readable meta/ (it is moved aside, never deleted)")
+    r.add_argument("--no-check", action="store_true",
+                   help="skip looking for the data of every chunk afterwards (a stat per shard)")
     r.set_defaults(func=cmd_restore)

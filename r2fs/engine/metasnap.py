@@ -178,9 +178,20 @@ class ScanReport:
 
 
 @dataclass
+class DataCheck:
+    """Chunks the restored metadata names whose data is gone (collected after the snapshot)."""
+
+    chunks: int = 0
+    lost: int = 0
+    objects_affected: int = 0
+    examples: list[str] = field(default_factory=list)  # a few "bucket/key" that will not read
+
+
+@dataclass
 class RestoreReport(ScanReport):
     previous: str | None = None     # where the old meta/ was moved, if there was one
     skipped: list[str] = field(default_factory=list)  # newer snapshots that could not be read
+    check: DataCheck | None = None  # None when the check was not asked for
 
 
 # --- where snapshots live: config, key and nodes, without the LMDB ---------------------------
@@ -667,6 +678,17 @@ def list_snapshots(root_or_cluster: "str | Cluster") -> Listing:
     return site.list()
 
 
+def gc_horizon(cluster: "Cluster") -> float | None:
+    """When the newest snapshot was taken, or None without snapshots.
+
+    For gc: a chunk whose refcount reached 0 after this time is still named
+    by the newest snapshot; keeping it until a newer snapshot exists makes a
+    restore from the newest snapshot lose no data (see the report/docs).
+    """
+    newest = next(iter(Site.of(cluster).list().snapshots), None)
+    return None if newest is None else newest.created
+
+
 # --- automatic snapshots -----------------------------------------------------------------------
 
 
@@ -783,13 +805,16 @@ def _process_has_env(meta_dir: str) -> bool:
     return os.path.realpath(meta_dir) in metamod._ENVS  # noqa: SLF001 - no public query yet
 
 
-def restore(root: str, *, snapshot_id: str | None = None, force: bool = False) -> RestoreReport:
+def restore(root: str, *, snapshot_id: str | None = None, force: bool = False,
+            check: bool = True) -> RestoreReport:
     """Rebuild `meta/` from a snapshot (the newest readable one unless `snapshot_id`).
 
     Refuses while any process has the metadata open, and over a readable
     `meta/` unless `force`. The old `meta/` is moved aside (meta.replaced-TIME),
     never deleted. The new one is written beside it, checked (size, digest,
     opens as LMDB with our schema) and only then renamed into place.
+    check: afterwards, look for the data of every chunk the restored metadata
+    names (`check_data`), so the user learns what the recovery point cost.
     """
     site = Site.open(root)
     meta_dir = site.meta_dir
@@ -831,6 +856,8 @@ def restore(root: str, *, snapshot_id: str | None = None, force: bool = False) -
                 last_error = e
                 continue
             report.previous = _install(site, staged)
+            if check:
+                report.check = check_data(site)
             return report
         assert last_error is not None
         if len(candidates) == 1:
@@ -910,6 +937,54 @@ def _install(site: Site, staged: str) -> str | None:
     os.rename(staged, meta_dir)
     fsync_dir(site.root)
     return previous
+
+
+def check_data(site: Site) -> DataCheck:
+    """Which chunks named by the metadata in meta/ have lost their data, and which objects.
+
+    A restored snapshot may name chunks that gc removed after it was taken
+    (their objects were deleted or overwritten later). Costs a stat per shard
+    file: run once after a restore, with no process using the cluster.
+    """
+    from .chunks import ChunkStore
+    from .meta import unpack
+    from .staging import Staging
+
+    out = DataCheck()
+    store = ChunkStore(site.master, site.nodes, site.config.k, site.config.m,
+                       site.config.stripe_size)
+    staging = Staging(site.root)
+    lost: set[bytes] = set()
+    env = lmdb.open(site.meta_dir, readonly=True, lock=False, subdir=True, max_dbs=32)
+    try:
+        with env.begin() as txn:
+            chunks_db = env.open_db(b"chunks", txn=txn, create=False)
+            for cid, raw in txn.cursor(db=chunks_db):
+                rec = unpack(raw)
+                out.chunks += 1
+                if rec.get("loc") == "staging":
+                    if not os.path.exists(staging.path_of(cid, rec["g"])):
+                        lost.add(bytes(cid))
+                    continue
+                names = store.shard_names(cid, rec["g"])
+                present = sum(1 for name, nid in zip(names, rec["p"])
+                              if nid in site.nodes and site.nodes[nid].size_of(name) is not None)
+                if present < site.config.k:
+                    lost.add(bytes(cid))
+            if lost:
+                objects_db = env.open_db(b"objects", txn=txn, create=False)
+                for lkey, raw in txn.cursor(db=objects_db):
+                    bucket, _, head = bytes(lkey).partition(b"\0")
+                    for rest, manifest in unpack(raw):
+                        if any(bytes(c[0]) in lost for c in manifest.get("ch") or ()):
+                            out.objects_affected += 1
+                            if len(out.examples) < 5:
+                                key = (head + bytes(rest)).decode("utf-8", "replace")
+                                out.examples.append(f"{bucket.decode()}/{key}")
+    finally:
+        env.close()
+    out.lost = len(lost)
+    return out
 
 
 def verify(root_or_cluster: "str | Cluster", snapshot_id: str | None = None) -> list[ScanReport]:

@@ -456,3 +456,22 @@ def test_snapshot_memory_is_bounded(cluster_dir: str) -> None:
     shutil.rmtree(os.path.join(cluster_dir, "meta"))
     metasnap.restore(cluster_dir)
     assert read_everything(cluster_dir)[0] == objects
+
+
+def test_restore_reports_data_collected_after_the_snapshot(filled) -> None:
+    """The recovery point's other edge: gc may remove chunks a snapshot still names."""
+    path, objects = filled
+    ok(cli(path, "meta", "snapshot"))
+
+    async def delete_and_collect() -> None:
+        with Cluster.open(path) as c:
+            await c.bucket(BUCKET).delete("chunked/5mib.bin")
+            report = await c.gc(grace=0, orphan_grace=3600)
+            assert report.chunks_removed == 2
+    trio.run(delete_and_collect)
+
+    out = ok(cli(path, "meta", "restore", "--force"))
+    assert "2 of 3 chunks named by the snapshot lost their data" in out, out
+    assert "1 objects will not read, e.g. photos/chunked/5mib.bin" in out
+    out = ok(cli(path, "meta", "restore", "--force", "--no-check"))
+    assert "chunks named" not in out
