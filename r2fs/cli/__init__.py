@@ -16,7 +16,7 @@ import sys
 from ..engine.errors import R2fsError
 
 #: Modules that contribute subcommands, in help order. Missing ones are skipped.
-COMMAND_MODULES = ("engine_cmds", "demo_cmds", "fuse_cmds", "s3_cmds", "cache_cmds", "uploads_cmds", "bench_cmds")
+COMMAND_MODULES = ("engine_cmds", "demo_cmds", "fuse_cmds", "s3_cmds", "cache_cmds", "uploads_cmds", "meta_cmds", "bench_cmds")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
