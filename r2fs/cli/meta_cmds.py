@@ -62,16 +62,27 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    reports = metasnap.verify(cluster_path(args), args.snapshot)
-    damaged = 0
-    for r in reports:
-        state = "ok" if not r.damaged else f"{len(r.damaged)} damaged or missing shards, restorable"
+    listing = metasnap.verify(cluster_path(args), args.snapshot)
+    damaged = failed = 0
+    for r in listing.reports:
+        if r.error:
+            state = f"NOT RESTORABLE: {r.error}"
+            failed += 1
+        elif r.damaged:
+            state = f"{len(r.damaged)} damaged or missing shards, restorable"
+        else:
+            state = "ok"
         print(f"{r.snapshot.id}: {state}")
         for d in r.damaged:
             print(f"  {d}")
         damaged += len(r.damaged)
-    if not reports:
+    for sid, why in sorted(listing.problems.items()):
+        print(f"{sid}: UNUSABLE: {why}")
+        failed += 1
+    if not listing.reports and not listing.problems:
         print("no metadata snapshots")
+    if failed:
+        raise DataUnavailable(f"{failed} metadata snapshots cannot be restored")
     if damaged:
         raise DataUnavailable(f"{damaged} damaged or missing snapshot shards "
                               "(still restorable; the next snapshot writes fresh ones)")

@@ -63,10 +63,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 import msgpack
@@ -76,8 +77,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import config as cfgmod
 from .erasure import Erasure
-from .errors import (ClusterError, ClusterNotFound, DataUnavailable, InvalidClusterConfig,
-                     UnsupportedFormat, WrongMasterKey)
+from .errors import (
+    ClusterError,
+    ClusterNotFound,
+    DataUnavailable,
+    InvalidClusterConfig,
+    UnsupportedFormat,
+    WrongMasterKey,
+)
 from .keys import MasterKey
 from .meta import SCHEMA_VERSION
 from .nodes import LocalNode, NodeUnavailable, fsync_dir, place
@@ -149,7 +156,7 @@ class SnapshotInfo:
                 "cluster_id": self.cluster_id, "schema": self.schema}
 
     @classmethod
-    def from_body(cls, b: dict[str, Any]) -> "SnapshotInfo":
+    def from_body(cls, b: dict[str, Any]) -> SnapshotInfo:
         return cls(id=str(b["id"]), created=float(b["created"]), seq=int(b["seq"]),
                    txnid=int(b["txnid"]), db_size=int(b["db_size"]), stored=int(b["stored"]),
                    pieces=int(b["pieces"]), piece_size=int(b["piece_size"]), k=int(b["k"]),
@@ -160,13 +167,24 @@ class SnapshotInfo:
 
 @dataclass
 class Listing:
-    """Authentic snapshots (newest first) and what could not be read, per snapshot id."""
+    """Authentic snapshots (newest first) and why others could not be used, per snapshot id."""
 
     snapshots: list[SnapshotInfo] = field(default_factory=list)
-    problems: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, ClusterError] = field(default_factory=dict)
+    reports: list[ScanReport] = field(default_factory=list)  # filled by verify
 
     def find(self, snapshot_id: str) -> SnapshotInfo | None:
         return next((s for s in self.snapshots if s.id == snapshot_id), None)
+
+    def require(self, snapshot_id: str) -> SnapshotInfo:
+        """The snapshot, or the error that explains why it cannot be used."""
+        info = self.find(snapshot_id)
+        if info is not None:
+            return info
+        why = self.problems.get(snapshot_id)
+        if why is not None:
+            raise type(why)(f"snapshot {snapshot_id} cannot be used: {why}")
+        raise ClusterError(f"no snapshot {snapshot_id} (see `r2fs meta snapshots`)")
 
 
 @dataclass
@@ -175,6 +193,7 @@ class ScanReport:
 
     snapshot: SnapshotInfo
     damaged: list[str] = field(default_factory=list)  # "piece 3 shard 1 on n2: checksum mismatch"
+    error: str | None = None  # set by verify when the snapshot cannot be restored at all
 
 
 @dataclass
@@ -214,11 +233,11 @@ class Site:
         self._mac_key = master.derive("meta-snapshot-descriptor")
 
     @classmethod
-    def of(cls, cluster: "Cluster") -> "Site":
+    def of(cls, cluster: Cluster) -> Site:
         return cls(cluster.path, cluster.config, cluster.master, cluster.nodes)
 
     @classmethod
-    def open(cls, root: str) -> "Site":
+    def open(cls, root: str) -> Site:
         """Config + master key + nodes of the cluster at `root` (key checked, meta not needed)."""
         root = os.path.abspath(root)
         if not os.path.exists(os.path.join(root, cfgmod.CONFIG_FILE)):
@@ -343,7 +362,7 @@ class Site:
         """Every snapshot with at least one authentic descriptor, newest first."""
         found: dict[str, SnapshotInfo] = {}
         copies: dict[str, list[str]] = {}
-        problems: dict[str, str] = {}
+        problems: dict[str, ClusterError] = {}
         for node in self.nodes.values():
             for sid in self._ids_on(node):
                 name = self.descriptor_name(sid)
@@ -352,7 +371,8 @@ class Site:
                 except FileNotFoundError:
                     continue  # incomplete here (or being written): not a copy
                 except OSError as e:
-                    problems.setdefault(sid, f"descriptor on {node.id}: {e.strerror or e}")
+                    problems.setdefault(sid, ClusterError(
+                        f"descriptor on {node.id}: {e.strerror or e}"))
                     continue
                 try:
                     info = self.parse_descriptor(blob, f"snapshot {sid} on {node.id}")
@@ -360,7 +380,7 @@ class Site:
                         raise ClusterError(f"snapshot {sid} on {node.id}: descriptor names "
                                            f"snapshot {info.id}")
                 except ClusterError as e:
-                    problems.setdefault(sid, str(e))
+                    problems.setdefault(sid, e)
                     continue
                 found.setdefault(sid, info)
                 copies.setdefault(sid, []).append(node.id)
@@ -496,7 +516,7 @@ class _Copier:
     and transaction id the copy contains, exactly.
     """
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.read_fd, self._write_fd = os.pipe()
         try:
@@ -551,7 +571,7 @@ class _Copier:
             raise ClusterError(f"copying the metadata failed: {self.error}") from None
 
 
-def take_snapshot(cluster: "Cluster", *, keep: int | None = None, wait: bool = True,
+def take_snapshot(cluster: Cluster, *, keep: int | None = None, wait: bool = True,
                   piece_size: int = PIECE_SIZE) -> SnapshotInfo | None:
     """Snapshot the metadata onto the nodes; prune to the newest `keep` afterwards.
 
@@ -576,7 +596,7 @@ def take_snapshot(cluster: "Cluster", *, keep: int | None = None, wait: bool = T
         return info
 
 
-def _write_snapshot(cluster: "Cluster", site: Site, piece_size: int) -> SnapshotInfo:
+def _write_snapshot(cluster: Cluster, site: Site, piece_size: int) -> SnapshotInfo:
     cfg = cluster.config
     erasure = Erasure(cfg.k, cfg.m, cfg.stripe_size)
     n = erasure.n
@@ -649,8 +669,8 @@ def _write_snapshot(cluster: "Cluster", site: Site, piece_size: int) -> Snapshot
 def _quiet(fn: Any) -> None:
     try:
         fn()
-    except Exception:  # noqa: BLE001 - cleanup after another error, which is the one raised
-        pass
+    except Exception as e:  # noqa: BLE001 - cleanup after another error, which is the one raised
+        log.debug("cleanup after a failed snapshot: %s", e)
 
 
 def _prune(site: Site, keep: int, *, current: str) -> None:
@@ -672,13 +692,13 @@ def _prune(site: Site, keep: int, *, current: str) -> None:
                 site.delete(sid)
 
 
-def list_snapshots(root_or_cluster: "str | Cluster") -> Listing:
+def list_snapshots(root_or_cluster: str | Cluster) -> Listing:
     site = (Site.open(root_or_cluster) if isinstance(root_or_cluster, str)
             else Site.of(root_or_cluster))
     return site.list()
 
 
-def gc_horizon(cluster: "Cluster") -> float | None:
+def gc_horizon(cluster: Cluster) -> float | None:
     """When the newest snapshot was taken, or None without snapshots.
 
     For gc: a chunk whose refcount reached 0 after this time is still named
@@ -692,7 +712,7 @@ def gc_horizon(cluster: "Cluster") -> float | None:
 # --- automatic snapshots -----------------------------------------------------------------------
 
 
-def maybe_snapshot(cluster: "Cluster", *, min_interval: float | None = None,
+def maybe_snapshot(cluster: Cluster, *, min_interval: float | None = None,
                    keep: int | None = None) -> SnapshotInfo | None:
     """Take a snapshot if the metadata changed since the newest one and `min_interval`
     seconds have passed since it; None otherwise, or if another process is taking one.
@@ -715,7 +735,7 @@ def maybe_snapshot(cluster: "Cluster", *, min_interval: float | None = None,
     return take_snapshot(cluster, keep=keep, wait=False)
 
 
-async def run_snapshotter(cluster: "Cluster", stop_event: trio.Event, *,
+async def run_snapshotter(cluster: Cluster, stop_event: trio.Event, *,
                           interval: float | None = None, keep: int | None = None,
                           poll: float | None = None) -> None:
     """Snapshot the metadata every `interval` seconds while it changes, until `stop_event`.
@@ -725,7 +745,11 @@ async def run_snapshotter(cluster: "Cluster", stop_event: trio.Event, *,
     A failure is logged and retried at the next poll, never fatal to the
     process serving files.
     """
-    every, _ = settings(cluster.config)
+    try:
+        every, _ = settings(cluster.config)
+    except InvalidClusterConfig as e:  # the mount still serves; snapshots use the defaults
+        log.error("%s; using interval %gs", e, DEFAULT_INTERVAL)
+        every = DEFAULT_INTERVAL
     every = every if interval is None else interval
     poll = min(every, 60.0) if poll is None else poll
     while not stop_event.is_set():
@@ -757,8 +781,8 @@ def meta_state(meta_dir: str) -> str:
              "t=e.begin(); d=e.open_db(b'info',txn=t,create=False)\n"
              "sys.exit(0 if t.get(b'schema',db=d) is not None else 3)\n")
     try:
-        proc = subprocess.run([sys.executable, "-c", probe, meta_dir], capture_output=True,
-                              timeout=120)
+        proc = subprocess.run([sys.executable, "-c", probe, meta_dir], check=False,
+                              capture_output=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired):
         return "unreadable"
     return "live" if proc.returncode == 0 else "unreadable"
@@ -802,7 +826,7 @@ def _aside_name(root: str, stem: str) -> str:
 
 def _process_has_env(meta_dir: str) -> bool:
     from . import meta as metamod
-    return os.path.realpath(meta_dir) in metamod._ENVS  # noqa: SLF001 - no public query yet
+    return os.path.realpath(meta_dir) in metamod._ENVS
 
 
 def restore(root: str, *, snapshot_id: str | None = None, force: bool = False,
@@ -829,20 +853,12 @@ def restore(root: str, *, snapshot_id: str | None = None, force: bool = False,
                            "replace it (use --force: it is moved aside, not deleted)")
     with site.lock(wait=True):
         listing = site.list()
-        if snapshot_id is not None:
-            chosen = listing.find(snapshot_id)
-            if chosen is None:
-                why = listing.problems.get(snapshot_id)
-                if why:
-                    raise _same_kind(why, f"snapshot {snapshot_id} cannot be used: {why}")
-                raise ClusterError(f"no snapshot {snapshot_id} (see `r2fs meta snapshots`)")
-            candidates = [chosen]
-        else:
-            candidates = listing.snapshots
+        candidates = (listing.snapshots if snapshot_id is None
+                      else [listing.require(snapshot_id)])
         if not candidates:
             if listing.problems:
-                sid, why = sorted(listing.problems.items())[-1]
-                raise _same_kind(why, f"no usable metadata snapshot: {why}")
+                _, why = max(listing.problems.items())
+                raise type(why)(f"no usable metadata snapshot: {why}")
             raise ClusterError(f"no metadata snapshot found on the nodes of {site.root}; "
                                "nothing to restore from")
         skipped: list[str] = []
@@ -863,14 +879,6 @@ def restore(root: str, *, snapshot_id: str | None = None, force: bool = False,
         if len(candidates) == 1:
             raise last_error
         raise type(last_error)(f"no snapshot can be reconstructed; newest: {skipped[0]}")
-
-
-def _same_kind(why: str, message: str) -> ClusterError:
-    if "format" in why and "not supported" in why:
-        return UnsupportedFormat(message)
-    if "does not authenticate" in why:
-        return WrongMasterKey(message)
-    return ClusterError(message)
 
 
 def _rebuild(site: Site, info: SnapshotInfo, report: RestoreReport) -> str:
@@ -987,35 +995,34 @@ def check_data(site: Site) -> DataCheck:
     return out
 
 
-def verify(root_or_cluster: "str | Cluster", snapshot_id: str | None = None) -> list[ScanReport]:
+def verify(root_or_cluster: str | Cluster, snapshot_id: str | None = None) -> Listing:
     """Read every shard of the snapshot(s) and check each piece and the whole digest.
 
-    A scrub: reports damage that a restore would work around, and raises
-    DataUnavailable for a snapshot that could not be restored at all.
+    A scrub: `damaged` lists what a restore would work around; `error` is set
+    on a snapshot that could not be restored at all. Returns the listing
+    (whose problems are the snapshots that could not even be read) and the
+    reports, one per snapshot checked.
     """
     site = (Site.open(root_or_cluster) if isinstance(root_or_cluster, str)
             else Site.of(root_or_cluster))
     with site.lock(wait=True):
         listing = site.list()
+        targets = (listing.snapshots if snapshot_id is None
+                   else [listing.require(snapshot_id)])
         if snapshot_id is not None:
-            chosen = listing.find(snapshot_id)
-            if chosen is None:
-                why = listing.problems.get(snapshot_id)
-                raise (_same_kind(why, f"snapshot {snapshot_id} cannot be used: {why}") if why
-                       else ClusterError(f"no snapshot {snapshot_id} (see `r2fs meta snapshots`)"))
-            targets = [chosen]
-        else:
-            targets = listing.snapshots
-        reports = []
+            listing.problems = {}
         for info in targets:
             report = ScanReport(info)
             digest = hashlib.blake2b(digest_size=32)
             size = 0
-            for piece in site.pieces(info, report, read_all=True):
-                digest.update(piece)
-                size += len(piece)
-            if size != info.db_size or not hmac.compare_digest(digest.digest(), info.digest):
-                raise DataUnavailable(f"snapshot {info.id}: reassembled metadata does not match "
-                                      "its descriptor (size or digest)")
-            reports.append(report)
-        return reports
+            try:
+                for piece in site.pieces(info, report, read_all=True):
+                    digest.update(piece)
+                    size += len(piece)
+                if size != info.db_size or not hmac.compare_digest(digest.digest(), info.digest):
+                    raise DataUnavailable("reassembled metadata does not match its descriptor "
+                                          "(size or digest)")
+            except (DataUnavailable, UnsupportedFormat, ClusterError) as e:
+                report.error = str(e)
+            listing.reports.append(report)
+        return listing

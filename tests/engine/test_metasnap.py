@@ -21,14 +21,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import rand
 
 from r2fs.engine import metasnap
-from r2fs.engine.errors import ClusterError, DataUnavailable, UnsupportedFormat
-from r2fs.engine.nodes import NodeUnavailable
+from r2fs.engine.errors import UnsupportedFormat
 from r2fs.engine.store import Cluster
 from r2fs.engine.types import KiB, MiB
-
-from helpers import rand
 
 # Runs the real CLI entry point in a subprocess. `meta_cmds` is appended to
 # COMMAND_MODULES only if the CLI does not list it yet (the lead wires it in).
@@ -40,7 +38,8 @@ HARNESS = ("import sys, r2fs.cli as c\n"
 def cli(cluster: str | Path, *args: object, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", "R2FS_DEBUG")}
     return subprocess.run([sys.executable, "-c", HARNESS, "--cluster", str(cluster),
-                           *[str(a) for a in args]], capture_output=True, timeout=timeout, env=env)
+                           *[str(a) for a in args]], check=False,
+                          capture_output=True, timeout=timeout, env=env)
 
 
 def cli_start(cluster: str | Path, *args: object) -> subprocess.Popen:
@@ -218,6 +217,9 @@ def test_m_plus_one_lost_refuses_clearly(filled) -> None:
     assert "cannot be reconstructed" in line and "3 good shards of 4 needed" in line, line
     assert not os.path.exists(os.path.join(path, "meta"))
     assert not glob.glob(os.path.join(path, ".meta.restoring-*"))  # nothing half-made left
+    proc = cli(path, "meta", "verify")
+    assert "1 metadata snapshots cannot be restored" in one_line_error(proc)
+    assert "NOT RESTORABLE: snapshot" in proc.stdout.decode()
 
 
 def test_corrupted_shard_is_detected_and_worked_around(cluster_dir: str) -> None:
@@ -376,7 +378,7 @@ def test_concurrent_snapshots_serialize(filled) -> None:
         with Cluster.open(path) as c:
             assert metasnap.maybe_snapshot(c) is None  # automatic ones skip instead of waiting
             assert metasnap.take_snapshot(c, wait=False) is None
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and err == b"", err
 
     # two at once, from two processes and a thread: all complete, none interleaved
@@ -404,8 +406,8 @@ def test_concurrent_snapshots_serialize(filled) -> None:
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    (a0, a1), (b0, b1) = sorted(spans)
-    assert a1 <= b0  # the lock serialised the two threads
+    (_, a_end), (b_start, _) = sorted(spans)
+    assert a_end <= b_start  # the lock serialised the two threads
     assert len(metasnap.list_snapshots(path).snapshots) == 5
     ok(cli(path, "meta", "verify"))  # every one complete and intact
 
@@ -460,7 +462,7 @@ def test_snapshot_memory_is_bounded(cluster_dir: str) -> None:
 
 def test_restore_reports_data_collected_after_the_snapshot(filled) -> None:
     """The recovery point's other edge: gc may remove chunks a snapshot still names."""
-    path, objects = filled
+    path, _ = filled
     ok(cli(path, "meta", "snapshot"))
 
     async def delete_and_collect() -> None:
