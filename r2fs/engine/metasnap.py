@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import glob
 import hashlib
 import hmac
 import logging
@@ -852,6 +853,8 @@ def restore(root: str, *, snapshot_id: str | None = None, force: bool = False,
         raise ClusterError(f"the metadata at {meta_dir} is present and readable; refusing to "
                            "replace it (use --force: it is moved aside, not deleted)")
     with site.lock(wait=True):
+        for stale in glob.glob(os.path.join(site.root, ".meta.restoring-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed restore's (we hold the lock)
         listing = site.list()
         candidates = (listing.snapshots if snapshot_id is None
                       else [listing.require(snapshot_id)])
@@ -938,6 +941,10 @@ def _check_lmdb(path: str, sid: str) -> None:
 def _install(site: Site, staged: str) -> str | None:
     """Move meta/ aside (if any) and the rebuilt one into place; the old one's new path."""
     meta_dir = site.meta_dir
+    if _in_use(meta_dir):  # again: a process may have opened it while we rebuilt
+        shutil.rmtree(staged, ignore_errors=True)
+        raise ClusterError(f"the metadata at {meta_dir} was opened by an r2fs process during "
+                           "the restore; stop it and restore again")
     previous = None
     if os.path.lexists(meta_dir):
         previous = _aside_name(site.root, "meta.replaced")

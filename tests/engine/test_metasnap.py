@@ -198,7 +198,8 @@ def test_m_node_directories_lost_still_restores(filled) -> None:
     path, objects = filled
     ok(cli(path, "meta", "snapshot"))
     shutil.rmtree(os.path.join(path, "meta"))
-    for n in ("n0", "n3"):  # m = 2
+    info = metasnap.list_snapshots(path).snapshots[0]
+    for n in info.placement[:2]:  # m = 2 nodes, the ones holding data shards 0 and 1
         shutil.rmtree(os.path.join(path, "nodes", n))
         os.mkdir(os.path.join(path, "nodes", n))  # an empty replacement disk
     out = ok(cli(path, "meta", "restore"))
