@@ -28,23 +28,17 @@ from r2fs.engine.errors import UnsupportedFormat
 from r2fs.engine.store import Cluster
 from r2fs.engine.types import KiB, MiB
 
-# Runs the real CLI entry point in a subprocess. `meta_cmds` is appended to
-# COMMAND_MODULES only if the CLI does not list it yet (the lead wires it in).
-HARNESS = ("import sys, r2fs.cli as c\n"
-           "if 'meta_cmds' not in c.COMMAND_MODULES: c.COMMAND_MODULES += ('meta_cmds',)\n"
-           "sys.exit(c.main(sys.argv[1:]))\n")
-
 
 def cli(cluster: str | Path, *args: object, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", "R2FS_DEBUG")}
-    return subprocess.run([sys.executable, "-c", HARNESS, "--cluster", str(cluster),
+    return subprocess.run([sys.executable, "-m", "r2fs", "--cluster", str(cluster),
                            *[str(a) for a in args]], check=False,
                           capture_output=True, timeout=timeout, env=env)
 
 
 def cli_start(cluster: str | Path, *args: object) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", "R2FS_DEBUG")}
-    return subprocess.Popen([sys.executable, "-c", HARNESS, "--cluster", str(cluster),
+    return subprocess.Popen([sys.executable, "-m", "r2fs", "--cluster", str(cluster),
                              *[str(a) for a in args]], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
 
