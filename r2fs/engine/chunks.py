@@ -180,7 +180,8 @@ class ChunkStore:
             raise NodeUnavailable(f"node {node_id} is not part of this cluster") from None
 
     def seal_and_write(self, chunk_id: bytes, gen: int, plaintext: Buffer,
-                       placement: Sequence[str]) -> tuple[int, int]:
+                       placement: Sequence[str], *,
+                       sync_later: list[str] | None = None) -> tuple[int, int]:
         """seal + write_shards without a fresh buffer for the sealed chunk.
 
         Returns (sealed length, stored bytes). Preferred over the two calls
@@ -191,19 +192,21 @@ class ChunkStore:
         try:
             sealed = memoryview(buf)[:sealed_len]
             seal_chunk_into(self.master, chunk_id, plaintext, sealed)
-            stored = self.write_shards(chunk_id, gen, sealed, placement)
+            stored = self.write_shards(chunk_id, gen, sealed, placement, sync_later=sync_later)
             del sealed
         finally:
             _buffers.put(buf)
         return sealed_len, stored
 
     def write_shards(self, chunk_id: bytes, gen: int, sealed: Buffer,
-                     placement: Sequence[str]) -> int:
+                     placement: Sequence[str], *, sync_later: list[str] | None = None) -> int:
         """RS-encode a sealed chunk and durably write shard i on node placement[i].
 
         All k+m shards must land, otherwise the ones written are removed and
         NodeUnavailable is raised: a chunk is never recorded with less
         redundancy than the cluster promises. Returns the bytes stored.
+        `sync_later`: see `LocalNode.write_parts` (the shards' names become
+        durable with the caller's `nodes.sync_dirs`).
         """
         n = self.k + self.m
         if len(placement) != n:
@@ -215,7 +218,8 @@ class ChunkStore:
                                   self.erasure.codec) for i in range(n)]
         pool = _io_pool()
         futures: list[Future[None]] = [
-            pool.submit(nodes[i].write_parts, names[i], files[i], scratch=_buffers)
+            pool.submit(nodes[i].write_parts, names[i], files[i], scratch=_buffers,
+                        sync_later=sync_later)
             for i in range(n)]
         errors = []
         for i, fut in enumerate(futures):

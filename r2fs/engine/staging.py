@@ -57,7 +57,8 @@ class Staging:
             fsync_dir(os.path.dirname(self.root))
         self._known_dirs.add(directory)
 
-    def write(self, cid: bytes, gen: int, sealed: Buffer) -> int:
+    def write(self, cid: bytes, gen: int, sealed: Buffer, *,
+              sync_later: list[str] | None = None) -> int:
         """Durably store a sealed chunk; returns the bytes written (header included).
 
         Written in place under its final name (unique: the generation is
@@ -66,7 +67,9 @@ class Staging:
         commit (fdatasync of a new file) instead of two (+ rename, + directory
         fsync of the rename) is what a local-mode acknowledgement waits for.
         The directory fsync after it finds nothing left to commit on ext4 but
-        keeps the entry durable where that is not implied.
+        keeps the entry durable where that is not implied; given `sync_later`
+        the directory is appended to it instead, for the caller's
+        `nodes.sync_dirs` before the commit that records the chunk.
         """
         path = self.path_of(cid, gen)
         directory = os.path.dirname(path)
@@ -91,7 +94,10 @@ class Staging:
                 pass
             raise
         os.close(fd)
-        fsync_dir(directory)
+        if sync_later is None:
+            fsync_dir(directory)
+        else:
+            sync_later.append(directory)
         return _HEADER.size + len(view)
 
     def read(self, cid: bytes, gen: int) -> bytes | None:

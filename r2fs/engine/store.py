@@ -51,7 +51,7 @@ from .keys import MasterKey
 from .gc import collect_garbage
 from .meta import CHUNK_LIVE, Meta
 from .reader import ChunkReader
-from .writer import ChunkWriter
+from .writer import ChunkBatch, ChunkWriter
 from .names import check_bucket_name, check_key
 from .simulate import build_nodes
 from .types import (
@@ -73,8 +73,12 @@ from .types import (
 PutValue = bytes | bytearray | memoryview | AsyncIterable[bytes] | BinaryIO | None
 T = TypeVar("T")
 
-#: Chunks stored concurrently by one put (bounds memory: ~this many chunks + one).
-PUT_INFLIGHT = 4
+#: Plaintext bytes of one put in flight at once (hashed, sealed, encoded,
+#: written): bounds a put's memory whatever the chunk size (6 chunks of 4 MiB;
+#: each costs ~3.5 times its size at its peak: plaintext, sealed chunk,
+#: fragments, aligned write buffers). At least 2 chunks, so hashing the next
+#: chunk overlaps writing the last.
+PUT_INFLIGHT_BYTES = 24 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
 SMALL_INLINE_CRYPTO = 64 * 1024  # below this, seal/unseal on the loop thread (cheaper than a hop)
@@ -159,10 +163,22 @@ def _resolve_range(rng: Range | None, size: int, what: str) -> tuple[int, int]:
 
 
 async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes]:
-    """The input cut into pieces of exactly `size` bytes (the last may be shorter)."""
+    """The input cut into pieces of exactly `size` bytes (the last may be shorter).
+
+    Each piece costs at most one copy: parts of a stream are joined once
+    (immutable `bytes` parts are kept by reference until then; anything else
+    is copied at once, as a producer may reuse its buffer), and a part that
+    is exactly one piece is passed on as it is. Measured: the former
+    `buf += part; bytes(buf[:size])` cost three copies of every byte, a
+    fifth of a put's CPU on the trio thread.
+    """
     if value is None:
         return
     if isinstance(value, (bytes, bytearray, memoryview)):
+        if isinstance(value, bytes) and len(value) <= size:
+            if value:
+                yield value
+            return
         mv = memoryview(value)
         for off in range(0, len(mv), size):
             yield bytes(mv[off:off + size])
@@ -182,24 +198,39 @@ async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes]:
             if len(piece) < size:
                 return
     else:
-        buf = bytearray()
+        parts: list[bytes | memoryview] = []
+        have = 0
         async for part in value:  # type: ignore[union-attr]
-            buf += part
-            while len(buf) >= size:
-                yield bytes(buf[:size])
-                del buf[:size]
-        if buf:
-            yield bytes(buf)
+            if not part:
+                continue
+            if not isinstance(part, bytes):
+                part = bytes(part)
+            if not have and len(part) == size:
+                yield part
+                continue
+            view = memoryview(part)
+            while have + len(view) >= size:
+                take = size - have
+                parts.append(view[:take])
+                yield b"".join(parts)
+                parts, have = [], 0
+                view = view[take:]
+            if view:
+                parts.append(view)
+                have += len(view)
+        if parts:
+            yield b"".join(parts)
 
 
 class _Ingested:
-    __slots__ = ("chunks", "size", "md5", "inline")
+    __slots__ = ("chunks", "size", "md5", "inline", "batch")
 
     def __init__(self) -> None:
         self.chunks: list[ChunkRef] = []
         self.size = 0
         self.md5 = hashlib.md5()
         self.inline: bytes | None = None
+        self.batch = ChunkBatch()  # the chunks' records, committed with the manifest
 
 
 # --- reading ---------------------------------------------------------------------
@@ -362,32 +393,34 @@ class Bucket:
     async def _ingest(self, value: PutValue, *, allow_inline: bool) -> _Ingested:
         """Cut, hash, encrypt, erasure-code and store the input's chunks.
 
-        Up to PUT_INFLIGHT chunks are in flight at once (bounded memory); the
-        MD5 for the ETag is fed in order.
+        At most PUT_INFLIGHT_BYTES of chunks are in flight at once (bounded
+        memory). The MD5 for the ETag is fed in order, in worker threads,
+        concurrently with the storing of the chunks (hashlib releases the GIL,
+        so the two cores share the two hashes). The chunk records wait in
+        `out.batch` for the caller's commit; on failure their files are removed.
         """
         c = self.cluster
         out = _Ingested()
         results: dict[int, ChunkRef] = {}
-        slots = trio.Semaphore(PUT_INFLIGHT)
-
-        async def store(i: int, piece: bytes) -> None:
-            try:
-                results[i] = await c.write_chunk(piece, bucket=self.name)
-            finally:
-                slots.release()
-
-        with _single_errors():
-            async with trio.open_nursery() as nursery:
-                await self._feed(value, out, nursery, slots, store, allow_inline)
+        slots = trio.Semaphore(max(2, PUT_INFLIGHT_BYTES // c.config.chunk_size))
+        try:
+            with _single_errors():
+                async with trio.open_nursery() as nursery:
+                    await self._feed(value, out, nursery, slots, results, allow_inline)
+        except BaseException:
+            await c.writer.discard(out.batch)
+            raise
         out.chunks = [results[i] for i in range(len(results))]
         if allow_inline and out.size == 0:
             out.inline = await c._seal_inline(b"")
         return out
 
     async def _feed(self, value: PutValue, out: _Ingested, nursery: trio.Nursery,
-                    slots: trio.Semaphore, store: Callable, allow_inline: bool) -> None:
+                    slots: trio.Semaphore, results: dict[int, ChunkRef],
+                    allow_inline: bool) -> None:
         c = self.cluster
         index = 0
+        previous: trio.Event | None = None
         async for piece in _pieces(value, c.config.chunk_size):
             if index == 0 and allow_inline and len(piece) < c.config.chunk_size and \
                     len(piece) <= c.config.inline_threshold:
@@ -396,14 +429,36 @@ class Bucket:
                 out.size = len(piece)
                 out.inline = await c._seal_inline(piece)
                 return
+            out.size += len(piece)
+            await slots.acquire()
+            if out.batch.due():
+                await c.writer.flush(out.batch)
+            hashed = trio.Event()
+            nursery.start_soon(self._one_chunk, index, piece, out, previous, hashed, results,
+                               slots)
+            previous = hashed
+            index += 1
+
+    async def _one_chunk(self, index: int, piece: bytes, out: _Ingested,
+                         previous: trio.Event | None, hashed: trio.Event,
+                         results: dict[int, ChunkRef], slots: trio.Semaphore) -> None:
+        """Store one chunk while the ETag's MD5 takes it in after the chunk before it."""
+        async def digest() -> None:
+            if previous is not None:
+                await previous.wait()
             if len(piece) > 65536:
                 await _in_thread(out.md5.update, piece)
             else:
                 out.md5.update(piece)
-            out.size += len(piece)
-            await slots.acquire()
-            nursery.start_soon(store, index, piece)
-            index += 1
+            hashed.set()
+
+        try:
+            async with trio.open_nursery() as both:
+                both.start_soon(digest)
+                results[index] = await self.cluster.writer.write(piece, bucket=self.name,
+                                                                 batch=out.batch)
+        finally:
+            slots.release()
 
     async def put(self, key: str, value: PutValue, *, http_metadata: dict[str, str] | None = None,
                   custom_metadata: dict[str, str] | None = None,
@@ -427,25 +482,35 @@ class Bucket:
                 cur = self.cluster.meta.objects.get(txn, self.name, key)
                 conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
         got = await self._ingest(value, allow_inline=True)
-        digest = got.md5.digest()
-        if content_md5 is not None and content_md5 != digest:
-            raise BadDigest(f"{what}: the Content-MD5 you specified did not match what was received")
-        manifest = _manifest(size=got.size, etag=digest.hex(), chunks=got.chunks,
-                             http=http_metadata, custom=custom_metadata, checksums=checksums,
-                             inline=got.inline)
-        return await self._commit(key, manifest, only_if)
+        try:
+            digest = got.md5.digest()
+            if content_md5 is not None and content_md5 != digest:
+                raise BadDigest(
+                    f"{what}: the Content-MD5 you specified did not match what was received")
+            manifest = _manifest(size=got.size, etag=digest.hex(), chunks=got.chunks,
+                                 http=http_metadata, custom=custom_metadata, checksums=checksums,
+                                 inline=got.inline)
+            return await self._commit(key, manifest, only_if, got.batch)
+        except BaseException:
+            await self.cluster.writer.discard(got.batch)
+            raise
 
-    async def _commit(self, key: str, manifest: dict, only_if: Conditional | None) -> ObjectInfo:
+    async def _commit(self, key: str, manifest: dict, only_if: Conditional | None,
+                      batch: ChunkBatch | None = None) -> ObjectInfo:
+        """One transaction: the batch's chunk records, refcounts, the manifest, a change."""
         what = self._what(key)
+        writer = self.cluster.writer
 
         def txn_fn(txn: Any) -> None:
             self._require_bucket(txn)
             if only_if is not None:
                 cur = self.cluster.meta.objects.get(txn, self.name, key)
                 conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
+            if batch is not None:
+                writer.install(txn, batch)
             self._replace_object(txn, key, manifest)
 
-        await self._write(txn_fn)
+        await writer.commit(batch, txn_fn)
         return _info(self.name, key, manifest)
 
     async def put_chunks(self, key: str, chunks: list[ChunkRef], *, etag: str | None = None,
@@ -624,13 +689,18 @@ class Bucket:
             self._require_bucket(txn)
             self._require_upload(txn, key, upload_id)
             pk = self._part_key(upload_id, part_number)
+            c.writer.install(txn, got.batch)
             c._ref(txn, got.chunks, context=self._what(key))
             old = meta.get(txn, "parts", pk)
             if old is not None:
                 c._unref(txn, _refs(old))
             meta.put(txn, "parts", pk, rec)
 
-        await self._write(txn_fn)
+        try:
+            await c.writer.commit(got.batch, txn_fn)
+        except BaseException:
+            await c.writer.discard(got.batch)
+            raise
         return PartInfo(part_number, rec["etag"], got.size, rec["uploaded"], tuple(got.chunks))
 
     def _check_part_number(self, part_number: int) -> None:
@@ -646,6 +716,7 @@ class Bucket:
             self._require_upload(txn, key, upload_id)
         got = await self._ingest(value, allow_inline=False)
         if content_md5 is not None and content_md5 != got.md5.digest():
+            await self.cluster.writer.discard(got.batch)
             raise BadDigest(f"{self._what(key)} part {part_number}: Content-MD5 mismatch")
         return await self._commit_part(key, upload_id, part_number, got)
 

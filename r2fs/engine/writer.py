@@ -32,13 +32,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
 from .errors import DataUnavailable, InvalidClusterConfig
 from .meta import CHUNK_LIVE
-from .nodes import place
+from .nodes import place, sync_dirs
 from .staging import Staging
 from .types import ChunkRef
 
@@ -47,7 +47,13 @@ if TYPE_CHECKING:
 
 #: A deduplicated chunk's `touched` time is refreshed at most this often (a write txn).
 TOUCH_INTERVAL = 10.0
+#: A put's chunks are recorded in its manifest commit; a put running longer
+#: than this first records the chunks stored so far in a commit of their own,
+#: so that no file waits unrecorded for long: gc's orphan scan and the staging
+#: sweep spare unrecorded files only for `orphan_grace` (600 s by default).
+BATCH_MAX_AGE = 10.0
 WRITE_MODES = ("sync", "local")
+T = TypeVar("T")
 LOC_NODES = "nodes"
 LOC_STAGING = "staging"
 
@@ -183,61 +189,146 @@ class ChunkWriter:
         rec = self.cluster.chunk_record(cid)
         return rec if rec is not None and rec["s"] == CHUNK_LIVE else None
 
-    async def write(self, data: bytes, *, bucket: str | None = None) -> ChunkRef:
+    async def write(self, data: bytes, *, bucket: str | None = None,
+                    batch: "ChunkBatch | None" = None) -> ChunkRef:
+        """Store one chunk; dedup against live chunks (and the batch's own).
+
+        Without `batch` the chunk's record is committed before this returns
+        (`Cluster.write_chunk`, used by the FUSE layer, commits its manifest
+        much later). With one, the record waits in the batch for the commit
+        that references it (`commit`), or for `flush`.
+        """
         c = self.cluster
         home = self._home(bucket)
-        if self.mode_for(home) == "local":
-            # one worker-thread hop for hash + dedup check + seal + stage + record:
-            # the acknowledged latency is what local mode is about
-            cid, rec, staged = await trio.to_thread.run_sync(self._write_local, data, home, bucket)
-            if staged:
-                for fn in list(self._listeners):
-                    fn()
-        else:
-            cid = await trio.to_thread.run_sync(c.master.chunk_id, data)
-            rec = self._live(cid)
-            if rec is None:
-                await self._write_sync(cid, secrets.randbits(31), data, self._place(cid, home))
+        local = self.mode_for(home) == "local"
+        # one worker-thread hop for hash + dedup check + seal + encode/stage (+ record):
+        # the acknowledged latency is what local mode is about
+        cid, rec, new = await trio.to_thread.run_sync(
+            self._store, data, home, bucket, local, batch is None, batch)
+        if new is not None:
+            if batch is None:
+                if local:
+                    self._notify()
+            elif cid in batch:  # stored twice at once by this batch: drop ours
+                await trio.to_thread.run_sync(self._delete_files, cid, new[0])
+            else:
+                batch.add(cid, *new)
         if rec is not None and rec["t"] < time.time() - TOUCH_INTERVAL:
             await c._write(lambda txn: self._touch(txn, cid))
         return ChunkRef(cid, len(data))
 
-    def _write_local(self, data: bytes, home: str | None,
-                     bucket: str | None) -> tuple[bytes, dict | None, bool]:
-        """(chunk id, live record if deduplicated, whether this call staged it). Blocking."""
-        cid = self.cluster.master.chunk_id(data)
+    def _store(self, data: bytes, home: str | None, bucket: str | None, local: bool,
+               record_now: bool, pending: "ChunkBatch | None"
+               ) -> tuple[bytes, dict | None, tuple[dict, dict | None, list[str]] | None]:
+        """(chunk id, live record if deduplicated, (record, journal, dirs) if stored). Blocking.
+
+        record_now: make the new files durable and commit the record here
+        (then `new` is None when another writer recorded the chunk first and
+        ours were removed). Otherwise the directories still to fsync are
+        returned with the record for the batch.
+        """
+        c = self.cluster
+        cid = c.master.chunk_id(data)
+        if pending is not None and cid in pending:
+            return cid, None, None
         rec = self._live(cid)
         if rec is not None:
-            return cid, rec, False
-        staged = self._stage(cid, secrets.randbits(31), data, self._place(cid, home), bucket)
-        return cid, None, staged
-
-    async def _write_sync(self, cid: bytes, gen: int, data: bytes, placement: list[str]) -> None:
-        c = self.cluster
-        sealed_len, _ = await trio.to_thread.run_sync(c.chunks.seal_and_write, cid, gen, data,
-                                                      placement)
-        record = {"r": 0, "n": len(data), "l": sealed_len, "g": gen, "p": placement,
-                  "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_NODES}
-        if not await c._write(lambda txn: self._create(txn, cid, record, None)):
-            await trio.to_thread.run_sync(c.chunks.delete_shards, cid, gen, placement)
-
-    def _stage(self, cid: bytes, gen: int, data: bytes, placement: list[str],
-               bucket: str | None) -> bool:
-        """Seal, stage durably, then record + journal in one txn (blocking). True if recorded."""
-        c = self.cluster
-        sealed = c.chunks.seal(cid, data)
-        self.staging.write(cid, gen, sealed)
-        record = {"r": 0, "n": len(data), "l": len(sealed), "g": gen, "p": placement,
-                  "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_STAGING}
-        journal = new_journal_entry(bucket, gen, len(sealed), len(data))
+            return cid, rec, None
+        gen = secrets.randbits(31)
+        placement = self._place(cid, home)
+        dirs: list[str] = []
+        if local:
+            sealed = c.chunks.seal(cid, data)
+            self.staging.write(cid, gen, sealed, sync_later=dirs)
+            record = {"r": 0, "n": len(data), "l": len(sealed), "g": gen, "p": placement,
+                      "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_STAGING}
+            journal: dict | None = new_journal_entry(bucket, gen, len(sealed), len(data))
+        else:
+            sealed_len, _ = c.chunks.seal_and_write(cid, gen, data, placement, sync_later=dirs)
+            record = {"r": 0, "n": len(data), "l": sealed_len, "g": gen, "p": placement,
+                      "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_NODES}
+            journal = None
+        if not record_now:
+            return cid, None, (record, journal, dirs)
         try:
+            sync_dirs(dirs)
             created = c.meta.write(lambda txn: self._create(txn, cid, record, journal))
         except BaseException:
-            self.staging.delete(cid, gen)
+            self._delete_files(cid, record)
             raise
         if not created:
-            self.staging.delete(cid, gen)
-        return created
+            self._delete_files(cid, record)
+            return cid, None, None
+        return cid, None, (record, journal, [])
+
+    def _delete_files(self, cid: bytes, record: dict) -> None:
+        """Remove a stored chunk's files that no committed record names (best effort:
+        what stays behind is an orphan for gc's scan or the staging sweep)."""
+        try:
+            if record.get("loc") == LOC_STAGING:
+                self.staging.delete(cid, record["g"])
+            else:
+                self.cluster.chunks.delete_shards(cid, record["g"], record["p"])
+        except OSError:
+            pass
+
+    def _notify(self) -> None:
+        for fn in list(self._listeners):
+            fn()
+
+    # --- batches: a put's chunk records committed with its manifest -------------------------
+
+    def install(self, txn: Any, batch: "ChunkBatch") -> None:
+        """Inside the commit transaction: create the records of the chunks being
+        committed (refcount 0; the commit's `_ref` takes the references). A chunk
+        someone else recorded meanwhile keeps that record; ours is surplus,
+        removed after the commit."""
+        batch.surplus = []
+        for cid, (record, journal) in batch.committing.items():
+            if not self._create(txn, cid, record, journal):
+                batch.surplus.append((cid, record))
+
+    async def commit(self, batch: "ChunkBatch | None", fn: Callable[[Any], T]) -> T:
+        """Run the commit transaction `fn` (which calls `install(txn, batch)`) once the
+        batch's files are durable; then clean up and wake the replicator.
+
+        On failure the batch keeps the chunks (`discard` removes their files)."""
+        c = self.cluster
+        if batch is None or not batch.records:
+            return await c._write(fn)
+        dirs = batch.begin()
+
+        def work() -> T:
+            sync_dirs(dirs)
+            return c.meta.write(fn)
+
+        result = await trio.to_thread.run_sync(work)
+        staged, surplus = batch.committed()
+        if surplus:
+            await trio.to_thread.run_sync(
+                lambda: [self._delete_files(cid, rec) for cid, rec in surplus])
+        if staged:
+            self._notify()
+        return result
+
+    async def flush(self, batch: "ChunkBatch") -> None:
+        """Commit the records stored so far (refcount 0, queued for gc) ahead of the
+        manifest: a long put must not leave files unrecorded for long (see
+        BATCH_MAX_AGE); the manifest commit then references them like any chunk.
+        Chunks still being stored meanwhile stay in the batch."""
+        if batch.records:
+            await self.commit(batch, lambda txn: self.install(txn, batch))
+
+    async def discard(self, batch: "ChunkBatch | None") -> None:
+        """The put failed: remove the files of its uncommitted chunks (shielded from
+        cancellation; what a kill leaves behind is an orphan for gc)."""
+        if batch is None:
+            return
+        doomed = batch.drop()
+        if doomed:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    lambda: [self._delete_files(cid, rec) for cid, rec in doomed])
 
     def _create(self, txn: Any, cid: bytes, record: dict, journal: dict | None) -> bool:
         """Record a freshly stored chunk unless someone stored it first (then ours is surplus)."""
@@ -261,3 +352,62 @@ class ChunkWriter:
         if rec is not None:
             rec["t"] = time.time()
             c.meta.put(txn, "chunks", cid, rec)
+
+
+class ChunkBatch:
+    """Chunks one put (or part upload) stored whose records are not committed yet.
+
+    Why: recording every chunk in a commit of its own (an fsync'd LMDB
+    transaction) and fsyncing every shard's directory entry on its own made
+    a put pay ~2 metadata commits and up to 3 directory fsyncs per shard. Both
+    only have to be durable before the manifest that references the chunk
+    commits, and a manifest never references a chunk whose record is not in
+    the same or an earlier commit -- so a killed put still leaves only
+    unreferenced files (orphans gc's scan and the staging sweep remove),
+    never a dangling manifest. The batch's chunk records, the journal
+    entries of staged chunks, the refcounts and the manifest are one commit.
+
+    Only the trio thread touches a batch.
+    """
+
+    __slots__ = ("records", "dirs", "oldest", "committing", "surplus")
+
+    def __init__(self) -> None:
+        self.records: dict[bytes, tuple[dict, dict | None]] = {}  # cid -> (record, journal)
+        self.dirs: list[str] = []  # directories to fsync before the records commit
+        self.oldest: float | None = None  # time.monotonic() of the oldest record
+        self.committing: dict[bytes, tuple[dict, dict | None]] = {}  # in the commit under way
+        self.surplus: list[tuple[bytes, dict]] = []  # stored twice: delete after the commit
+
+    def __contains__(self, cid: bytes) -> bool:
+        return cid in self.records or cid in self.committing
+
+    def add(self, cid: bytes, record: dict, journal: dict | None, dirs: list[str]) -> None:
+        self.records[cid] = (record, journal)
+        self.dirs.extend(dirs)
+        if self.oldest is None:
+            self.oldest = time.monotonic()
+
+    def due(self) -> bool:
+        """Should the records stored so far be flushed (see BATCH_MAX_AGE)?"""
+        return self.oldest is not None and time.monotonic() - self.oldest >= BATCH_MAX_AGE
+
+    def begin(self) -> list[str]:
+        """Move the stored chunks into the commit under way; the directories to fsync."""
+        self.committing.update(self.records)
+        dirs = self.dirs
+        self.records, self.dirs, self.oldest = {}, [], None
+        return dirs
+
+    def committed(self) -> tuple[bool, list[tuple[bytes, dict]]]:
+        """The commit succeeded: (whether it recorded staged chunks, surplus to delete)."""
+        staged = any(journal is not None for _, journal in self.committing.values())
+        surplus = self.surplus
+        self.committing, self.surplus = {}, []
+        return staged, surplus
+
+    def drop(self) -> list[tuple[bytes, dict]]:
+        """Forget every uncommitted chunk; (chunk id, record) of each, to remove its files."""
+        doomed = [(cid, rec) for cid, (rec, _) in (*self.committing.items(), *self.records.items())]
+        self.records, self.committing, self.dirs, self.oldest, self.surplus = {}, {}, [], None, []
+        return doomed

@@ -445,9 +445,12 @@ async def test_kill_during_put_leaves_no_dangling_manifest(cluster_dir, cluster,
     proc.kill()
     proc.wait()
     assert await (await bucket.get("victim")).read() == b"old content"
+    # the killed put's chunks are recorded only in its manifest commit, which never
+    # happened: their shard files are orphans (no record names them) that gc removes
     report = await cluster.gc(grace=0, orphan_grace=0)
-    assert report.chunks_removed >= 1  # the chunks the killed put stored, never referenced
+    assert report.orphans_removed >= 6
     assert await (await bucket.get("victim")).read() == b"old content"
+    assert all(n.usage()[0] == 0 for n in cluster.nodes.values())  # "old content" is inline
 
 
 MEMORY_PROBE = textwrap.dedent("""
