@@ -32,6 +32,7 @@ class MountContext:
     options: MountOptions
     mounted_ns: int
     layout: tuple[int, int, list[str]]  # k, m, node directories (for statfs)
+    inline_threshold: int = 128 * 1024  # files up to this size may be published deferred
     table: InodeTable = field(default_factory=InodeTable)
     nursery: trio.Nursery | None = None  # background work (encoding completed slots)
     encoders: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))

@@ -5,21 +5,32 @@ the state (buffer, attributes, pending metadata) lives per inode and handles
 only count references and remember their open flags. All changes to one
 open file are serialised by its lock (a commit must not interleave with a
 write, or the write could be lost from the dirty set).
+
+Deferred publication: a small file (inline-sized) closed dirty is recorded
+in the mount's journal (journal.py: survives kill -9) and *held* -- kept
+here with one reference -- for PUBLISH_DELAY; then the publisher commits
+every due file concurrently, so the metadata group commit folds many files
+into one transaction. chmod/chown/utimens/rename that `rsync` and `tar` do
+right after close() land in that same commit. Attribute changes to a closed
+file are held the same way (LINGER). fsync() commits synchronously.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import trio
 
-from ..engine.errors import NoSuchKey
+from ..engine.errors import NoSuchKey, PreconditionFailed
 from ..engine.types import ObjectInfo
 from . import attrs as A
 from .context import MountContext
+from .journal import Journal, condition
+from .names import is_under
 from .writebuf import FileBuffer
 
 log = logging.getLogger("r2fs.fuse")
@@ -34,7 +45,9 @@ class OpenFile:
     http: dict[str, str] | None
     meta_dirty: bool = False
     pending: bool = False  # created through the mount, not yet in the bucket
-    lingering: bool = False  # held (one ref) to gather attribute changes into one commit
+    held: bool = False  # one reference kept until the publisher commits it
+    jid: int | None = None  # journal id of its closed, unpublished content
+    cond: str | None = None  # publish condition (journal.condition): the version it replaces
     refs: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -44,8 +57,8 @@ class OpenFile:
 
     @property
     def users(self) -> int:
-        """References other than the linger hold."""
-        return self.refs - (1 if self.lingering else 0)
+        """References other than the publisher's hold."""
+        return self.refs - (1 if self.held else 0)
 
 
 @dataclass
@@ -60,15 +73,28 @@ class Handle:
 #: `rsync` and `tar` set times, mode and owner one call after another right
 #: after close(): one metadata commit instead of three.
 LINGER = 0.3
+#: How long a closed small file waits before it is published (its journal
+#: record makes it safe meanwhile); what arrives in that window shares commits.
+PUBLISH_DELAY = 0.1
+#: Bounds on what is held unpublished (memory: held buffers live in RAM).
+HELD_MAX_FILES = 4096
+HELD_MAX_BYTES = 64 << 20
+PUBLISHERS = 64  # publications in flight at once (the group commit batches them)
 
 
 class OpenFiles:
     def __init__(self, ctx: MountContext) -> None:
         self._ctx = ctx
         self.on_commit: Callable[[int, ObjectInfo], None] = lambda ino, info: None
+        self.on_abandon: Callable[[int], None] = lambda ino: None
         self._files: dict[int, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
+        self.journal: Journal | None = None  # set by the mount: enables deferred publication
+        self._held: dict[int, tuple[float, OpenFile, int]] = {}  # ino -> (due, file, bytes)
+        self._held_bytes = 0
+        self._wake = trio.Event()
+        self._inflight: dict[int, tuple[OpenFile, trio.Event]] = {}  # being published now
 
     def get(self, ino: int) -> OpenFile | None:
         return self._files.get(ino)
@@ -83,7 +109,7 @@ class OpenFiles:
         """The open state of `ino` (read from the bucket if nobody has it open)."""
         of = self._files.get(ino)
         if of is not None and of.users == 0 and not of.buf.changed and path:
-            # only lingering: another writer may have changed the object meanwhile
+            # only held: another writer may have changed the object meanwhile
             current = info or await self._ctx.bucket.head(path)
             if of.buf.base is not None and current.version != of.buf.base.version:
                 of.buf.rebase(current)
@@ -139,12 +165,15 @@ class OpenFiles:
         self._handles[h.fh] = h
         return h
 
-    async def release(self, of: OpenFile) -> None:
-        """Drop one reference; the last one commits and frees the buffer."""
+    async def release(self, of: OpenFile, *, publish: bool = False) -> None:
+        """Drop one reference; the last one commits and frees the buffer.
+
+        A held file's hold commits it (`publish`): other releases leave it be.
+        """
         try:
-            if of.users == 1 and of.dirty:
+            if of.users == 1 and of.dirty and (publish or not of.held):
                 async with of.lock:
-                    await self.commit(of)
+                    await self.commit(of, conditional=publish)
         finally:
             of.refs -= 1
             if of.refs == 0 and self._files.get(of.ino) is of:
@@ -156,39 +185,144 @@ class OpenFiles:
         """Take over one reference of a file nobody has open, commit it LINGER later.
 
         Attribute changes made meanwhile land in the same commit. Unmount and
-        signals commit lingering files too (`commit_all`).
+        signals commit held files too (`commit_all`).
         """
-        nursery = self._ctx.nursery
-        if of.lingering or nursery is None:
+        if of.held or self._ctx.nursery is None:
             await self.release(of)
             return
-        of.lingering = True
-        nursery.start_soon(self._linger, of)
+        self._hold(of, LINGER)
 
-    async def _linger(self, of: OpenFile) -> None:
+    def _hold(self, of: OpenFile, delay: float) -> None:
+        of.held = True
+        self._held[of.ino] = (trio.current_time() + delay, of, of.buf.size)
+        self._held_bytes += of.buf.size
+        self._wake.set()
+
+    def _unhold(self, of: OpenFile) -> None:
+        """Hand the hold's reference to the caller, who releases it (and so publishes)."""
+        entry = self._held.get(of.ino)
+        if entry is not None and entry[1] is of:
+            del self._held[of.ino]
+            self._held_bytes -= entry[2]
+        of.held = False
+
+    async def flush(self, of: OpenFile) -> None:
+        """close() of a descriptor: make the file safe, publish it soon (caller holds `of.lock`).
+
+        Small files go to the journal and are held for the publisher; others
+        (and everything when the journal or the hold budget is not there)
+        are committed now.
+        """
+        path = self._ctx.table.path_or_none(of.ino)
+        if path is None or not of.dirty:
+            return
+        ctx = self._ctx
+        journal = self.journal
+        if (journal is None or ctx.nursery is None or of.buf.size > ctx.inline_threshold
+                or len(self._held) >= HELD_MAX_FILES
+                or self._held_bytes + of.buf.size > HELD_MAX_BYTES):
+            await self.commit(of)
+            return
+        content = await of.buf.read(0, of.buf.size)
+        if of.jid is not None:
+            journal.done(of.jid)  # superseded by this close
+        if of.buf.base is not None:
+            of.cond = of.buf.base.etag
+        elif of.pending and of.cond is None:
+            of.cond = ""
+        of.jid = journal.put(ctx.bucket_name, path, content, A.to_metadata(of.attrs, of.meta),
+                             of.http, of.cond)
+        if not of.held:
+            of.refs += 1
+            ctx.table.pin(of.ino)
+            self._hold(of, PUBLISH_DELAY)
+
+    def attrs_changed(self, of: OpenFile) -> None:
+        """Attributes of a closed, unpublished file changed: the journal follows."""
+        if of.jid is not None and self.journal is not None:
+            self.journal.attrs(of.jid, A.to_metadata(of.attrs, of.meta))
+
+    def moved(self, of: OpenFile, new_path: str, cond: str | None) -> None:
+        """An unpublished file was renamed: it will be published at `new_path` only."""
+        of.cond = cond
+        if of.jid is not None and self.journal is not None:
+            self.journal.move(of.jid, new_path, cond)
+
+    def orphaned(self, of: OpenFile | None) -> None:
+        """Its name is gone (unlinked/replaced): its journal record must not come back."""
+        if of is not None and of.jid is not None and self.journal is not None:
+            self.journal.done(of.jid)
+            of.jid = None
+
+    async def run_publisher(self) -> None:
+        """Commit held files when they are due, many at a time."""
+        limit = trio.CapacityLimiter(PUBLISHERS)
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                due = [of for t, of, _ in self._held.values() if t <= now]
+                for of in due:
+                    self._unhold(of)
+                    self._inflight[of.ino] = (of, trio.Event())
+                    nursery.start_soon(self._publish, of, limit)
+                nxt = min((t for t, _, _ in self._held.values()), default=math.inf)
+                self._wake = trio.Event()
+                with trio.move_on_at(nxt):
+                    await self._wake.wait()
+
+    async def _publish(self, of: OpenFile, limit: trio.CapacityLimiter) -> None:
+        """Release the hold's reference: publishes unless someone has the file open."""
         try:
-            await trio.sleep(LINGER)
-        finally:
-            of.lingering = False  # (if cancelled: unmount's commit_all still sees the file)
-        try:
-            await self.release(of)
+            async with limit:
+                await self.release(of, publish=True)
         except Exception:  # noqa: BLE001 - logged; the mount goes on
-            log.exception("could not commit attributes of inode %d", of.ino)
+            log.exception("could not commit inode %d", of.ino)
+        finally:
+            entry = self._inflight.get(of.ino)
+            if entry is not None and entry[0] is of:
+                del self._inflight[of.ino]
+                entry[1].set()
+
+    async def settle(self, prefix: str | None = None) -> None:
+        """Publish now every held file (under directory `prefix`): rmdir/rename need the bucket right."""
+        for of, done in list(self._inflight.values()):
+            path = self._ctx.table.path_or_none(of.ino)
+            if prefix is None or (path is not None and is_under(path, prefix)):
+                await done.wait()
+        for _, of, _ in list(self._held.values()):
+            path = self._ctx.table.path_or_none(of.ino)
+            if prefix is None or (path is not None and is_under(path, prefix)):
+                if of.held and self._held.get(of.ino, (0, None))[1] is of:
+                    self._unhold(of)
+                    await self.release(of, publish=True)
 
     def close_handle(self, fh: int) -> Handle:
         return self._handles.pop(fh)
 
-    async def commit(self, of: OpenFile) -> ObjectInfo | None:
+    async def commit(self, of: OpenFile, *, conditional: bool = False) -> ObjectInfo | None:
         """Make the file durable in the bucket (caller holds `of.lock`).
 
         Orphans (unlinked while open) have nowhere to go and are kept local.
+        `conditional`: a deferred publication, which loses to a write made
+        elsewhere after the close it publishes.
         """
         path = self._ctx.table.path_or_none(of.ino)
-        if path is None or not of.dirty:
+        if path is None:
+            self.orphaned(of)
+            return None
+        if not of.dirty:
             return None
         meta = A.to_metadata(of.attrs, of.meta)
         if of.buf.changed:
-            info = await of.buf.commit(path, custom_metadata=meta, http_metadata=of.http)
+            only_if = condition(of.cond) if conditional else None
+            try:
+                info = await of.buf.commit(path, custom_metadata=meta, http_metadata=of.http,
+                                           only_if=only_if)
+            except PreconditionFailed:
+                log.info("%s was changed elsewhere after it was closed here; the newer version stays",
+                         path)
+                self._abandon(of)
+                return None
         else:
             try:
                 info = await self._ctx.bucket.update_metadata(path, custom_metadata=meta)
@@ -199,14 +333,29 @@ class OpenFiles:
         of.meta = dict(info.custom_metadata)
         of.meta_dirty = False
         of.pending = False
+        of.cond = None
+        if of.jid is not None and self.journal is not None:
+            self.journal.done(of.jid)
+        of.jid = None
         self.on_commit(of.ino, info)
         return info
+
+    def _abandon(self, of: OpenFile) -> None:
+        """A deferred publication lost to a newer version: forget the local changes."""
+        if of.jid is not None and self.journal is not None:
+            self.journal.done(of.jid)
+        of.jid = None
+        of.buf.changed = False
+        of.buf.dirty.clear()
+        of.meta_dirty = False
+        of.cond = None
+        self.on_abandon(of.ino)
 
     async def commit_all(self) -> None:
         """Flush every dirty file (unmount, signals)."""
         for of in self.all():
             try:
                 async with of.lock:
-                    await self.commit(of)
+                    await self.commit(of, conditional=of.jid is not None and of.users <= 0)
             except Exception:  # noqa: BLE001 - keep flushing the others
                 log.exception("could not flush inode %d", of.ino)

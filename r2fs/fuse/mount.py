@@ -25,6 +25,7 @@ from .attrs import Owner
 from .context import MountContext, MountOptions
 from ..engine.replicator import run_replicator
 from .invalidate import ChangePoller
+from .journal import Journal, journal_dir, replay
 from .ops import R2Operations
 from .tracked import OwnChanges, TrackedBucket
 
@@ -79,16 +80,21 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
                 staging_dir: str, on_ready: Callable[[], None] | None = None) -> None:
     """Mount `bucket_name` at `mountpoint` and serve until unmounted or signalled."""
     await cluster.head_bucket(bucket_name)  # NoSuchBucket before anything is mounted
+    jdir = journal_dir(cluster.path)
+    replayed = await replay(cluster, jdir)  # files closed under mounts that were killed
+    if replayed:
+        log.info("published %d files closed before an earlier mount went away", replayed)
     # the layout from cluster.toml (status() would walk every shard file)
     cfg = cluster.config
     own = OwnChanges()
     bucket = TrackedBucket(cluster.bucket(bucket_name), own)
     ctx = MountContext(cluster=cluster, bucket=bucket, bucket_name=bucket_name,  # type: ignore[arg-type]
                        owner=Owner(os.getuid(), os.getgid()), chunk_size=cfg.chunk_size,
-                       staging_dir=staging_dir,
+                       staging_dir=staging_dir, inline_threshold=cfg.inline_threshold,
                        options=opts, mounted_ns=time.time_ns(),
                        layout=(cfg.k, cfg.m, [n.path for n in cfg.nodes]))
     ops = R2Operations(ctx)
+    ops.files.journal = Journal(cluster, jdir)
     poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(opts))
@@ -101,6 +107,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
             ctx.nursery = nursery
             nursery.start_soon(run_replicator, cluster, stop)
             nursery.start_soon(poller.run)
+            nursery.start_soon(ops.files.run_publisher)
             nursery.start_soon(_on_signals, ops)
             # from a thread: the kernel finishes the knob only once FUSE INIT is answered
             nursery.start_soon(partial(trio.to_thread.run_sync, set_read_ahead, mountpoint,
@@ -113,6 +120,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     finally:
         with trio.CancelScope(shield=True):
             await ops.files.commit_all()
+        ops.files.journal.close()
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
 

@@ -59,6 +59,7 @@ class R2Operations(pyfuse3.Operations):
         self._cache_version: dict[int, str] = {}  # ino -> version the page cache holds
         self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
         self.files.on_commit = self._committed
+        self.files.on_abandon = lambda ino: self._cache_version.pop(ino, None)
 
     # --- attributes ------------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class R2Operations(pyfuse3.Operations):
                     await of.buf.truncate(truncate)
                 of.attrs, of.meta = change(of.attrs, of.meta)
                 of.meta_dirty = True
+                self.files.attrs_changed(of)
         except BaseException:
             await self.files.release(of)
             raise
@@ -254,13 +256,16 @@ class R2Operations(pyfuse3.Operations):
             if not (of is not None and of.pending) and not await self.ctx.bucket.delete(path):
                 raise fail(errno.ENOENT)
             self.table.detach(path)
-        await keep_parent(self.ctx, path)
+            self.files.orphaned(of)
+        if of is None or not of.pending:  # (an unpublished file's parent is as it was)
+            await keep_parent(self.ctx, path)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         path = self._child(parent_inode, name)
         node = await self._resolve(path)
         if not node.is_dir:
             raise fail(errno.ENOTDIR)
+        await self.files.settle(path)  # closed files not yet published count as entries
         if await has_entries(self.ctx, path):
             raise fail(errno.ENOTEMPTY)
         await self.ctx.bucket.delete(dir_prefix(path))
@@ -276,7 +281,8 @@ class R2Operations(pyfuse3.Operations):
         known = self.table.known(old)
         sof = self.files.get(known) if known is not None else None
         if sof is not None and sof.pending:
-            await self._commit(sof)  # give it a key to rename
+            if old == new or await self._rename_unpublished(sof, old, new, flags):
+                return
         src = await self._resolve(old)
         if old == new:
             return
@@ -284,6 +290,8 @@ class R2Operations(pyfuse3.Operations):
         if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise fail(errno.EEXIST)
         if src.is_dir:
+            await self.files.settle(old)  # its closed, unpublished files must move too
+            await self.files.settle(new)  # and count as entries of the target
             if is_under(new, old):
                 raise fail(errno.EINVAL)
             replace_keys: list[str] = []
@@ -304,12 +312,46 @@ class R2Operations(pyfuse3.Operations):
                     await vof.buf.materialize()
                 await self.ctx.bucket.rename(old, new, replace=True)
                 self.table.detach(new)
+                self.files.orphaned(vof)
                 self.table.move(old, new, tree=False)
             await keep_parent(self.ctx, old)
             return
         self.table.detach(new)
         self.table.move(old, new)
         await keep_parent(self.ctx, old)
+
+    async def _rename_unpublished(self, sof: OpenFile, old: str, new: str, flags: int) -> bool:
+        """A file that is not in the bucket yet: renaming it is local; it is published at `new`.
+
+        (`rsync` writes every file under a temporary name and renames it
+        right after close(): no metadata commit for the rename at all.) The
+        publication replaces whatever `new` holds in the bucket, and only the
+        version seen here (a write elsewhere meanwhile wins). False: it got
+        published meanwhile; rename it in the bucket.
+        """
+        victim = self.table.known(new)
+        vof = self.files.get(victim) if victim is not None else None
+        if vof is not None and vof.pending:
+            dst_info = None  # the object there is not in the bucket either
+        else:
+            dst = await self._exists(new)
+            if dst is not None and dst.is_dir:
+                raise fail(errno.EISDIR)
+            dst_info = dst.info if dst is not None else None
+            if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+                raise fail(errno.EEXIST)
+        if vof is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise fail(errno.EEXIST)
+        async with _locked(sof, vof):
+            if not sof.pending or self.table.known(new) != victim:
+                return False
+            if vof is not None and vof.users > 0:
+                await vof.buf.materialize()
+            self.table.detach(new)
+            self.files.orphaned(vof)
+            self.table.move(old, new, tree=False)
+            self.files.moved(sof, new, dst_info.etag if dst_info is not None else "")
+        return True
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -385,7 +427,9 @@ class R2Operations(pyfuse3.Operations):
             await self.files.commit(of)
 
     async def flush(self, fh: int) -> None:
-        await self._commit(self.files.handle(fh).file)
+        of = self.files.handle(fh).file
+        async with of.lock:
+            await self.files.flush(of)  # small files: journaled now, published a moment later
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self._commit(self.files.handle(fh).file)

@@ -17,6 +17,11 @@ keep them inline in their manifest); larger files are committed with
 `Bucket.put_chunks`, re-encoding only dirty slots and reusing `base`'s chunk
 references for the others (when `base` is chunked on the same grid).
 
+Small files never touch the disk: the staging "file" is a bytearray until
+the file grows past MEMORY_LIMIT (a temporary file per small file cost a
+third of a small-file write, and files whose publication is deferred would
+each hold a descriptor).
+
 Sequential writers would otherwise pay for all the encoding at close(): so
 when a write crosses a slot boundary, the slot just completed is encoded
 (`Cluster.write_chunk`) in the background, and its reference is used at
@@ -35,10 +40,11 @@ import trio
 
 from ..engine.errors import ChunkMissing
 from ..engine.store import Bucket, Cluster
-from ..engine.types import ChunkRef, ObjectInfo
+from ..engine.types import ChunkRef, Conditional, ObjectInfo
 
 log = logging.getLogger("r2fs.fuse")
 COMMIT_INFLIGHT = 3  # chunks encoded concurrently by one commit
+MEMORY_LIMIT = 256 * 1024  # staging bytes kept in memory before a file takes over
 
 
 class FileBuffer:
@@ -51,6 +57,8 @@ class FileBuffer:
         self._cs = chunk_size
         self._dir = staging_dir
         self._fd: int | None = None
+        self._mem: bytearray | None = bytearray()  # staging in memory while small
+        self._closed = False
         self.base = base
         self.size = base.size if base else 0
         self._limit = self.size  # base bytes at or beyond this offset are gone
@@ -69,9 +77,40 @@ class FileBuffer:
             f = tempfile.TemporaryFile(dir=self._dir, prefix="r2fs-")
             self._fd = os.dup(f.fileno())
             f.close()
+            if self._mem:
+                os.pwrite(self._fd, self._mem, 0)
+            self._mem = None
         return self._fd
 
+    def _pread(self, length: int, offset: int) -> bytes:
+        """Staging bytes [offset, offset+length), zero-filled past what was written."""
+        if self._mem is not None:
+            piece = bytes(self._mem[offset:offset + length])
+        else:
+            piece = os.pread(self._staging(), length, offset)
+        if len(piece) < length:
+            piece += bytes(length - len(piece))
+        return piece
+
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> int:
+        end = offset + len(data)
+        if self._mem is not None and end <= MEMORY_LIMIT:
+            if len(self._mem) < offset:
+                self._mem.extend(bytes(offset - len(self._mem)))
+            self._mem[offset:end] = data
+            return len(data)
+        return os.pwrite(self._staging(), data, offset)
+
+    def _shrink(self, size: int) -> None:
+        """Drop staging bytes at or past `size`."""
+        if self._mem is not None:
+            del self._mem[size:]
+        elif self._fd is not None:
+            os.ftruncate(self._fd, min(size, os.fstat(self._fd).st_size))
+
     def close(self) -> None:
+        self._closed = True
+        self._mem = bytearray()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -100,9 +139,7 @@ class FileBuffer:
             slot = pos // self._cs
             stop = min(end, (slot + 1) * self._cs)
             if slot in self.dirty:
-                piece = os.pread(self._staging(), stop - pos, pos)
-                if len(piece) < stop - pos:
-                    piece += bytes(stop - pos - len(piece))
+                piece = self._pread(stop - pos, pos)
             else:
                 piece = await self._base(pos, stop)
             out.append(piece)
@@ -119,7 +156,7 @@ class FileBuffer:
         end = min(start + self._cs, self.size, self._limit)
         if start < end and not (covered and covered[0] <= start and covered[1] >= end):
             data = await self._base(start, end)
-            os.pwrite(self._staging(), data, start)
+            self._pwrite(data, start)
         self.dirty.add(slot)
 
     async def write(self, offset: int, data: bytes | memoryview) -> int:
@@ -132,7 +169,7 @@ class FileBuffer:
             # the gap (old size .. offset) must read as zeros: it lies at or past
             # base_limit only if we say so.
             self._limit = min(self._limit, self.size)
-        written = os.pwrite(self._staging(), data, offset)
+        written = self._pwrite(data, offset)
         self._touch(range(offset // self._cs, (end - 1) // self._cs + 1))
         self.size = max(self.size, end)
         self.changed = True
@@ -151,8 +188,7 @@ class FileBuffer:
                 await self._make_dirty(size // self._cs)
             self.dirty = {s for s in self.dirty if s * self._cs < size}
             self._touch([k for k in self._encoded if k >= size // self._cs] + [size // self._cs])
-            if self._fd is not None:
-                os.ftruncate(self._fd, min(size, os.fstat(self._fd).st_size))
+            self._shrink(size)
             self._limit = min(self._limit, size)
         else:
             self._limit = min(self._limit, self.size)
@@ -188,7 +224,7 @@ class FileBuffer:
         done = self._inflight[slot]
         try:
             async with self._encoders:
-                if slot in self.dirty and slot not in self._encoded and self._fd is not None:
+                if slot in self.dirty and slot not in self._encoded and not self._closed:
                     await self._encode(slot)
         except Exception as exc:  # noqa: BLE001 - the commit encodes it again
             log.debug("background encoding of slot %d failed: %s", slot, exc)
@@ -199,21 +235,22 @@ class FileBuffer:
     # --- commit ------------------------------------------------------------------
 
     async def commit(self, key: str, *, custom_metadata: dict[str, str],
-                     http_metadata: dict[str, str] | None) -> ObjectInfo:
-        """Store the current content as the new version of `key`."""
+                     http_metadata: dict[str, str] | None,
+                     only_if: Conditional | None = None) -> ObjectInfo:
+        """Store the current content as the new version of `key` (if `only_if` holds)."""
         if self.size <= self._cs:
-            info = await self._bucket.put(key, await self.read(0, self.size),
+            info = await self._bucket.put(key, await self.read(0, self.size), only_if=only_if,
                                           custom_metadata=custom_metadata, http_metadata=http_metadata)
         else:
             refs = await self._chunk_refs()
             try:
                 info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
-                                                     http_metadata=http_metadata)
+                                                     http_metadata=http_metadata, only_if=only_if)
             except ChunkMissing:  # a background chunk was collected before we used it
                 self._encoded.clear()
                 refs = await self._chunk_refs()
                 info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
-                                                     http_metadata=http_metadata)
+                                                     http_metadata=http_metadata, only_if=only_if)
         self._committed(info)
         return info
 
@@ -264,5 +301,4 @@ class FileBuffer:
         self._encoded.clear()
         self._gen.clear()
         self.changed = False
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # give the space back; slots refill on demand
+        self._shrink(0)  # give the space back; slots refill on demand

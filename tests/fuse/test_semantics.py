@@ -284,9 +284,23 @@ def test_odd_keys_from_other_interfaces(mnt):
 
 # --- other writers, concurrency, durability ----------------------------------------------------
 
+def published(mnt, key: str, timeout: float = 2.0):
+    """The object once the mount published it (small files: a moment after close)."""
+    from r2fs.engine.errors import NoSuchKey
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return mnt.api(lambda b: b.head(key))
+        except NoSuchKey:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_cross_interface_and_invalidation(mnt):
     write(mnt.p("shared"), b"from mount")
-    assert mnt.api(lambda b: b.get("shared")) is not None
+    assert published(mnt, "shared").size == len(b"from mount")
     body = mnt.api(lambda b: _read_all(b, "shared"))
     assert body == b"from mount"
     assert read(mnt.p("shared")) == b"from mount"
@@ -337,6 +351,44 @@ def test_kill9_after_close_then_remount(mount_factory):
     m.start()
     assert read(m.p("kept")) == b"k" * 1_000_000
     assert read(m.p("synced")) == b"s" * 500_000
+
+
+def test_kill9_right_after_close_of_small_files(mount_factory):
+    """Closed small files are published a moment later; the journal covers the gap."""
+    m = mount_factory()
+    write(m.p("old"), b"old content")
+    published(m, "old")
+    os.mkdir(m.p("d"))
+    for i in range(40):
+        write(m.p("d", f"f{i}"), f"content {i}".encode() * 100)
+    write(m.p("d", ".tmp-x"), b"renamed after close")  # what rsync does
+    os.chmod(m.p("d", ".tmp-x"), 0o600)
+    os.rename(m.p("d", ".tmp-x"), m.p("d", "final"))
+    write(m.p("d", "f0"), b"rewritten")  # the newer close wins
+    write(m.p("gone"), b"unlinked before publication")
+    os.unlink(m.p("gone"))
+    write(m.p("old"), b"new content")
+    os.kill(m.pid(), 9)
+    m.stop()
+    m.start()
+    assert read(m.p("d", "f0")) == b"rewritten"
+    for i in range(1, 40):
+        assert read(m.p("d", f"f{i}")) == f"content {i}".encode() * 100
+    assert read(m.p("d", "final")) == b"renamed after close"
+    assert not os.path.exists(m.p("d", ".tmp-x"))
+    assert not os.path.exists(m.p("gone"))
+    assert read(m.p("old")) == b"new content"
+    assert os.listdir(os.path.join(m.cluster_dir, "fuse-journal")) != []  # the new mount's own
+
+
+def test_deferred_publication_loses_to_a_newer_write_elsewhere(mnt):
+    write(mnt.p("raced"), b"closed here first")
+    mnt.api(lambda b: b.put("raced", b"written elsewhere after that close"))
+    time.sleep(0.6)
+    body = mnt.api(lambda b: _read_all(b, "raced"))
+    assert body == b"written elsewhere after that close"
+    time.sleep(0.5)
+    assert read(mnt.p("raced")) == b"written elsewhere after that close"
 
 
 def test_kill9_mid_write_old_or_new(mount_factory):

@@ -1,0 +1,251 @@
+"""The mount's close journal: what makes a deferred publication survive kill -9.
+
+A small file closed through the mount is not committed to LMDB at once: a
+synchronous metadata commit (an fsync, milliseconds on a busy disk) per
+close() was most of the cost of writing small files, and `rsync`/`tar`
+change mode, owner and times and rename right after close(). Instead, at
+close() its complete content and attributes are appended here (no fsync: a
+write that reached the kernel survives the death of the process, exactly
+like a close() on a local disk), and the mount publishes it a moment later,
+many files per metadata commit (handles.py). `fsync()` still commits
+synchronously, so fsync() keeps meaning power-loss durability.
+
+A remount (any mount of the cluster) replays journals whose mount is gone
+(their lock is free): each file still unpublished is put at its last name,
+only if the object there is still the version the file was based on (or
+still absent) -- a newer write from elsewhere wins, as it did live.
+
+Format 1 (`CLUSTER/fuse-journal/<random>.journal`): header `R2FJ` + u16
+version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
+(crc mismatch, short record) ends the replay there. Records:
+  {t: "put", i: id, b: bucket, k: key, d: sealed content, m: custom metadata,
+   h: http metadata, c: condition, w: close time}
+  {t: "move", i, k, c}     the unpublished file was renamed
+  {t: "attrs", i, m}       attributes changed before publication
+  {t: "done", i}           published, superseded or unlinked: nothing to replay
+The content is sealed with the cluster's master key (`fuse-journal`
+context): no plaintext at rest. Condition `c`: None = unconditional, "" =
+only if absent, otherwise the ETag the object must still have.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import time
+import uuid
+import zlib
+from typing import Any
+
+import msgpack
+
+from ..engine.errors import NoSuchBucket, PreconditionFailed, R2fsError, UnsupportedFormat
+from ..engine.store import Cluster
+from ..engine.types import Conditional
+
+log = logging.getLogger("r2fs.fuse")
+
+MAGIC = b"R2FJ"
+VERSION = 1
+HEADER = MAGIC + struct.pack("<H", VERSION)
+_REC = struct.Struct("<II")
+CONTEXT = "fuse-journal"
+SEGMENT_LIMIT = 32 << 20  # a new segment after this many bytes; old ones go once all is done
+
+
+def journal_dir(cluster_path: str) -> str:
+    return os.path.join(cluster_path, "fuse-journal")
+
+
+def condition(c: str | None) -> Conditional | None:
+    """The store condition for a journal condition."""
+    if c is None:
+        return None
+    if c == "":
+        return Conditional(etag_does_not_match="*")
+    return Conditional(etag_matches=c)
+
+
+class _Segment:
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, f"{uuid.uuid4().hex}.journal")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "a live mount owns this"
+        os.write(self.fd, HEADER)
+        self.size = len(HEADER)
+        self.outstanding: set[int] = set()
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+
+
+class Journal:
+    """Append-only records of closed-but-unpublished files (one per mount)."""
+
+    def __init__(self, cluster: Cluster, directory: str) -> None:
+        self._cluster = cluster
+        self._dir = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._current = _Segment(directory)
+        self._segments: dict[int, _Segment] = {}  # id -> segment holding its put
+        self._next = 1
+
+    def _append(self, seg: _Segment, record: dict[str, Any]) -> None:
+        body = msgpack.packb(record, use_bin_type=True)
+        data = _REC.pack(len(body), zlib.crc32(body)) + body
+        os.pwrite(seg.fd, data, seg.size)  # no fsync: survives kill -9, fsync() commits for real
+        seg.size += len(data)
+
+    def put(self, bucket: str, key: str, content: bytes, meta: dict[str, str],
+            http: dict[str, str] | None, cond: str | None) -> int:
+        """Record a closed file's content; returns its journal id."""
+        if self._current.size > SEGMENT_LIMIT:
+            self._rotate()
+        jid = self._next
+        self._next += 1
+        sealed = self._cluster.seal_secret(content, CONTEXT)
+        self._append(self._current, {"t": "put", "i": jid, "b": bucket, "k": key, "d": sealed,
+                                     "m": meta, "h": http, "c": cond, "w": time.time()})
+        self._current.outstanding.add(jid)
+        self._segments[jid] = self._current
+        return jid
+
+    def move(self, jid: int, key: str, cond: str | None) -> None:
+        seg = self._segments.get(jid)
+        if seg is not None:
+            self._append(seg, {"t": "move", "i": jid, "k": key, "c": cond})
+
+    def attrs(self, jid: int, meta: dict[str, str]) -> None:
+        seg = self._segments.get(jid)
+        if seg is not None:
+            self._append(seg, {"t": "attrs", "i": jid, "m": meta})
+
+    def done(self, jid: int) -> None:
+        """Published, superseded or gone: nothing left to replay for `jid`."""
+        seg = self._segments.pop(jid, None)
+        if seg is None:
+            return
+        seg.outstanding.discard(jid)
+        if seg.outstanding:
+            self._append(seg, {"t": "done", "i": jid})
+        elif seg is self._current:
+            os.ftruncate(seg.fd, len(HEADER))  # everything published: start over
+            seg.size = len(HEADER)
+        else:
+            seg.remove()
+
+    def _rotate(self) -> None:
+        old = self._current
+        self._current = _Segment(self._dir)
+        if not old.outstanding:
+            old.remove()
+
+    def close(self) -> None:
+        """At unmount, after everything was published: the journal is empty."""
+        for seg in {id(s): s for s in [self._current, *self._segments.values()]}.values():
+            if seg.outstanding:
+                log.error("journal %s still has %d unpublished files; kept for replay",
+                          seg.path, len(seg.outstanding))
+                os.close(seg.fd)
+            else:
+                seg.remove()
+
+
+def _records(data: bytes) -> list[dict[str, Any]]:
+    if not data.startswith(MAGIC):
+        raise UnsupportedFormat("not an r2fs FUSE journal")
+    (version,) = struct.unpack_from("<H", data, len(MAGIC))
+    if version != VERSION:
+        raise UnsupportedFormat(f"FUSE journal format {version} is not supported (this r2fs reads {VERSION})")
+    out, pos = [], len(HEADER)
+    while pos + _REC.size <= len(data):
+        length, crc = _REC.unpack_from(data, pos)
+        body = data[pos + _REC.size:pos + _REC.size + length]
+        if len(body) < length or zlib.crc32(body) != crc:
+            break  # torn tail (power loss mid-append): the records before it stand
+        out.append(msgpack.unpackb(body, raw=False))
+        pos += _REC.size + length
+    return out
+
+
+def _pending(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The puts a journal still owes, with their last name, condition and attributes."""
+    state: dict[int, dict[str, Any]] = {}
+    for r in records:
+        jid, kind = r.get("i"), r.get("t")
+        if kind == "put":
+            state[jid] = dict(r)
+        elif jid in state:
+            if kind == "move":
+                state[jid].update(k=r["k"], c=r["c"])
+            elif kind == "attrs":
+                state[jid]["m"] = r["m"]
+            elif kind == "done":
+                del state[jid]
+    return [state[j] for j in sorted(state)]
+
+
+async def replay(cluster: Cluster, directory: str) -> int:
+    """Publish what journals of dead mounts still owe; returns the number of files."""
+    if not os.path.isdir(directory):
+        return 0
+    published = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".journal"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live mount's journal
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+            try:
+                todo = _pending(_records(data))
+            except UnsupportedFormat as exc:
+                log.error("journal %s not replayed: %s (left in place)", path, exc)
+                continue
+            failed = 0
+            for r in todo:
+                ok = await _publish(cluster, r)
+                published += ok is True
+                failed += ok is None
+            if failed:
+                log.error("journal %s: %d files could not be published; kept for the next mount",
+                          path, failed)
+            else:
+                os.unlink(path)
+        finally:
+            os.close(fd)
+    return published
+
+
+async def _publish(cluster: Cluster, r: dict[str, Any]) -> bool | None:
+    """True: published; False: nothing to do (newer elsewhere, bucket gone); None: failed."""
+    bucket, key = r["b"], r["k"]
+    try:
+        content = cluster.open_secret(r["d"], CONTEXT)
+        await cluster.bucket(bucket).put(key, content, custom_metadata=r["m"], http_metadata=r["h"],
+                                         only_if=condition(r["c"]))
+    except PreconditionFailed:
+        log.info("journal: %s/%s changed elsewhere after it was closed here; the newer version stays",
+                 bucket, key)
+        return False
+    except NoSuchBucket:
+        log.info("journal: bucket %s is gone; %s not published", bucket, key)
+        return False
+    except R2fsError as exc:
+        log.error("journal: could not publish %s/%s: %s", bucket, key, exc)
+        return None
+    log.info("journal: published %s/%s, closed before the mount went away", bucket, key)
+    return True
