@@ -31,6 +31,17 @@ queue labels and ghosts are saved in `state.json`. One directory belongs to
 one process at a time (`flock` on a slot); a second process on the same root
 takes the next slot.
 
+Why direct I/O on a miss of the page cache: an entry is read with a
+buffered `preadv2(RWF_NOWAIT)` first (served if the page cache holds it: a
+hot entry costs no disk read) and what is not cached with O_DIRECT into a
+page-aligned pooled buffer. Measured on the reference VM, reading 1 GiB of
+cold segments cost ~0.5 CPU-s buffered and ~0.13 CPU-s direct; a cold L1
+hit is CPU-bound on 2 cores (AES-GCM + FUSE), and the page cache would only
+hold a second copy of what the mount's page cache already holds as plaintext.
+Concurrency (read-ahead keeps several entries in flight) replaces the
+kernel's read-ahead that direct reads give up. Filesystems without O_DIRECT
+(tmpfs) are read buffered, as before.
+
 Every method is synchronous and thread-safe (call it via trio.to_thread).
 """
 
@@ -39,6 +50,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import mmap
 import os
 import secrets
 import struct
@@ -65,8 +77,11 @@ SEGMENT_MIN = 1024 * 1024
 _HEADER = struct.Struct("<4sB3x32sQ")  # magic, format, chunk id, sealed length
 MAGIC = b"R2L1"
 SEG_PREFIX = "seg-"
-#: A reader going through a segment in order has the kernel read this far ahead.
+#: A reader going through a segment in order has the kernel read this far ahead
+#: (buffered reads only; direct reads rely on the caller's concurrency).
 SEQUENTIAL_AHEAD = 16 * 1024 * 1024
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 #: open_into(chunk id, sealed, out): authenticate + decrypt into `out` (ChunkCorrupt on failure)
 OpenInto = Callable[[bytes, Buffer, Buffer], None]
@@ -143,8 +158,10 @@ class DiskCache:
         self._probation_bytes = 0
         self._dirty = False
         self._buffers = BufferPool(64 * 1024 * 1024)
+        #: O_DIRECT reads work here (turned off at the first EINVAL: tmpfs and the like)
+        self._direct = bool(_O_DIRECT) and _NOWAIT is not None
         self.counters = {"evictions": 0, "evicted_bytes": 0, "evicted_chunks": 0, "corrupt": 0,
-                         "write_errors": 0, "fills": 0, "fill_bytes": 0}
+                         "write_errors": 0, "fills": 0, "fill_bytes": 0, "direct_reads": 0}
         self.dir, self._lock_fd = self._take_slot()
         self._load()
 
@@ -386,31 +403,94 @@ class DiskCache:
                 pass
         seg.next_read = end
 
-    def _read(self, cid: bytes, hit: tuple[_Segment, int, int], into: memoryview) -> int | None:
-        """Read header + sealed bytes into `into`; the sealed length, or None (dropped)."""
+    def _read(self, cid: bytes, hit: tuple[_Segment, int, int], buf: Buffer) -> int | None:
+        """Read header + sealed bytes into `buf` (a pool buffer of at least
+        `_HEADER.size + size` bytes); the sealed length, or None (dropped)."""
         seg, off, size = hit
+        into = memoryview(buf)
+        want = _HEADER.size + size
         try:
             fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._drop(cid, seg, corrupt=False)  # evicted meanwhile
             return None
         try:
-            self._follow(fd, seg, off, size)
-            got = 0
-            want = _HEADER.size + size
-            while got < want:
-                n = os.preadv(fd, [into[got:want]], off + got)
-                if n == 0:
-                    break
-                got += n
+            # (pooled buffers big enough for a block-rounded entry are page-aligned mmaps)
+            direct = isinstance(buf, mmap.mmap) and len(buf) >= _cost(size)
+            got = self._read_span(fd, seg, off, want, into, direct)
         except OSError:
             got = 0
         finally:
             os.close(fd)
-        if got < _HEADER.size + size or _HEADER.unpack(into[:_HEADER.size]) != (MAGIC, FORMAT, cid, size):
+        if got < want or _HEADER.unpack(into[:_HEADER.size]) != (MAGIC, FORMAT, cid, size):
             self._drop(cid, seg, corrupt=True)
             return None
         return size
+
+    def _read_span(self, fd: int, seg: _Segment, off: int, want: int, into: memoryview,
+                   direct: bool) -> int:
+        """Bytes [off, off+want) of the segment into `into`; returns bytes read.
+
+        An entry whose last byte is in the page cache (a non-blocking probe) is
+        read buffered: it was written or read lately, a hot one costs no disk
+        read. Otherwise with O_DIRECT (see the module docstring). Buffered
+        wherever direct reads cannot be used.
+        """
+        got = 0
+        if direct and self._direct and not self._cached(fd, off + want - 1, into[want - 1:want]):
+            span = -(-want // BLOCK) * BLOCK  # whole blocks, as O_DIRECT reads them
+            got = self._read_direct(seg.path, off, want, into[:span])
+            if got >= want:
+                self.counters["direct_reads"] += 1  # (a race on a statistic is harmless)
+                return got
+        if not self._direct:
+            self._follow(fd, seg, off, want - _HEADER.size)
+        while got < want:
+            n = os.preadv(fd, [into[got:want]], off + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    @staticmethod
+    def _cached(fd: int, pos: int, probe: memoryview) -> bool:
+        """Whether the byte at `pos` is in the page cache, without waiting for a
+        disk read (FADV_RANDOM: a miss makes the kernel read one page, not a
+        read-ahead window)."""
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            return os.preadv(fd, [probe], pos, _NOWAIT) > 0
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # no probe here: read buffered
+
+    def _read_direct(self, path: str, off: int, want: int, into: memoryview) -> int:
+        """Up to `want` bytes at the block-aligned `off` with O_DIRECT into the
+        block-sized, aligned `into`; 0 if direct I/O is not possible here."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                self._direct = False
+            return 0
+        try:
+            got = 0
+            while got < want:
+                try:
+                    n = os.preadv(fd, [into[got:]], off + got)
+                except OSError as e:
+                    if e.errno == errno.EINVAL:
+                        self._direct = False
+                    return 0 if got % BLOCK else got
+                if n <= 0:
+                    break
+                got += n
+                if n % BLOCK:
+                    break  # the end of the file
+            return min(got, want)
+        finally:
+            os.close(fd)
 
     def _verified(self, cid: bytes, seg: _Segment, sealed: Buffer, out: Buffer | None) -> bool:
         """Authenticate (and decrypt into `out`, or a scratch buffer); False (dropped) if not."""
@@ -443,12 +523,12 @@ class DiskCache:
         hit = self._lookup(cid)
         if hit is None:
             return None
-        buf = self._buffers.get(_HEADER.size + hit[2])
+        buf = self._buffers.get(_cost(hit[2]))  # whole blocks: a direct read fills them
         try:
-            view = memoryview(buf)
-            size = self._read(cid, hit, view)
+            size = self._read(cid, hit, buf)
             if size is None:
                 return None
+            view = memoryview(buf)
             plaintext = uninitialized(max(0, size - SEAL_OVERHEAD))  # the cipher fills it
             ok = self._verified(cid, hit[0], view[_HEADER.size:_HEADER.size + size], plaintext)
             del view
@@ -459,8 +539,8 @@ class DiskCache:
     def get_sealed(self, cid: bytes) -> bytes | None:
         """The sealed chunk as stored, for a peer; or None.
 
-        Read straight into the bytes object that is returned (no extra copy).
-        An entry not authenticated since this process opened the cache is
+        Read like `get` (page cache or O_DIRECT) and copied out once. An
+        entry not authenticated since this process opened the cache is
         authenticated first (a damaged one is dropped, not passed on); one
         that was is sent as it is -- the receiving peer authenticates every
         chunk before use anyway, and opening it twice for every transfer
@@ -469,24 +549,14 @@ class DiskCache:
         hit = self._lookup(cid)
         if hit is None:
             return None
-        seg, off, size = hit
+        seg, size = hit[0], hit[2]
+        buf = self._buffers.get(_cost(size))
         try:
-            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._drop(cid, seg, corrupt=False)  # evicted meanwhile
-            return None
-        try:
-            self._follow(fd, seg, off, size)
-            head = os.pread(fd, _HEADER.size, off)
-            sealed = os.pread(fd, size, off + _HEADER.size)
-        except OSError:
-            head = sealed = b""
+            if self._read(cid, hit, buf) is None:
+                return None
+            sealed = bytes(memoryview(buf)[_HEADER.size:_HEADER.size + size])
         finally:
-            os.close(fd)
-        if len(head) != _HEADER.size or _HEADER.unpack(head) != (MAGIC, FORMAT, cid, size) \
-                or len(sealed) != size:
-            self._drop(cid, seg, corrupt=True)
-            return None
+            self._buffers.put(buf)
         with self._lock:
             trusted = cid in self._trusted
         if trusted:
@@ -502,8 +572,18 @@ class DiskCache:
             if corrupt:
                 self.counters["corrupt"] += 1
 
+    @property
+    def takes_hints(self) -> bool:
+        """Whether `advise` does anything (entries are read buffered here)."""
+        return not self._direct
+
     def advise(self, cids: list[bytes]) -> None:
-        """Ask the kernel to start reading these entries (they are about to be read)."""
+        """Ask the kernel to start reading these entries (they are about to be read).
+
+        Only where entries are read buffered: direct reads would not use it.
+        """
+        if self._direct:
+            return
         with self._lock:
             spots = [(h[0].path, h[1], _HEADER.size + h[2]) for h in map(self._index.get, cids) if h]
         for path, off, length in spots:

@@ -13,8 +13,15 @@ and the reverse. Fetching the next few chunks concurrently overlaps them.
   bounded by `budget` bytes counting in-flight fetches; when it is full the
   oldest unclaimed chunk is dropped (it was also put in L1, so dropping costs
   little), and each stream runs at most `window` chunks ahead.
-* A chunk read only partly (the kernel reads 128 KiB at a time) is kept in
-  the same buffer for the reader's next call instead of being decoded again.
+* A chunk read only partly (the kernel reads 1 MiB at a time, several
+  requests in flight) stays in the same buffer -- a small window of
+  plaintext -- until a read reaches its end, so it is fetched and
+  authenticated once per stream, not once per request. Concurrent requests
+  for pieces of one chunk all find it there (taking it out on first use
+  made a second, concurrent piece fetch and decrypt the chunk again). A
+  chunk read to its end moves to the front of the eviction order: it goes
+  first when the budget needs room, but a piece requested late (the
+  kernel's requests can be served out of order) still finds it.
 * Prefetch tasks are trio system tasks: a reader needs no nursery, and one
   that stops reading (client gone) leaves at most `budget` bytes behind.
 """
@@ -38,7 +45,8 @@ DEFAULT_WINDOW = 8
 #: Sequential-stream positions remembered (object versions being read).
 STREAMS = 512
 #: A read starting this close to where the last one ended continues its stream
-#: (the kernel sends a mount's sequential 128 KiB reads slightly out of order).
+#: (the kernel sends a mount's sequential reads slightly out of order); a read
+#: of n bytes is allowed 2n of reordering (the kernel has several in flight).
 SEQUENTIAL_SLACK = 128 * 1024
 
 Fetch = Callable[[ChunkRef, str], Awaitable[bytes]]
@@ -63,6 +71,7 @@ class ReadAhead:
         self._ready_bytes = 0
         self._inflight: dict[bytes, int] = {}
         self._claimed: set[bytes] = set()  # in flight, but a reader already waits for it
+        self._seen: set[bytes] = set()  # buffered chunks a reader has used (not "dropped")
         self._inflight_bytes = 0
         # version -> [where the last read ended, chunks up to this index were prefetched]
         self._streams: OrderedDict[str, list[int]] = OrderedDict()
@@ -77,9 +86,28 @@ class ReadAhead:
             data = self._ready.pop(cid, None)
             if data is not None:
                 self._ready_bytes -= len(data)
-                self.counters["used"] += 1
+                if cid not in self._seen:
+                    self.counters["used"] += 1
+                self._seen.discard(cid)
             elif cid in self._inflight:
                 # the caller will join the fetch in flight: do not park a second copy
+                self._claimed.add(cid)
+                self.counters["used"] += 1
+            return data
+
+    def _use(self, cid: bytes, whole: bool) -> bytes | None:
+        """A buffered chunk for a read of part of it, left in the buffer: most
+        recently used while pieces are still to come (`whole` False), first to
+        evict once a read reached its end. None: fetch it (a prefetch in flight
+        is claimed, so the fetch joins it instead of parking a second copy)."""
+        with self._lock:
+            data = self._ready.get(cid)
+            if data is not None:
+                self._ready.move_to_end(cid, last=not whole)
+                if cid not in self._seen:
+                    self._seen.add(cid)
+                    self.counters["used"] += 1
+            elif cid in self._inflight:
                 self._claimed.add(cid)
                 self.counters["used"] += 1
             return data
@@ -88,10 +116,7 @@ class ReadAhead:
         with self._lock:
             if ref.id in self._ready or ref.id in self._inflight:
                 return False
-            while self._ready and self._ready_bytes + self._inflight_bytes + ref.size > self.budget:
-                _, old = self._ready.popitem(last=False)
-                self._ready_bytes -= len(old)
-                self.counters["dropped"] += 1
+            self._make_room(ref.size)
             if self._ready_bytes + self._inflight_bytes + ref.size > self.budget:
                 return False
             self._inflight[ref.id] = ref.size
@@ -137,7 +162,8 @@ class ReadAhead:
         may issue a sequential reader's reads concurrently), else None."""
         with self._lock:
             state = self._streams.pop(info.version, None)
-            sequential = state is not None and abs(offset - state[0]) <= SEQUENTIAL_SLACK
+            slack = max(SEQUENTIAL_SLACK, 2 * (end - offset))
+            sequential = state is not None and abs(offset - state[0]) <= slack
             if not sequential:
                 state = [end, -1]
             state[0] = max(state[0], end) if sequential else end
@@ -167,6 +193,7 @@ class ReadAhead:
         starts = self._starts(info)
         plan = _Plan(refs, starts, max(0, bisect.bisect_right(starts, offset) - 1),
                      bisect.bisect_left(starts, end))
+        plan.offset = offset
         plan.ahead = plan.hint_end = plan.last
         plan.stream = self._stream(info, offset, end) if self.enabled else None
         if plan.stream is not None:
@@ -187,11 +214,15 @@ class ReadAhead:
                 self._give_hint([refs[j].id for j in range(
                     i + 1 + self.window, min(max(plan.ahead, plan.hint_end), i + 1 + 2 * self.window))])
         ref = refs[i]
-        data = self.take(ref.id)
+        tail = end >= plan.starts[i] + ref.size  # this read reaches the chunk's end
+        if tail and plan.offset <= plan.starts[i]:
+            data = self.take(ref.id)  # the whole chunk in one read: nobody else wants it
+        else:
+            data = self._use(ref.id, tail)
         if data is None:
             data = await read(ref, context)
-        if end < plan.starts[i] + len(data):
-            self._park(ref.id, data)  # the next small read wants the rest of it
+            if not tail:
+                self._park(ref.id, data)  # the next requests want the rest of it
         return data
 
     async def chunks(self, info: ObjectInfo, offset: int, end: int, read: Fetch,
@@ -238,21 +269,30 @@ class ReadAhead:
         with self._lock:
             if cid in self._ready or len(data) > self.budget:
                 return
-            while self._ready and self._ready_bytes + self._inflight_bytes + len(data) > self.budget:
-                _, old = self._ready.popitem(last=False)
-                self._ready_bytes -= len(old)
-                self.counters["dropped"] += 1
+            self._make_room(len(data))
             if self._ready_bytes + self._inflight_bytes + len(data) <= self.budget:
                 self._ready[cid] = data
                 self._ready_bytes += len(data)
+                self._seen.add(cid)
+
+    def _make_room(self, size: int) -> None:
+        """Evict from the front (chunks read to their end, then the oldest) until
+        `size` more bytes fit the budget. Caller holds the lock."""
+        while self._ready and self._ready_bytes + self._inflight_bytes + size > self.budget:
+            cid, old = self._ready.popitem(last=False)
+            self._ready_bytes -= len(old)
+            if cid not in self._seen:
+                self.counters["dropped"] += 1  # prefetched and never used
+            self._seen.discard(cid)
 
 
 class _Plan:
     """Which chunks a read covers, and how far its stream reads ahead."""
 
-    __slots__ = ("refs", "starts", "first", "last", "ahead", "hint_end", "stream")
+    __slots__ = ("refs", "starts", "first", "last", "ahead", "hint_end", "stream", "offset")
 
     def __init__(self, refs: tuple[ChunkRef, ...], starts: list[int], first: int, last: int) -> None:
         self.refs, self.starts, self.first, self.last = refs, starts, first, last
+        self.offset = 0  # where the read starts
         self.ahead = self.hint_end = last
         self.stream: list[int] | None = None

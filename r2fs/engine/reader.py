@@ -214,8 +214,8 @@ class ChunkReader:
     def _hint(self, cids: list[bytes]) -> None:
         """Read-ahead's early notice: have the kernel start reading those L1 files."""
         l1 = self.l1
-        if l1 is None:
-            return
+        if l1 is None or not l1.takes_hints:
+            return  # (a thread hop for nothing: direct reads do not use the page cache)
 
         async def advise() -> None:
             try:

@@ -184,6 +184,44 @@ async def test_corrupt_and_truncated_entries_are_dropped_and_refetched(small_clu
         assert await (await bucket.get("obj")).read() == data
 
 
+def _supports_direct_io(directory: str) -> bool:
+    try:
+        fd = os.open(os.path.join(directory, "probe"), os.O_RDWR | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+async def test_entries_not_in_the_page_cache_are_read_direct_and_still_verified(small_cluster,
+                                                                               bucket):
+    c = small_cluster
+    c.reader.configure(cache_size=64 << 20, snapshots=False)
+    data = rand(4 * CHUNK + 777, seed=17)  # (the last entry is not block-sized)
+    await bucket.put("obj", data)
+    await (await bucket.get("obj")).read()
+    refs = (await bucket.head("obj")).chunks
+    path, off, _ = c.reader.l1.locate(refs[1].id)
+    with open(path, "r+b") as f:  # one flipped bit in the ciphertext of chunk 1
+        f.seek(off + 4000)
+        b = f.read(1)
+        f.seek(off + 4000)
+        f.write(bytes([b[0] ^ 1]))
+    for seg in cache_files(c):  # out of the page cache: the next reads go to the disk
+        fd = os.open(seg, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    assert await (await bucket.get("obj")).read() == data
+    figs = c.reader.figures()
+    assert figs["l1"]["corrupt"] == 1
+    assert figs["tiers"]["nodes"]["hits"] == 5 + 1
+    if _supports_direct_io(c.reader.l1.dir):
+        assert figs["l1"]["direct_reads"] >= 4
+    with nodes_gone(c):  # everything from L1 again: the refetched chunk 1 too
+        assert await (await bucket.get("obj")).read() == data
+
+
 async def test_concurrent_misses_of_one_chunk_fetch_once(small_cluster, bucket):
     c = small_cluster
     c.reader.configure(cache_size=64 << 20, snapshots=False)

@@ -106,3 +106,29 @@ async def test_abandoned_stream_leaves_only_the_budget_behind(small_cluster, buc
     await settle(c.reader)
     assert ra.buffered_bytes() <= ra.budget
     assert ra.buffered_bytes() <= ra.window * CHUNK
+
+
+async def test_concurrent_pieces_of_one_chunk_are_fetched_and_opened_once(small_cluster, bucket):
+    """The kernel has several requests for pieces of one chunk in flight at once:
+    they all use one fetch (one L1 hit, one authentication), not one each."""
+    c = small_cluster
+    c.reader.configure(cache_size=64 << 20, snapshots=False)
+    data = rand(6 * CHUNK, seed=27)
+    await bucket.put("obj", data)
+    info = await bucket.head("obj")
+    assert await (await bucket.get("obj")).read() == data  # L1 holds every chunk now
+    await settle(c.reader)
+    before = c.reader.figures()["tiers"]["l1"]["hits"]
+    piece = CHUNK // 4
+    got: dict[int, bytes] = {}
+
+    async def read(off: int) -> None:
+        got[off] = await bucket.read_range(info, off, piece)
+
+    for start in range(0, len(data), 4 * piece):  # four requests at a time, like the kernel's
+        async with trio.open_nursery() as nursery:
+            for off in range(start, start + 4 * piece, piece):
+                nursery.start_soon(read, off)
+    assert b"".join(got[o] for o in sorted(got)) == data
+    await settle(c.reader)
+    assert c.reader.figures()["tiers"]["l1"]["hits"] - before == 6
