@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,6 +25,46 @@ from .errors import ChunkCorrupt, ClusterError, WrongMasterKey
 _KDF_PERSON = b"r2fs-kdf-v1"
 _SECRET_VERSION = 1
 _NONCE = 12
+
+
+def _sodium_keyed_blake2b_256() -> "Callable[[bytes | bytearray | memoryview, bytes], bytes] | None":
+    """libsodium's keyed BLAKE2b-256 (through PyNaCl's cffi binding), or None.
+
+    Why: the chunk id is the largest CPU cost of a put after the ETag's MD5.
+    libsodium picks an AVX2 BLAKE2b where the CPU has it; measured on the
+    reference VM (thread CPU time, 4 MiB inputs) 766 MiB/s against 526 MiB/s
+    for hashlib's. Same function -- keyed BLAKE2b, 32-byte digest, zero salt
+    and personalisation -- so the same ids: checked against hashlib before it
+    is used, else hashlib stays. The call releases the GIL, as hashlib does.
+    PyNaCl is optional; without it hashlib computes the same ids.
+    """
+    try:
+        from nacl._sodium import ffi, lib  # type: ignore[import-not-found]
+        fn = lib.crypto_generichash_blake2b_salt_personal
+    except (ImportError, AttributeError):
+        return None
+
+    def keyed_blake2b_256(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+        out = ffi.new("unsigned char[32]")
+        buf = ffi.from_buffer(data)
+        if fn(out, 32, buf, len(buf), key, len(key), ffi.NULL, ffi.NULL) != 0:
+            raise ClusterError("libsodium BLAKE2b failed")
+        return ffi.buffer(out, 32)[:]
+
+    try:
+        for size in (0, 1, 127, 128, 129, 70_000):
+            data, key = os.urandom(size), os.urandom(32)
+            if keyed_blake2b_256(data, key) != hashlib.blake2b(data, key=key,
+                                                               digest_size=32).digest():
+                return None
+    except Exception:  # noqa: BLE001 -- any trouble: keep hashlib
+        return None
+    return keyed_blake2b_256
+
+
+_sodium_blake2b = _sodium_keyed_blake2b_256()
+#: Inputs at least this long are hashed by libsodium (shorter: the call costs more).
+_SODIUM_MIN = 16 * 1024
 
 
 def _derive(master: bytes, purpose: str) -> bytes:
@@ -108,8 +149,11 @@ class MasterKey:
 
         Keyed so that a chunk id reveals nothing about content to someone who
         can read the metadata but has no key (no confirmation-of-file attacks).
-        hashlib releases the GIL for large inputs, so threads hash in parallel.
+        hashlib and libsodium release the GIL for large inputs, so threads
+        hash in parallel.
         """
+        if _sodium_blake2b is not None and len(plaintext) >= _SODIUM_MIN:
+            return _sodium_blake2b(plaintext, self._id_key)
         return hashlib.blake2b(plaintext, key=self._id_key, digest_size=32).digest()
 
     def chunk_key(self, chunk_id: bytes) -> bytes:

@@ -570,3 +570,18 @@ def test_erasure_refuses_bad_parameters_and_broken_framing():
     broken[2] = broken[2] + b"x"
     with pytest.raises(DataUnavailable):
         ec.decode(broken, 5000)
+
+
+@pytest.mark.parametrize("size", [0, 1, 16 * 1024 - 1, 16 * 1024, 4 * 1024 * 1024 + 3])
+def test_chunk_id_is_keyed_blake2b_whatever_the_backend(size):
+    """libsodium (when PyNaCl is installed) and hashlib must give the same chunk ids:
+    the id is part of the on-disk format (shard names, AES keys, AAD)."""
+    import hashlib
+    from r2fs.engine import keys
+    master = keys.MasterKey(os.urandom(32))
+    data = os.urandom(size)
+    want = hashlib.blake2b(data, key=master._id_key, digest_size=32).digest()
+    assert master.chunk_id(data) == want
+    assert master.chunk_id(memoryview(bytearray(data))) == want
+    if keys._sodium_blake2b is not None:
+        assert keys._sodium_blake2b(data, master._id_key) == want
