@@ -25,10 +25,14 @@ log = logging.getLogger("r2fs.fuse")
 
 
 class ChangePoller:
-    def __init__(self, ctx: MountContext, own: OwnChanges, is_open: Callable[[int], bool]) -> None:
+    def __init__(self, ctx: MountContext, own: OwnChanges, is_open: Callable[[int], bool],
+                 forget: Callable[..., None] = lambda *paths: None,
+                 forget_all: Callable[[], None] = lambda: None) -> None:
         self._ctx = ctx
         self._own = own
         self._is_open = is_open
+        self._forget = forget  # the mount's own memory of paths (ops.R2Operations)
+        self._forget_all = forget_all
         self.seq = ctx.cluster.change_seq()
 
     async def run(self) -> None:
@@ -59,7 +63,10 @@ class ChangePoller:
                 break
         self._own.expire()
         if everything:
+            self._forget_all()
             paths = {p for p, _ in self._ctx.table.items() if p}
+        for path in paths:
+            self._forget(*_with_ancestors(path))
         for path in sorted(paths):
             await self._invalidate(path)
 
@@ -80,6 +87,14 @@ class ChangePoller:
                 if pino != ROOT:
                     await _quietly(pyfuse3.invalidate_inode, pino, True)
             path = parent
+
+
+def _with_ancestors(path: str) -> list[str]:
+    out = []
+    while path:
+        out.append(path)
+        path = split(path)[0]
+    return out
 
 
 async def _quietly(fn: Callable[..., object], *args: object) -> None:

@@ -95,7 +95,8 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
                        layout=(cfg.k, cfg.m, [n.path for n in cfg.nodes]))
     ops = R2Operations(ctx)
     ops.files.journal = Journal(cluster, jdir)
-    poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None)
+    poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None,
+                          ops.forget_paths, ops.forget_all_paths)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(opts))
     except RuntimeError as exc:

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Callable
 import pyfuse3
 import trio
 
-from ..engine.types import Conditional
+from ..engine.types import Conditional, ObjectInfo
 from . import attrs as A
 from .context import MountContext
 from .dirs import Node, dir_node, entries, file_node, has_entries, keep_parent, make_marker, resolve
@@ -31,6 +31,7 @@ from .names import component, dir_prefix, is_under, join, split
 log = logging.getLogger("r2fs.fuse")
 
 BLKSIZE = 1 << 20  # st_blksize: makes cp and stdio use big writes
+NODE_CACHE_MAX = 200_000  # paths whose node (attributes) the mount remembers
 XATTR_NAMESPACE = "user."
 AttrChange = Callable[[A.PosixAttrs, dict[str, str]], tuple[A.PosixAttrs, dict[str, str]]]
 
@@ -58,8 +59,14 @@ class R2Operations(pyfuse3.Operations):
         self._root_meta: dict[str, str] = {}
         self._cache_version: dict[int, str] = {}  # ino -> version the page cache holds
         self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
+        # What paths are, as last read from the bucket: lookup/getattr answer from
+        # here (the kernel asks again after every change in a directory). Every
+        # change this mount makes updates it; the change poller drops what other
+        # writers changed (the same staleness bound as the kernel's own caches).
+        self._nodes: dict[str, Node] = {}
+        self._nodes_gen = 0
         self.files.on_commit = self._committed
-        self.files.on_abandon = lambda ino: self._cache_version.pop(ino, None)
+        self.files.on_abandon = self._abandoned
 
     # --- attributes ------------------------------------------------------------------
 
@@ -95,7 +102,30 @@ class R2Operations(pyfuse3.Operations):
     async def _resolve(self, path: str) -> Node:
         if path == "":
             return Node("", self._root, 0, None)
-        return await resolve(self.ctx, path)
+        node = self._nodes.get(path)
+        if node is not None:
+            return node
+        gen = self._nodes_gen
+        node = await resolve(self.ctx, path)
+        if gen == self._nodes_gen:  # nothing was invalidated while we read
+            if len(self._nodes) >= NODE_CACHE_MAX:
+                self._nodes.clear()
+            self._nodes[path] = node
+        return node
+
+    def forget_paths(self, *paths: str) -> None:
+        """These paths changed (here or elsewhere): read them from the bucket again."""
+        for p in paths:
+            self._nodes.pop(p, None)
+        self._nodes_gen += 1
+
+    def forget_all_paths(self) -> None:
+        self._nodes.clear()
+        self._nodes_gen += 1
+
+    async def _keep_parent(self, path: str) -> None:
+        self.forget_paths(split(path)[0])
+        await keep_parent(self.ctx, path)
 
     async def _exists(self, path: str) -> Node | None:
         try:
@@ -168,13 +198,15 @@ class R2Operations(pyfuse3.Operations):
         of = self.files.get(inode)
         if of is None:
             path = self.table.path(inode)
-            node = await self._resolve(path)
+            node = await resolve(self.ctx, path)  # fresh: its metadata is rewritten
             if node.is_dir:
                 if truncate is not None:
                     raise fail(errno.EISDIR)
                 meta = dict(node.info.custom_metadata) if node.info else {}
                 new_attrs, new_meta = change(node.attrs, meta)
+                self.forget_paths(path)
                 await make_marker(self.ctx, path, new_attrs, base=new_meta)
+                self.forget_paths(path)
                 return
             of = await self.files.acquire(inode, path, node.info)
         else:
@@ -215,6 +247,7 @@ class R2Operations(pyfuse3.Operations):
         attrs = A.new_attrs(kind, perm, ctx.uid, ctx.gid)
         info = await self.ctx.bucket.put(path, content, custom_metadata=A.to_metadata(attrs),
                                          only_if=Conditional(etag_does_not_match="*"))
+        self.forget_paths(path)
         ino = self.table.ino(path)
         node = file_node(self.ctx, path, info)
         self.table.looked_up(ino)
@@ -238,6 +271,7 @@ class R2Operations(pyfuse3.Operations):
             raise fail(errno.EEXIST)
         attrs = A.new_attrs(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
         marker = await make_marker(self.ctx, path, attrs, create_only=True)
+        self.forget_paths(path)
         ino = self.table.ino(path)
         self.table.looked_up(ino)
         return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
@@ -253,12 +287,13 @@ class R2Operations(pyfuse3.Operations):
         async with _locked(of):  # no commit of an open file may land after the delete
             if of is not None and of.users > 0:
                 await of.buf.materialize()  # the open handles keep the content, locally
+            self.forget_paths(path)
             if not (of is not None and of.pending) and not await self.ctx.bucket.delete(path):
                 raise fail(errno.ENOENT)
             self.table.detach(path)
             self.files.orphaned(of)
         if of is None or not of.pending:  # (an unpublished file's parent is as it was)
-            await keep_parent(self.ctx, path)
+            await self._keep_parent(path)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         path = self._child(parent_inode, name)
@@ -268,9 +303,10 @@ class R2Operations(pyfuse3.Operations):
         await self.files.settle(path)  # closed files not yet published count as entries
         if await has_entries(self.ctx, path):
             raise fail(errno.ENOTEMPTY)
+        self.forget_paths(path)
         await self.ctx.bucket.delete(dir_prefix(path))
         self.table.detach(path)
-        await keep_parent(self.ctx, path)
+        await self._keep_parent(path)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
@@ -301,7 +337,12 @@ class R2Operations(pyfuse3.Operations):
                 if await has_entries(self.ctx, new):
                     raise fail(errno.ENOTEMPTY)
                 replace_keys = [dir_prefix(new)]
-            await self.ctx.bucket.rename_prefix(dir_prefix(old), dir_prefix(new), replace_keys=replace_keys)
+            self.forget_all_paths()
+            try:
+                await self.ctx.bucket.rename_prefix(dir_prefix(old), dir_prefix(new),
+                                                    replace_keys=replace_keys)
+            finally:
+                self.forget_all_paths()
         else:
             if dst is not None and dst.is_dir:
                 raise fail(errno.EISDIR)
@@ -310,15 +351,17 @@ class R2Operations(pyfuse3.Operations):
             async with _locked(sof, vof):  # commits of either file wait for the new names
                 if vof is not None and vof.users > 0:
                     await vof.buf.materialize()
+                self.forget_paths(old, new)
                 await self.ctx.bucket.rename(old, new, replace=True)
+                self.forget_paths(old, new)
                 self.table.detach(new)
                 self.files.orphaned(vof)
                 self.table.move(old, new, tree=False)
-            await keep_parent(self.ctx, old)
+            await self._keep_parent(old)
             return
         self.table.detach(new)
         self.table.move(old, new)
-        await keep_parent(self.ctx, old)
+        await self._keep_parent(old)
 
     async def _rename_unpublished(self, sof: OpenFile, old: str, new: str, flags: int) -> bool:
         """A file that is not in the bucket yet: renaming it is local; it is published at `new`.
@@ -347,6 +390,7 @@ class R2Operations(pyfuse3.Operations):
                 return False
             if vof is not None and vof.users > 0:
                 await vof.buf.materialize()
+            self.forget_paths(old, new)
             self.table.detach(new)
             self.files.orphaned(vof)
             self.table.move(old, new, tree=False)
@@ -418,9 +462,20 @@ class R2Operations(pyfuse3.Operations):
             of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
             return n
 
-    def _committed(self, ino: int, info: object) -> None:
+    def _committed(self, ino: int, info: ObjectInfo) -> None:
         """Our own commit: the kernel's page cache (written through) matches it."""
-        self._cache_version[ino] = info.version  # type: ignore[attr-defined]
+        self._cache_version[ino] = info.version
+        path = self.table.path_or_none(ino)
+        if path is not None:
+            self.forget_paths(path)
+            self._nodes[path] = file_node(self.ctx, path, info)
+
+    def _abandoned(self, ino: int) -> None:
+        """Our deferred commit lost to a newer write elsewhere."""
+        self._cache_version.pop(ino, None)
+        path = self.table.path_or_none(ino)
+        if path is not None:
+            self.forget_paths(path)
 
     async def _commit(self, of: OpenFile) -> None:
         async with of.lock:
