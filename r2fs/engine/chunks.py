@@ -21,13 +21,15 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Mapping, Sequence
 
+import xxhash
+
 from .crypto import (SEAL_OVERHEAD, open_chunk, open_chunk_into, seal_chunk, seal_chunk_into,
                      uninitialized)
 from .erasure import Erasure
 from .errors import ChunkCorrupt, DataUnavailable, UnsupportedFormat
 from .keys import MasterKey
 from .nodes import LocalNode, NodeUnavailable
-from .shards import ShardInvalid, pack_shard_parts, read_shard
+from .shards import HEADER_SIZE, ShardInvalid, pack_header, pack_shard_parts, read_shard
 
 Buffer = bytes | bytearray | memoryview
 
@@ -213,20 +215,40 @@ class ChunkStore:
             raise ValueError(f"placement has {len(placement)} nodes, need {n}")
         nodes = [self._node(nid) for nid in placement]
         names = self.shard_names(chunk_id, gen)
-        parts = self.erasure.encode_parts(sealed)
-        files = [pack_shard_parts(chunk_id, i, self.k, self.m, self.stripe_size, parts[i],
-                                  self.erasure.codec) for i in range(n)]
+        # Preferred: fragments encoded straight into one page-aligned buffer per
+        # shard file, header in front, written from there (erasure.DirectEncoder).
+        direct = self.erasure.encode_into(sealed, _buffers.get, HEADER_SIZE)
+        files: list[list[Buffer]]
+        if direct is not None:
+            files = []
+            for i, (buf, payload_len) in enumerate(direct):
+                view = memoryview(buf)[:HEADER_SIZE + payload_len]
+                digest = xxhash.xxh3_128_digest(view[HEADER_SIZE:])
+                view[:HEADER_SIZE] = pack_header(chunk_id, i, self.k, self.m, self.stripe_size,
+                                                 payload_len, digest, self.erasure.codec)
+                files.append([view])
+        else:
+            parts = self.erasure.encode_parts(sealed)
+            files = [pack_shard_parts(chunk_id, i, self.k, self.m, self.stripe_size, parts[i],
+                                      self.erasure.codec) for i in range(n)]
         pool = _io_pool()
-        futures: list[Future[None]] = [
-            pool.submit(nodes[i].write_parts, names[i], files[i], scratch=_buffers,
-                        sync_later=sync_later)
-            for i in range(n)]
         errors = []
-        for i, fut in enumerate(futures):
-            try:
-                fut.result()
-            except (OSError, NodeUnavailable) as e:
-                errors.append(f"{placement[i]}: {getattr(e, 'strerror', None) or e}")
+        try:
+            futures: list[Future[None]] = [
+                pool.submit(nodes[i].write_parts, names[i], files[i], scratch=_buffers,
+                            sync_later=sync_later)
+                for i in range(n)]
+            for i, fut in enumerate(futures):
+                try:
+                    fut.result()
+                except (OSError, NodeUnavailable) as e:
+                    errors.append(f"{placement[i]}: {getattr(e, 'strerror', None) or e}")
+        finally:
+            stored = sum(len(p) for f in files for p in f)
+            if direct is not None:
+                del files, futures
+                for buf, _ in direct:
+                    _buffers.put(buf)
         if errors:
             for i in range(n):
                 try:
@@ -235,7 +257,7 @@ class ChunkStore:
                     pass
             raise NodeUnavailable(
                 f"chunk {chunk_id.hex()}: could not store shards ({'; '.join(errors)})")
-        return sum(len(p) for f in files for p in f)
+        return stored
 
     # --- read ------------------------------------------------------------------------
 

@@ -169,9 +169,14 @@ class LocalNode:
     def _write_direct(self, fd: int, parts: Sequence[Buffer], total: int, scratch: Scratch) -> None:
         """Write `parts` to the empty file `fd`: the 4 KiB-aligned bulk with O_DIRECT,
         the tail through the page cache; any refusal falls back to an ordinary write."""
-        buf = scratch.get(total)
-        try:
+        only = memoryview(parts[0]).cast("B") if len(parts) == 1 else None
+        if only is not None and not only.readonly and _address(only) % _DIRECT_ALIGN == 0:
+            buf = None  # one part, already page-aligned (chunks.write_shards): no copy
+            view = only
+        else:
+            buf = scratch.get(total)
             if _address(buf) % _DIRECT_ALIGN:
+                scratch.put(buf)
                 write_all(fd, parts)
                 return
             view = memoryview(buf)[:total]
@@ -179,6 +184,7 @@ class LocalNode:
             for p in parts:
                 view[off:off + len(p)] = p
                 off += len(p)
+        try:
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             bulk = total // _DIRECT_ALIGN * _DIRECT_ALIGN
             written = 0
@@ -194,9 +200,10 @@ class LocalNode:
                 fcntl.fcntl(fd, fcntl.F_SETFL, flags)
             while written < total:  # the tail (or everything, after a refusal)
                 written += os.pwrite(fd, view[written:], written)
-            del view
         finally:
-            scratch.put(buf)
+            del view, only
+            if buf is not None:
+                scratch.put(buf)
 
     def read(self, name: str) -> bytes:
         with open(self._file(name), "rb", buffering=0) as f:

@@ -208,18 +208,33 @@ async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes]:
             if not have and len(part) == size:
                 yield part
                 continue
-            view = memoryview(part)
-            while have + len(view) >= size:
+            rest: bytes | memoryview = part
+            while have + len(rest) >= size:
                 take = size - have
-                parts.append(view[:take])
-                yield b"".join(parts)
+                if take == len(rest):
+                    parts.append(rest)
+                    rest = b""
+                else:
+                    view = memoryview(rest)
+                    parts.append(view[:take])
+                    rest = view[take:]
+                yield await _join(parts)
                 parts, have = [], 0
-                view = view[take:]
-            if view:
-                parts.append(view)
-                have += len(view)
+            if rest:
+                parts.append(rest)
+                have += len(rest)
         if parts:
-            yield b"".join(parts)
+            yield await _join(parts)
+
+
+async def _join(parts: list[bytes | memoryview]) -> bytes:
+    """b"".join(parts), a big one in a worker thread: the copy then neither blocks the
+    trio loop nor (when every part is `bytes`, which is when CPython drops it) the GIL."""
+    if len(parts) == 1 and isinstance(parts[0], bytes):
+        return parts[0]
+    if sum(len(p) for p in parts) >= 1 << 20:
+        return await _in_thread(b"".join, parts)
+    return b"".join(parts)
 
 
 class _Ingested:

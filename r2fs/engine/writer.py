@@ -29,7 +29,9 @@ the same moment can never have its new files removed by gc's old deletion.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -56,6 +58,17 @@ WRITE_MODES = ("sync", "local")
 T = TypeVar("T")
 LOC_NODES = "nodes"
 LOC_STAGING = "staging"
+
+
+#: TEST HOOK ONLY: "stored", "synced" or "committed"; a put SIGKILLs its own process
+#: right after that step of `ChunkWriter.commit`, so tests can prove that a kill at
+#: any step leaves either the old object or the whole new one, never a dangling manifest.
+TEST_KILL_ENV = "R2FS_TEST_KILL_PUT_AFTER"
+
+
+def _test_hook_kill_after(step: str) -> None:
+    if os.environ.get(TEST_KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def new_journal_entry(bucket: str | None, gen: int, sealed_len: int, plain_len: int) -> dict:
@@ -299,8 +312,12 @@ class ChunkWriter:
         dirs = batch.begin()
 
         def work() -> T:
+            _test_hook_kill_after("stored")
             sync_dirs(dirs)
-            return c.meta.write(fn)
+            _test_hook_kill_after("synced")
+            result = c.meta.write(fn)
+            _test_hook_kill_after("committed")
+            return result
 
         result = await trio.to_thread.run_sync(work)
         staged, surplus = batch.committed()
