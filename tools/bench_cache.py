@@ -101,13 +101,38 @@ def _r2fs(*argv: str) -> None:
         raise SystemExit(f"bench cache: r2fs {' '.join(argv)} failed: {proc.stderr.strip()}")
 
 
-def _mount_read(cluster_path: str, mnt: str, flags: list[str], size: int, state: dict) -> float:
-    """MB/s of one cold sequential read of the object through a fresh mount with `flags`."""
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _mount_read(cluster_path: str, mnt: str, flags: list[str], size: int, state: dict,
+                cpu: list[float] | None = None, peer_pid: int | None = None) -> float:
+    """MB/s of one cold sequential read of the object through a fresh mount with `flags`;
+    appends the CPU seconds per GiB of the mount daemon (+ the peer process) to `cpu`.
+
+    Why CPU too: on a shared 2-core machine the wall-clock ratio moves with
+    the other load; CPU seconds per GiB are what the read path costs.
+    """
+    from r2fs.cli.fuse_cmds import daemon_pid
+
     os.makedirs(mnt, exist_ok=True)
     _r2fs("--cluster", cluster_path, "mount", "bench", mnt, *flags)
     try:
         state["dropped"] &= drop_caches()
+        pid = daemon_pid(mnt)
+        before = _cpu_seconds(pid) + _cpu_seconds(peer_pid)
         seconds, total = native_read(os.path.join(mnt, "obj"))
+        used = _cpu_seconds(pid) + _cpu_seconds(peer_pid) - before
+        if cpu is not None and pid is not None:
+            cpu.append(used / (total / GiB) if total else 0.0)
     finally:
         if subprocess.run([sys.executable, "-m", "r2fs.cli", "umount", mnt],
                           capture_output=True).returncode != 0:
@@ -140,15 +165,22 @@ def _stop_peer(peer: Any) -> None:
 def run_mount(args: argparse.Namespace, table: Table, cluster: Any, work: str, native_path: str,
               cache_size: int, state: dict) -> tuple[float, float]:
     """The four cases through `r2fs mount`; (read-ahead off, on) MB/s."""
+    import statistics
+
     size = args.size
     mnt = os.path.join(work, "mnt")
-    read = lambda flags: lambda: _mount_read(cluster.path, mnt, flags, size, state)  # noqa: E731
+    cpu: dict[str, list[float]] = {}
+    peer_pid: list[int | None] = [None]
+
+    def read(flags: list[str], label: str = "") -> Any:
+        return lambda: _mount_read(cluster.path, mnt, flags, size, state,
+                                   cpu.setdefault(label, []) if label else None, peer_pid[0])
     fresh = iter(range(1000))
     new_dir = lambda: os.path.join(work, f"l1-{next(fresh)}")  # noqa: E731
     cache = ["--cache-size", str(cache_size)]
     for label, flags in (("cold, read-ahead off", ["--cache-size", "0", "--no-readahead"]),
                          ("cold, read-ahead on", ["--cache-size", "0"])):
-        r, n = _pair(label, native_path, size, lambda: None, read(flags), args.runs, state)
+        r, n = _pair(label, native_path, size, lambda: None, read(flags, label), args.runs, state)
         table.add(f"{label} (nodes)", r, n)
     off, on = table.rows[-2].r2fs, table.rows[-1].r2fs
     runs = {"flags": []}
@@ -156,15 +188,16 @@ def run_mount(args: argparse.Namespace, table: Table, cluster: Any, work: str, n
     def fresh_l1() -> None:
         runs["flags"] = ["--cache-dir", new_dir(), *cache]
     r, n = _pair("cold, L1 filling", native_path, size, fresh_l1,
-                 lambda: read(runs["flags"])(), args.runs, state)
+                 lambda: read(runs["flags"], "(a)")(), args.runs, state)
     table.add("(a) cold from the nodes, filling L1", r, n)
     warm = ["--cache-dir", os.path.join(work, "l1-warm"), *cache]
     progress("filling the L1 of the warm case")
     _mount_read(cluster.path, mnt, warm, size, state)
-    r, n = _pair("L1 hits", native_path, size, lambda: None, read(warm), args.runs, state)
+    r, n = _pair("L1 hits", native_path, size, lambda: None, read(warm, "(b)"), args.runs, state)
     table.add("(b) warm: L1 hits (remounted)", r, n)
     peer, url = _start_peer(cluster.path, os.path.join(work, "peer-l1"), cache_size)
     try:
+        peer_pid[0] = peer.pid
         progress("warming the peer's L1")
         _mount_read(cluster.path, mnt, ["--cache-dir", new_dir(), *cache, "--peer", url], size,
                     state)
@@ -172,10 +205,12 @@ def run_mount(args: argparse.Namespace, table: Table, cluster: Any, work: str, n
         def fresh_l1_with_peer() -> None:
             runs["flags"] = ["--cache-dir", new_dir(), *cache, "--peer", url]
         r, n = _pair("L2 hits", native_path, size, fresh_l1_with_peer,
-                     lambda: read(runs["flags"])(), args.runs, state)
+                     lambda: read(runs["flags"], "(c) incl. the peer")(), args.runs, state)
         table.add("(c) L2: a peer's L1, own L1 empty", r, n)
     finally:
         _stop_peer(peer)
+    table.note("CPU-s per GiB read (mount daemon; median): " + ", ".join(
+        f"{k} {statistics.median(v):.2f}" for k, v in cpu.items() if v))
     return off, on
 
 
