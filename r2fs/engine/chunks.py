@@ -65,6 +65,20 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def borrow(size: int) -> memoryview:
+    """A scratch view of exactly `size` bytes from the shared pool (contents undefined);
+    hand it back with `give_back` once nobody uses it (for a put's joined plaintext:
+    a fresh 4 MiB `bytes` per chunk cost ~1,000 page faults each, measured as most of
+    a put's 286,000 minor faults per GiB)."""
+    return memoryview(_buffers.get(size))[:size]
+
+
+def give_back(piece: object) -> None:
+    """Return a view from `borrow` to the pool; anything else is left to the GC."""
+    if isinstance(piece, memoryview):
+        _release(piece)
+
+
 def _release(view: memoryview) -> None:
     """Hand a pooled buffer back, given a view of it (views of it must be dead after this)."""
     _buffers.put(view.obj)
@@ -89,13 +103,16 @@ class BufferPool:
     reference VM, a chunk read went from ~830 to ~330 MB/s because of them.
     Shard file contents and sealed chunks are therefore read/decoded into
     pooled buffers; only the plaintext returned to the caller is fresh.
-    Bounded: at most `max_bytes` are kept; the rest is freed normally.
+    Bounded: at most `max_bytes` are kept; the rest is freed normally. The
+    shared pool keeps 96 MiB: a put's working set (6 chunks in flight, each a
+    plaintext, a sealed chunk and k+m shard files) fits, so a steady put
+    allocates nothing new (32 MiB made ~60% of those buffers fresh mappings).
     """
 
     MIN = 128 * 1024
     GRAIN = 64 * 1024
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 96 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
         self._free: list[mmap.mmap] = []
         self._held = 0
@@ -131,6 +148,20 @@ class BufferPool:
 
 _buffers = BufferPool()
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def borrow(size: int) -> memoryview:
+    """A scratch view of exactly `size` bytes from the shared pool (contents undefined);
+    hand it back with `give_back` once nobody uses it (for a put's joined plaintext:
+    a fresh 4 MiB `bytes` per chunk cost ~1,000 page faults each, measured as most of
+    a put's 286,000 minor faults per GiB)."""
+    return memoryview(_buffers.get(size))[:size]
+
+
+def give_back(piece: object) -> None:
+    """Return a view from `borrow` to the pool; anything else is left to the GC."""
+    if isinstance(piece, memoryview):
+        _release(piece)
 
 
 class ChunkStore:

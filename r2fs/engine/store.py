@@ -27,7 +27,7 @@ from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Callable, Iterab
 import trio
 
 from . import conditions, config as cfgmod
-from .chunks import ChunkStore
+from .chunks import ChunkStore, borrow, give_back
 from .errors import (
     BadDigest,
     BucketAlreadyExists,
@@ -162,7 +162,7 @@ def _resolve_range(rng: Range | None, size: int, what: str) -> tuple[int, int]:
     return off, length
 
 
-async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes]:
+async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes | memoryview]:
     """The input cut into pieces of exactly `size` bytes (the last may be shorter).
 
     Each piece costs at most one copy: parts of a stream are joined once
@@ -227,14 +227,26 @@ async def _pieces(value: PutValue, size: int) -> AsyncIterator[bytes]:
             yield await _join(parts)
 
 
-async def _join(parts: list[bytes | memoryview]) -> bytes:
-    """b"".join(parts), a big one in a worker thread: the copy then neither blocks the
-    trio loop nor (when every part is `bytes`, which is when CPython drops it) the GIL."""
+async def _join(parts: list[bytes | memoryview]) -> bytes | memoryview:
+    """The parts as one buffer. A big one is copied into a pooled buffer
+    (`chunks.borrow`; the consumer hands it back with `chunks.give_back`) in a
+    worker thread, so the copy neither blocks the trio loop nor faults in
+    fresh pages."""
     if len(parts) == 1 and isinstance(parts[0], bytes):
         return parts[0]
-    if sum(len(p) for p in parts) >= 1 << 20:
-        return await _in_thread(b"".join, parts)
-    return b"".join(parts)
+    total = sum(len(p) for p in parts)
+    if total < 1 << 20:
+        return b"".join(parts)
+
+    def copy() -> memoryview:
+        out = borrow(total)
+        off = 0
+        for p in parts:
+            out[off:off + len(p)] = p
+            off += len(p)
+        return out
+
+    return await _in_thread(copy)
 
 
 class _Ingested:
@@ -473,6 +485,7 @@ class Bucket:
                 results[index] = await self.cluster.writer.write(piece, bucket=self.name,
                                                                  batch=out.batch)
         finally:
+            give_back(piece)
             slots.release()
 
     async def put(self, key: str, value: PutValue, *, http_metadata: dict[str, str] | None = None,

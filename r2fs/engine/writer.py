@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
+from .chunks import borrow, give_back
+from .crypto import SEAL_OVERHEAD, seal_chunk_into
 from .errors import DataUnavailable, InvalidClusterConfig
 from .meta import CHUNK_LIVE
 from .nodes import place, sync_dirs
@@ -251,11 +253,16 @@ class ChunkWriter:
         placement = self._place(cid, home)
         dirs: list[str] = []
         if local:
-            sealed = c.chunks.seal(cid, data)
-            self.staging.write(cid, gen, sealed, sync_later=dirs)
-            record = {"r": 0, "n": len(data), "l": len(sealed), "g": gen, "p": placement,
+            sealed_len = len(data) + SEAL_OVERHEAD
+            sealed = borrow(sealed_len)  # a pooled buffer: no fresh pages per chunk
+            try:
+                seal_chunk_into(c.master, cid, data, sealed)
+                self.staging.write(cid, gen, sealed, sync_later=dirs)
+            finally:
+                give_back(sealed)
+            record = {"r": 0, "n": len(data), "l": sealed_len, "g": gen, "p": placement,
                       "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_STAGING}
-            journal: dict | None = new_journal_entry(bucket, gen, len(sealed), len(data))
+            journal: dict | None = new_journal_entry(bucket, gen, sealed_len, len(data))
         else:
             sealed_len, _ = c.chunks.seal_and_write(cid, gen, data, placement, sync_later=dirs)
             record = {"r": 0, "n": len(data), "l": sealed_len, "g": gen, "p": placement,
