@@ -32,6 +32,7 @@ log = logging.getLogger("r2fs.fuse")
 
 BLKSIZE = 1 << 20  # st_blksize: makes cp and stdio use big writes
 NODE_CACHE_MAX = 200_000  # paths whose node (attributes) the mount remembers
+PREFILL_MAX = 128 * 1024  # files up to this size are handed to the page cache at open()
 XATTR_NAMESPACE = "user."
 AttrChange = Callable[[A.PosixAttrs, dict[str, str]], tuple[A.PosixAttrs, dict[str, str]]]
 
@@ -403,15 +404,41 @@ class R2Operations(pyfuse3.Operations):
 
     # --- files -------------------------------------------------------------------------
 
-    def _file_info(self, of: OpenFile, flags: int) -> pyfuse3.FileInfo:
+    def _file_info(self, of: OpenFile, flags: int, prefilled: bool = False) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         h = self.files.open_handle(of, append=bool(flags & os.O_APPEND), writable=writable)
         version = of.buf.base.version if of.buf.base is not None else None
         keep = (version is not None and not (flags & os.O_TRUNC)
-                and self._cache_version.get(of.ino) == version)
+                and (prefilled or self._cache_version.get(of.ino) == version))
         if version is not None:
             self._cache_version[of.ino] = version
         return pyfuse3.FileInfo(fh=h.fh, keep_cache=keep)
+
+    async def _prefill(self, of: OpenFile, flags: int) -> bool:
+        """Hand a small, unchanged file's content to the kernel's page cache with the open reply.
+
+        Reads are then served by the kernel without a READ request each, and
+        -- what matters more -- a READ makes the kernel drop the file's cached
+        attributes (its atime changed), so every later stat() would be a
+        round trip here. Only for a version the kernel cannot hold stale pages
+        of: one it never saw (`_cache_version` does not name another).
+        """
+        base = of.buf.base
+        if (base is None or of.buf.changed or (flags & os.O_ACCMODE) == os.O_WRONLY
+                or flags & os.O_TRUNC or not 0 < base.size <= PREFILL_MAX or not base.inline):
+            return False
+        known = self._cache_version.get(of.ino)
+        if known is not None and known != base.version:
+            return False  # the kernel may hold the old version's pages: let it drop them
+        data = await of.buf.read(0, base.size)
+        if of.buf.changed or of.buf.base is not base:
+            return False
+        try:
+            pyfuse3.notify_store(of.ino, 0, data)
+        except OSError as exc:
+            log.debug("notify_store of inode %d: %s", of.ino, exc)
+            return False
+        return True
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         path = self.table.path(inode)
@@ -424,7 +451,7 @@ class R2Operations(pyfuse3.Operations):
                     await of.buf.truncate(0)
                     now = A.now_ns()
                     of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
-            return self._file_info(of, flags)
+            return self._file_info(of, flags, await self._prefill(of, flags))
         except BaseException:
             await self.files.release(of)
             raise

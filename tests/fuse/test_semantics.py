@@ -310,6 +310,10 @@ def test_cross_interface_and_invalidation(mnt):
     time.sleep(1.0)
     assert "fresh" in os.listdir(mnt.path)
     assert read(mnt.p("shared")) == b"changed by the API, longer"
+    mnt.api(lambda b: b.put("shared", b"short"))  # the kernel must not keep the old pages
+    time.sleep(1.0)
+    assert read(mnt.p("shared")) == b"short"
+    assert read(mnt.p("shared")) == b"short"  # (handed to the page cache at open)
     mnt.api(lambda b: b.delete("fresh"))
     time.sleep(1.0)
     assert not os.path.exists(mnt.p("fresh"))
