@@ -214,7 +214,12 @@ class ChunkWriter:
         that references it (`commit`), or for `flush`.
         """
         c = self.cluster
-        home = self._home(bucket)
+        if batch is None:
+            home = self._home(bucket)
+        else:  # one put, one bucket: its home region is read once
+            if batch.home is _UNKNOWN:
+                batch.home = self._home(bucket)
+            home = batch.home  # type: ignore[assignment]
         local = self.mode_for(home) == "local"
         # one worker-thread hop for hash + dedup check + seal + encode/stage (+ record):
         # the acknowledged latency is what local mode is about
@@ -378,6 +383,9 @@ class ChunkWriter:
             c.meta.put(txn, "chunks", cid, rec)
 
 
+_UNKNOWN = object()
+
+
 class ChunkBatch:
     """Chunks one put (or part upload) stored whose records are not committed yet.
 
@@ -394,9 +402,10 @@ class ChunkBatch:
     Only the trio thread touches a batch.
     """
 
-    __slots__ = ("records", "dirs", "oldest", "committing", "surplus")
+    __slots__ = ("records", "dirs", "oldest", "committing", "surplus", "home")
 
     def __init__(self) -> None:
+        self.home: str | None | object = _UNKNOWN  # the bucket's home region, once read
         self.records: dict[bytes, tuple[dict, dict | None]] = {}  # cid -> (record, journal)
         self.dirs: list[str] = []  # directories to fsync before the records commit
         self.oldest: float | None = None  # time.monotonic() of the oldest record
