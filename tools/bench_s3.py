@@ -18,10 +18,12 @@ import argparse
 import multiprocessing
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from benchlib import (KiB, MiB, DataStream, Table, describe_machine, drop_caches, filesystem_of,
                       mb_per_s, median_runs, native_read, native_write, parse_size, progress, temp_dir)
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"), help="large object (1GiB)")
     parser.add_argument("--no-moto", action="store_true", help="skip the moto comparison")
     parser.add_argument("--no-large", action="store_true", help="skip the large-object figures")
+    parser.add_argument("--no-small", action="store_true", help="skip the small-object figures")
 
 
 def _free_port() -> int:
@@ -105,8 +108,9 @@ def start_moto() -> Server:
                   region="us-east-1")  # moto has no region "auto"
 
 
-def _client_worker(job: tuple) -> float:
-    """In a client process: run `op` on keys [lo, hi) from `threads` threads; returns seconds."""
+def _client_worker(job: tuple) -> tuple[float, float]:
+    """In a client process: run `op` on keys [lo, hi) from `threads` threads;
+    returns (wall seconds, CPU seconds of this client process) of the timed part."""
     endpoint, region, key_id, secret, bucket, op, lo, hi, threads, size = job
     import boto3
     from botocore.config import Config
@@ -125,9 +129,9 @@ def _client_worker(job: tuple) -> float:
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(lo, lo + threads)))  # warm-up: connections, first requests
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         list(pool.map(one, range(lo, hi)))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 #: An ASGI app on the same HTTP server as the gateway that answers every PUT with
@@ -163,20 +167,53 @@ def start_null(object_size: int) -> Server:
     return Server("http-ceiling", [sys.executable, "-c", NULL_APP, str(port), str(object_size)], port, "x", "y")
 
 
-def small_objects(server: Server, args: argparse.Namespace, run: int, pool) -> tuple[float, float]:
-    """(PUT ops/s, GET ops/s) for one run; the clock is the slowest client process's."""
+def _cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of process `pid` and of its live descendants (server workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo.extend(child for child, (parent, _) in stats.items() if parent == p)
+    return total
+
+
+@dataclass
+class Small:
+    """One small-object phase: throughput and CPU milliseconds per operation."""
+    ops: float
+    server_ms: float
+    client_ms: float
+
+
+def small_objects(server: Server, args: argparse.Namespace, run: int, pool) -> dict[str, Small]:
+    """{"put": Small, "get": Small} for one run; the clock is the slowest client process's."""
     bucket = f"small-{run}"
     server.client().create_bucket(Bucket=bucket)
     procs = max(1, min(args.client_procs, args.threads))
     per = args.threads // procs
-    out = []
+    out = {}
     for op in ("put", "get"):
         jobs = [(f"http://127.0.0.1:{server.port}", server.region, server.key_id, server.secret, bucket, op,
                  i * args.objects // procs, (i + 1) * args.objects // procs, per, args.object_size)
                 for i in range(procs)]
-        seconds = max(pool.map(_client_worker, jobs))
-        out.append(args.objects / seconds)
-    return out[0], out[1]
+        # The server's CPU includes the clients' warm-up requests (procs x per of them).
+        before = _cpu_seconds(server.proc.pid)
+        results = pool.map(_client_worker, jobs)
+        server_cpu = _cpu_seconds(server.proc.pid) - before
+        seconds = max(r[0] for r in results)
+        out[op] = Small(args.objects / seconds, 1000 * server_cpu / (args.objects + procs * per),
+                        1000 * sum(r[1] for r in results) / args.objects)
+    return out
 
 
 def large_object(server: Server, path: str, size: int, run: int) -> tuple[float, float]:
@@ -216,25 +253,29 @@ def run(args: argparse.Namespace) -> None:
             table = Table(f"s3: boto3 {boto3_version()} against the r2fs gateway "
                           f"({'moto ' + moto_version() if moto else 'no moto'} in the 'native' column "
                           "for small objects)")
-            figures = {}
+            figures: dict[str, dict[str, Small]] = {}
             with multiprocessing.get_context("spawn").Pool(max(1, min(args.client_procs, args.threads))) as pool:
-                for srv in [*servers, ceiling]:
+                for srv in [] if args.no_small else [*servers, ceiling]:
                     results = []
                     for i in range(args.runs):
                         progress(f"{srv.name}: {args.objects} x {args.object_size} B puts/gets, run {i + 1}")
                         results.append(small_objects(srv, args, i, pool))
-                    figures[srv.name] = (sorted(r[0] for r in results)[len(results) // 2],
-                                         sorted(r[1] for r in results)[len(results) // 2])
-            m = figures.get("moto")
-            threads = f"{args.threads} threads in {max(1, min(args.client_procs, args.threads))} procs"
-            table.add(f"PUT {args.object_size // KiB} KiB, {threads}", figures["r2fs"][0],
-                      m[0] if m else None, unit="ops/s")
-            table.add(f"GET {args.object_size // KiB} KiB, {threads}", figures["r2fs"][1],
-                      m[1] if m else None, unit="ops/s")
-            table.note("small objects: the comparison column is moto's server, not a native directory")
-            c = figures["http-ceiling"]
-            table.note(f"HTTP ceiling, same clients against an empty ASGI app on hypercorn: "
-                       f"PUT {c[0]:.0f} ops/s, GET {c[1]:.0f} ops/s")
+                    figures[srv.name] = {op: Small(*(statistics.median(getattr(r[op], f) for r in results)
+                                                     for f in ("ops", "server_ms", "client_ms")))
+                                         for op in ("put", "get")}
+            if figures:
+                m = figures.get("moto")
+                threads = f"{args.threads} threads in {max(1, min(args.client_procs, args.threads))} procs"
+                for op in ("put", "get"):
+                    table.add(f"{op.upper()} {args.object_size // KiB} KiB, {threads}", figures["r2fs"][op].ops,
+                              m[op].ops if m else None, unit="ops/s")
+                table.note("small objects: the comparison column is moto's server, not a native directory")
+                c = figures["http-ceiling"]
+                table.note(f"HTTP ceiling, same clients against an empty ASGI app on hypercorn: "
+                           f"PUT {c['put'].ops:.0f} ops/s, GET {c['get'].ops:.0f} ops/s")
+                for name, f in figures.items():
+                    table.note(f"CPU ms/op, {name}: server PUT {f['put'].server_ms:.2f} GET {f['get'].server_ms:.2f}; "
+                               f"boto3 clients PUT {f['put'].client_ms:.2f} GET {f['get'].client_ms:.2f}")
             ceiling.stop()
             if not args.no_large:
                 path = os.path.join(base, "large.bin")
@@ -262,7 +303,8 @@ def run(args: argparse.Namespace) -> None:
                                f"GET {large['moto'][1]:.0f} MB/s")
                 if not drop_caches():
                     table.note("page cache NOT dropped before reads (needs root)")
-            table.note(f"median of {args.runs} runs; client and server share this machine's CPUs")
+            table.note(f"median of {args.runs} runs; client and server share this machine's CPUs; "
+                       f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             table.print()
         finally:
             for srv in [*servers, ceiling]:

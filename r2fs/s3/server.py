@@ -28,6 +28,8 @@ def make_config(listen: str, *, certfile: str | None = None, keyfile: str | None
     config.bind = [listen]
     config.worker_class = "trio"
     config.accesslog = None
+    # The gateway sends its own `Server: r2fs`; hypercorn's would be a second one.
+    config.include_server_header = False
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75
     config.h11_max_incomplete_size = 64 * 1024  # request line + headers

@@ -14,6 +14,7 @@ import calendar
 import functools
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -30,6 +31,7 @@ STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 STREAMING_MODES = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
 MAX_SKEW = 15 * 60
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def hmac_sha256(key: bytes, msg: str | bytes) -> bytes:
@@ -154,7 +156,7 @@ class ParsedAuth:
         for canonical in self.canonical_requests():
             sts = "\n".join([ALGORITHM, self.amz_date, self.scope,
                              hashlib.sha256(canonical.encode()).hexdigest()])
-            expected = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+            expected = hmac.digest(key, sts.encode(), "sha256").hex()
             if hmac.compare_digest(expected.encode(), self.signature.encode()):
                 return SigningContext(self.access_key, self.amz_date, self.scope, key,
                                       self.signature, self.payload_hash)
@@ -270,6 +272,6 @@ def _check_payload_hash(value: str) -> None:
         return
     if value.startswith("STREAMING-"):
         raise S3Error("NotImplemented", f"payload mode {value} is not supported")
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if _HEX_SHA256.fullmatch(value) is None:
         raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, a streaming mode, "
                                          "or the hex SHA-256 of the payload")
