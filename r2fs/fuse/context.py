@@ -13,8 +13,11 @@ from .inodes import InodeTable
 
 @dataclass
 class MountOptions:
-    attr_timeout: float = 5.0  # kernel attribute cache (the change poller invalidates)
-    entry_timeout: float = 5.0  # kernel name cache
+    # Kernel attribute and name caches: long, because the change poller
+    # invalidates what other writers change and our own changes go through the
+    # kernel; short timeouts only cost round trips (rsync, tar, stat loops).
+    attr_timeout: float = 30.0
+    entry_timeout: float = 30.0
     poll_interval: float = 0.25  # change-sequence polling
     writeback: bool = False  # FUSE writeback cache
     read_ahead_kb: int = 4096  # kernel read-ahead for this mount (0: leave the default)

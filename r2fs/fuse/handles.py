@@ -80,6 +80,11 @@ PUBLISH_DELAY = 0.1
 HELD_MAX_FILES = 4096
 HELD_MAX_BYTES = 64 << 20
 PUBLISHERS = 64  # publications in flight at once (the group commit batches them)
+#: Only a close that follows another within this window is deferred: bulk
+#: writers (cp -r, rsync, tar, a loop of small files) get batched commits,
+#: while a lone close (an editor's save, a script writing one file and then
+#: reading it over S3) is committed before close() returns, visible at once.
+BULK_WINDOW = 0.1
 
 
 class OpenFiles:
@@ -95,6 +100,7 @@ class OpenFiles:
         self._held_bytes = 0
         self._wake = trio.Event()
         self._inflight: dict[int, tuple[OpenFile, trio.Event]] = {}  # being published now
+        self._last_close = -math.inf
 
     def get(self, ino: int) -> OpenFile | None:
         return self._files.get(ino)
@@ -209,16 +215,18 @@ class OpenFiles:
     async def flush(self, of: OpenFile) -> None:
         """close() of a descriptor: make the file safe, publish it soon (caller holds `of.lock`).
 
-        Small files go to the journal and are held for the publisher; others
-        (and everything when the journal or the hold budget is not there)
-        are committed now.
+        Small files closed in bulk go to the journal and are held for the
+        publisher; others (and everything when the journal or the hold budget
+        is not there) are committed now.
         """
         path = self._ctx.table.path_or_none(of.ino)
         if path is None or not of.dirty:
             return
         ctx = self._ctx
         journal = self.journal
-        if (journal is None or ctx.nursery is None or of.buf.size > ctx.inline_threshold
+        now = trio.current_time()
+        bulk, self._last_close = now - self._last_close < BULK_WINDOW, now
+        if (not bulk or journal is None or ctx.nursery is None or of.buf.size > ctx.inline_threshold
                 or len(self._held) >= HELD_MAX_FILES
                 or self._held_bytes + of.buf.size > HELD_MAX_BYTES):
             await self.commit(of)
@@ -284,14 +292,23 @@ class OpenFiles:
                 entry[1].set()
 
     async def settle(self, prefix: str | None = None) -> None:
-        """Publish now every held file (under directory `prefix`): rmdir/rename need the bucket right."""
-        for of, done in list(self._inflight.values()):
+        """Publish now every held file (under directory `prefix`): rmdir/rename need the bucket right.
+
+        Loops until none is left held or in flight: the publisher may take
+        files over while we wait for others.
+        """
+        def under(of: OpenFile) -> bool:
             path = self._ctx.table.path_or_none(of.ino)
-            if prefix is None or (path is not None and is_under(path, prefix)):
+            return prefix is None or (path is not None and is_under(path, prefix))
+
+        while True:
+            inflight = [done for of, done in self._inflight.values() if under(of)]
+            held = [of for _, of, _ in self._held.values() if under(of)]
+            if not inflight and not held:
+                return
+            for done in inflight:
                 await done.wait()
-        for _, of, _ in list(self._held.values()):
-            path = self._ctx.table.path_or_none(of.ino)
-            if prefix is None or (path is not None and is_under(path, prefix)):
+            for of in held:
                 if of.held and self._held.get(of.ino, (0, None))[1] is of:
                     self._unhold(of)
                     await self.release(of, publish=True)

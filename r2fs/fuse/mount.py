@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from functools import partial
 import time
@@ -167,6 +168,10 @@ def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | Non
     long-running process (the CLI passes its cache and write flags).
     """
     opts, debug = parse_options(options)
+    # The trio thread answers the kernel and gives the GIL away on every
+    # syscall; worker threads running Python (metadata commits) would keep it
+    # for the default 5 ms each time. 1 ms bounds that wait per request.
+    sys.setswitchinterval(0.001)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mountpoint = os.path.abspath(mountpoint)

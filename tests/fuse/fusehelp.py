@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import trio
@@ -98,3 +99,17 @@ def make_cluster(path: str, bucket: str = BUCKET) -> None:
     trio.run(main)
 
 
+
+
+def published(m: "Mount", key: str, timeout: float = 2.0):
+    """The object once the mount published it (small files: a moment after close)."""
+    from r2fs.engine.errors import NoSuchKey
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return m.api(lambda b: b.head(key))
+        except NoSuchKey:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from fusehelp import BUCKET, Mount, make_cluster, r2fs
+from fusehelp import BUCKET, Mount, make_cluster, published, r2fs
 from r2fs.cli.fuse_cmds import is_r2fs_mount, wait_for_exit
 
 
@@ -73,6 +73,6 @@ def test_fstab_helper_mounts(tmp_path):
         assert is_r2fs_mount(str(mp))
         with open(mp / "via-fstab", "w") as f:
             f.write("ok")
-        assert m.api(lambda b: b.head("via-fstab")).size == 2
+        assert published(m, "via-fstab").size == 2
     finally:
         m.stop()

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from fusehelp import published
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -284,20 +285,6 @@ def test_odd_keys_from_other_interfaces(mnt):
 
 # --- other writers, concurrency, durability ----------------------------------------------------
 
-def published(mnt, key: str, timeout: float = 2.0):
-    """The object once the mount published it (small files: a moment after close)."""
-    from r2fs.engine.errors import NoSuchKey
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return mnt.api(lambda b: b.head(key))
-        except NoSuchKey:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def test_cross_interface_and_invalidation(mnt):
     write(mnt.p("shared"), b"from mount")
     assert published(mnt, "shared").size == len(b"from mount")
@@ -360,8 +347,8 @@ def test_kill9_after_close_then_remount(mount_factory):
 def test_kill9_right_after_close_of_small_files(mount_factory):
     """Closed small files are published a moment later; the journal covers the gap."""
     m = mount_factory()
-    write(m.p("old"), b"old content")
-    published(m, "old")
+    write(m.p("old"), b"old content")  # a lone close: committed before close() returns
+    assert m.api(lambda b: b.head("old")).size == len(b"old content")
     os.mkdir(m.p("d"))
     for i in range(40):
         write(m.p("d", f"f{i}"), f"content {i}".encode() * 100)
@@ -371,7 +358,7 @@ def test_kill9_right_after_close_of_small_files(mount_factory):
     write(m.p("d", "f0"), b"rewritten")  # the newer close wins
     write(m.p("gone"), b"unlinked before publication")
     os.unlink(m.p("gone"))
-    write(m.p("old"), b"new content")
+    write(m.p("old"), b"new content")  # in bulk: journaled, published a moment later
     os.kill(m.pid(), 9)
     m.stop()
     m.start()
@@ -386,6 +373,7 @@ def test_kill9_right_after_close_of_small_files(mount_factory):
 
 
 def test_deferred_publication_loses_to_a_newer_write_elsewhere(mnt):
+    write(mnt.p("before"), b"closes in bulk are published a moment later")
     write(mnt.p("raced"), b"closed here first")
     mnt.api(lambda b: b.put("raced", b"written elsewhere after that close"))
     time.sleep(0.6)
