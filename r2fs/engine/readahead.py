@@ -76,7 +76,8 @@ class ReadAhead:
         # version -> [where the last read ended, chunks up to this index were prefetched]
         self._streams: OrderedDict[str, list[int]] = OrderedDict()
         self._spans: OrderedDict[str, list[int]] = OrderedDict()
-        self.counters = {"prefetched": 0, "used": 0, "dropped": 0, "failed": 0}
+        #: waited: reads that found their chunk not fetched yet (read-ahead was late)
+        self.counters = {"prefetched": 0, "used": 0, "dropped": 0, "failed": 0, "waited": 0}
 
     # --- the buffer ------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class ReadAhead:
         else:
             data = self._use(ref.id, tail)
         if data is None:
+            self.counters["waited"] += 1
             data = await read(ref, context)
             if not tail:
                 self._park(ref.id, data)  # the next requests want the rest of it

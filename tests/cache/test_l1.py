@@ -90,7 +90,9 @@ async def test_bound_holds_while_reading_three_times_its_size(small_cluster, buc
     assert bytes(got) == data
     assert 0 < peak <= bound
     st = l1.status()
-    assert st["evicted_chunks"] >= 24 - 8
+    # (a fill finding every segment busy with writes in flight is skipped, not forced in)
+    assert st["fills"] >= 24 - 3, st
+    assert st["evicted_chunks"] == st["fills"] - st["entries"] >= 24 - 3 - 8, st
     assert st["used_bytes"] <= bound and disk_bytes(l1.dir) <= bound
 
 
