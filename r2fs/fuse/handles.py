@@ -78,8 +78,8 @@ LINGER = 0.3
 PUBLISH_DELAY = 0.1
 #: Bounds on what is held unpublished (memory: held buffers live in RAM).
 HELD_MAX_FILES = 4096
-HELD_MAX_BYTES = 64 << 20
-PUBLISHERS = 64  # publications in flight at once (the group commit batches them)
+HELD_MAX_BYTES = 32 << 20
+PUBLISHERS = 32  # publications in flight at once (the group commit batches them)
 #: Only a close that follows another within this window is deferred: bulk
 #: writers (cp -r, rsync, tar, a loop of small files) get batched commits,
 #: while a lone close (an editor's save, a script writing one file and then
