@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import trio
@@ -448,23 +448,26 @@ class Bucket:
         c = self.cluster
         index = 0
         previous: trio.Event | None = None
-        async for piece in _pieces(value, c.config.chunk_size):
-            if index == 0 and allow_inline and len(piece) < c.config.chunk_size and \
-                    len(piece) <= c.config.inline_threshold:
-                # Shorter than a chunk: this is the whole object.
-                out.md5.update(piece)
-                out.size = len(piece)
-                out.inline = await c._seal_inline(piece)
-                return
-            out.size += len(piece)
-            await slots.acquire()
-            if out.batch.due():
-                await c.writer.flush(out.batch)
-            hashed = trio.Event()
-            nursery.start_soon(self._one_chunk, index, piece, out, previous, hashed, results,
-                               slots)
-            previous = hashed
-            index += 1
+        # aclosing: the inline case returns mid-iteration; close the generator here,
+        # not later in trio's finaliser (a ResourceWarning on every small PUT).
+        async with aclosing(_pieces(value, c.config.chunk_size)) as pieces:
+            async for piece in pieces:
+                if index == 0 and allow_inline and len(piece) < c.config.chunk_size and \
+                        len(piece) <= c.config.inline_threshold:
+                    # Shorter than a chunk: this is the whole object.
+                    out.md5.update(piece)
+                    out.size = len(piece)
+                    out.inline = await c._seal_inline(piece)
+                    return
+                out.size += len(piece)
+                await slots.acquire()
+                if out.batch.due():
+                    await c.writer.flush(out.batch)
+                hashed = trio.Event()
+                nursery.start_soon(self._one_chunk, index, piece, out, previous, hashed, results,
+                                   slots)
+                previous = hashed
+                index += 1
 
     async def _one_chunk(self, index: int, piece: bytes, out: _Ingested,
                          previous: trio.Event | None, hashed: trio.Event,
