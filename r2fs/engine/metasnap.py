@@ -753,7 +753,13 @@ async def run_snapshotter(cluster: Cluster, stop_event: trio.Event, *,
         every = DEFAULT_INTERVAL
     every = every if interval is None else interval
     poll = min(every, 60.0) if poll is None else poll
-    while not stop_event.is_set():
+    while True:
+        # Wait first: a short-lived process (a quick mount, a test) costs nothing,
+        # and one that lives on snapshots within `poll` of starting.
+        with trio.move_on_after(poll):
+            await stop_event.wait()
+        if stop_event.is_set():
+            return
         try:
             info = await trio.to_thread.run_sync(
                 lambda: maybe_snapshot(cluster, min_interval=every, keep=keep))
@@ -762,8 +768,6 @@ async def run_snapshotter(cluster: Cluster, stop_event: trio.Event, *,
                          info.db_size)
         except Exception as e:  # noqa: BLE001 - a mount keeps serving; retried next poll
             log.warning("metadata snapshot failed, will retry: %s", e)
-        with trio.move_on_after(poll):
-            await stop_event.wait()
 
 
 # --- restore ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import trio
 
 from ..engine.errors import NoSuchBucket
 from ..engine.peers import PeerApp
+from ..engine.metasnap import run_snapshotter
 from ..engine.replicator import run_replicator
 from ..engine.store import Cluster
 from . import bucket_ops, cors, list_ops, multipart_ops, object_ops, sigv4
@@ -200,16 +201,17 @@ class Gateway:
         message = await receive()
         if message["type"] != "lifespan.startup":
             return
-        stop_replicator = trio.Event()
+        stop_background = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.meter.run)
             if self.replicate:
                 # Local-mode writes (ours and other processes') drain while we serve.
-                nursery.start_soon(run_replicator, self.cluster, stop_replicator)
+                nursery.start_soon(run_replicator, self.cluster, stop_background)
+            nursery.start_soon(run_snapshotter, self.cluster, stop_background)
             await send({"type": "lifespan.startup.complete"})
             while (await receive())["type"] != "lifespan.shutdown":
                 pass
-            stop_replicator.set()
+            stop_background.set()
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
