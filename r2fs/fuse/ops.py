@@ -31,7 +31,7 @@ from .names import component, dir_prefix, is_under, join, split
 log = logging.getLogger("r2fs.fuse")
 
 BLKSIZE = 1 << 20  # st_blksize: makes cp and stdio use big writes
-NODE_CACHE_MAX = 200_000  # paths whose node (attributes) the mount remembers
+NODE_CACHE_MAX = 20_000  # paths whose node (attributes) the mount remembers (~1 KiB each)
 PREFILL_MAX = 128 * 1024  # files up to this size are handed to the page cache at open()
 XATTR_NAMESPACE = "user."
 AttrChange = Callable[[A.PosixAttrs, dict[str, str]], tuple[A.PosixAttrs, dict[str, str]]]
@@ -109,10 +109,16 @@ class R2Operations(pyfuse3.Operations):
         gen = self._nodes_gen
         node = await resolve(self.ctx, path)
         if gen == self._nodes_gen:  # nothing was invalidated while we read
-            if len(self._nodes) >= NODE_CACHE_MAX:
-                self._nodes.clear()
-            self._nodes[path] = node
+            self._remember(path, node)
         return node
+
+    def _remember(self, path: str, node: Node) -> None:
+        """Keep what lookup/getattr need -- not the content of inline objects (memory)."""
+        if len(self._nodes) >= NODE_CACHE_MAX:
+            self._nodes.clear()
+        if node.info is not None and node.info.inline_data is not None:
+            node = replace(node, info=replace(node.info, inline_data=None, chunks=()))
+        self._nodes[path] = node
 
     def forget_paths(self, *paths: str) -> None:
         """These paths changed (here or elsewhere): read them from the bucket again."""
@@ -234,7 +240,7 @@ class R2Operations(pyfuse3.Operations):
     # --- names -------------------------------------------------------------------------
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = await self._resolve(self.table.path(inode))
+        node = await resolve(self.ctx, self.table.path(inode))  # (cached nodes carry no content)
         if not stat.S_ISLNK(node.attrs.mode) or node.info is None:
             raise fail(errno.EINVAL)
         return await self.ctx.bucket.read_range(node.info, 0, node.size)
@@ -495,7 +501,7 @@ class R2Operations(pyfuse3.Operations):
         path = self.table.path_or_none(ino)
         if path is not None:
             self.forget_paths(path)
-            self._nodes[path] = file_node(self.ctx, path, info)
+            self._remember(path, file_node(self.ctx, path, info))
 
     def _abandoned(self, ino: int) -> None:
         """Our deferred commit lost to a newer write elsewhere."""
