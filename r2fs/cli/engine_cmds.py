@@ -484,7 +484,8 @@ def gc_lines(report: GcReport, seconds: float) -> list[str]:
         f"shards removed:  {report.shards_removed}",
         f"orphans removed: {report.orphans_removed}",
         f"bytes freed:     {format_size(report.bytes_freed)} ({report.bytes_freed} bytes)",
-    ]
+    ] + ([f"kept for the newest metadata snapshot: {report.held_for_snapshot} chunks"]
+         if report.held_for_snapshot else [])
 
 
 async def _gc(cluster: Cluster, args: argparse.Namespace) -> None:

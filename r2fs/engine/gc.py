@@ -12,15 +12,23 @@ is one whose data could not be deleted (a node down). Leftovers no record
 claims -- shard files of writers or replicators killed mid-way, staging files
 of replicators killed after the flip, journal entries of collected chunks --
 are removed once older than `orphan_grace`.
+
+Metadata snapshots (metasnap) name chunks too: a restore from the newest
+snapshot must not point at collected data. So each `gcq` entry records when
+the chunk's refcount reached 0, and gc keeps every chunk that reached 0 after
+the newest snapshot was started; it first takes a fresh snapshot (when the
+metadata changed) so that this holds back as little as possible.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import metasnap
 from .chunks import ChunkStore
 from .meta import CHUNK_DELETING
 from .nodes import TEMP_SUFFIX, NodeUnavailable
@@ -31,18 +39,29 @@ from .writer import LOC_STAGING
 if TYPE_CHECKING:
     from .store import Cluster
 
+log = logging.getLogger(__name__)
+
 
 async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) -> GcReport:
     report = GcReport()
     cutoff = time.time() - grace
+    horizon = await trio.to_thread.run_sync(_snapshot_horizon, c)
 
     def mark(txn: Any) -> list[tuple[bytes, dict]]:
         doomed = []
-        for cid, _ in list(c.meta.scan(txn, "gcq")):
+        for cid, dropped in list(c.meta.scan(txn, "gcq")):
             rec = c.meta.get(txn, "chunks", cid)
             if rec is None or rec["r"] > 0:
                 c.meta.delete(txn, "gcq", cid)
                 continue
+            if rec["s"] != CHUNK_DELETING and horizon is not None:
+                if not isinstance(dropped, float):  # queued before drop times were kept
+                    c.meta.queue_for_gc(txn, cid)
+                    report.held_for_snapshot += 1
+                    continue
+                if dropped >= horizon:  # the newest snapshot may name it
+                    report.held_for_snapshot += 1
+                    continue
             if rec["s"] == CHUNK_DELETING or rec["t"] <= cutoff:
                 rec["s"] = CHUNK_DELETING
                 c.meta.put(txn, "chunks", cid, rec)
@@ -85,6 +104,20 @@ async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) ->
     report.orphans_removed += staged
     report.bytes_freed += freed
     return report
+
+
+def _snapshot_horizon(c: "Cluster") -> float | None:
+    """When the newest metadata snapshot started (after refreshing it), or None without any.
+
+    With no snapshot there is nothing to restore from, so nothing to protect."""
+    if metasnap.gc_horizon(c) is None:
+        return None
+    try:
+        metasnap.maybe_snapshot(c, min_interval=0)
+    except Exception as e:  # noqa: BLE001 - gc still runs, holding back more
+        log.warning("gc: could not refresh the metadata snapshot (%s); chunks dropped since "
+                    "the newest one are kept", e)
+    return metasnap.gc_horizon(c)
 
 
 def _unstage(c: "Cluster", cid: bytes, gen: int) -> int:

@@ -28,6 +28,7 @@ Schema (version `SCHEMA_VERSION`; named sub-databases, values are msgpack):
 from __future__ import annotations
 
 import os
+import time
 import struct
 import threading
 from contextlib import contextmanager
@@ -160,6 +161,11 @@ class Meta:
 
     def delete(self, txn: lmdb.Transaction, db: str, key: bytes) -> bool:
         return txn.delete(key, db=self.db[db])
+
+    def queue_for_gc(self, txn: lmdb.Transaction, cid: bytes) -> None:
+        """The chunk's refcount is 0 as of now: gc's candidate once its grace passed and
+        (with metadata snapshots) once a snapshot newer than this exists."""
+        self.put(txn, "gcq", cid, time.time())
 
     def scan(self, txn: lmdb.Transaction, db: str, prefix: bytes = b"",
              start: bytes | None = None) -> Iterator[tuple[bytes, Any]]:

@@ -980,6 +980,8 @@ def check_data(site: Site) -> DataCheck:
             chunks_db = env.open_db(b"chunks", txn=txn, create=False)
             for cid, raw in txn.cursor(db=chunks_db):
                 rec = unpack(raw)
+                if rec["r"] == 0:
+                    continue  # nothing reads it; gc forgets the record (and any data left)
                 out.chunks += 1
                 if rec.get("loc") == "staging":
                     if not os.path.exists(staging.path_of(cid, rec["g"])):

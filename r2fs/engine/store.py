@@ -1023,7 +1023,7 @@ class Cluster:
                 continue
             rec["r"] = max(0, rec["r"] - n)
             if rec["r"] == 0:
-                self.meta.put(txn, "gcq", cid, b"")
+                self.meta.queue_for_gc(txn, cid)
             self.meta.put(txn, "chunks", cid, rec)
 
     async def _seal_inline(self, data: bytes) -> bytes:

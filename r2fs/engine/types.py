@@ -170,6 +170,7 @@ class GcReport:
     shards_removed: int = 0
     bytes_freed: int = 0
     orphans_removed: int = 0
+    held_for_snapshot: int = 0  # unreferenced since the newest metadata snapshot began
 
 
 def now() -> float:

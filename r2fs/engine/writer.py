@@ -368,7 +368,7 @@ class ChunkWriter:
             c.meta.put(txn, "chunks", cid, cur)
             return False
         c.meta.put(txn, "chunks", cid, record)
-        c.meta.put(txn, "gcq", cid, b"")
+        c.meta.queue_for_gc(txn, cid)
         if journal is not None:
             c.meta.put(txn, "journal", cid, journal)
         else:

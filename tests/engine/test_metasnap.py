@@ -456,19 +456,46 @@ def test_snapshot_memory_is_bounded(cluster_dir: str) -> None:
 
 
 def test_restore_reports_data_collected_after_the_snapshot(filled) -> None:
-    """The recovery point's other edge: gc may remove chunks a snapshot still names."""
-    path, _ = filled
-    ok(cli(path, "meta", "snapshot"))
+    """The recovery point's other edge: gc keeps what the newest snapshot names (it takes
+    a fresh one first), but an older snapshot may name chunks gc has removed since."""
+    path, objects = filled
+    old = take(path)
 
     async def delete_and_collect() -> None:
         with Cluster.open(path) as c:
             await c.bucket(BUCKET).delete("chunked/5mib.bin")
             report = await c.gc(grace=0, orphan_grace=3600)
             assert report.chunks_removed == 2
+            assert metasnap.list_snapshots(c).snapshots[0].id != old.id  # gc refreshed it
     trio.run(delete_and_collect)
 
-    out = ok(cli(path, "meta", "restore", "--force"))
+    out = ok(cli(path, "meta", "restore", "--force", "--snapshot", old.id))
     assert "2 of 3 chunks named by the snapshot lost their data" in out, out
     assert "1 objects will not read, e.g. photos/chunked/5mib.bin" in out
-    out = ok(cli(path, "meta", "restore", "--force", "--no-check"))
+    out = ok(cli(path, "meta", "restore", "--force", "--no-check", "--snapshot", old.id))
     assert "chunks named" not in out
+    out = ok(cli(path, "meta", "restore", "--force"))  # the newest: nothing lost
+    assert "all 1 chunks named by the snapshot have their data" in out, out
+    del objects["chunked/5mib.bin"]
+    assert read_everything(path)[0] == objects
+
+
+def test_gc_keeps_chunks_the_newest_snapshot_names(filled) -> None:
+    """When gc cannot refresh the snapshot, chunks dropped since the newest one stay."""
+    path, objects = filled
+    take(path)
+
+    async def main() -> None:
+        with Cluster.open(path) as c:
+            await c.bucket(BUCKET).delete("chunked/5mib.bin")
+            with metasnap.Site.of(c).lock(wait=False) as held:  # another snapshotter is busy
+                assert held
+                report = await c.gc(grace=0, orphan_grace=3600)
+            assert (report.chunks_removed, report.held_for_snapshot) == (0, 2)
+            report = await c.gc(grace=0, orphan_grace=3600)
+            assert (report.chunks_removed, report.held_for_snapshot) == (2, 0)
+    trio.run(main)
+    shutil.rmtree(os.path.join(path, "meta"))
+    metasnap.restore(path)
+    del objects["chunked/5mib.bin"]
+    assert read_everything(path)[0] == objects
