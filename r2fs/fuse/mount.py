@@ -24,6 +24,7 @@ from ..engine.errors import R2fsError
 from ..engine.store import Cluster
 from .attrs import Owner
 from .context import MountContext, MountOptions
+from ..engine.metasnap import run_snapshotter
 from ..engine.replicator import run_replicator
 from .invalidate import ChangePoller
 from .journal import Journal, journal_dir, replay
@@ -103,11 +104,12 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     except RuntimeError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc} (see the log above for libfuse's reason)") from None
     log.info("mounted bucket %r at %s", bucket_name, mountpoint)
-    stop = trio.Event()  # ends the replicator (it drains local uploads while we serve)
+    stop = trio.Event()  # ends the replicator (draining local uploads) and the snapshotter
     try:
         async with trio.open_nursery() as nursery:
             ctx.nursery = nursery
             nursery.start_soon(run_replicator, cluster, stop)
+            nursery.start_soon(run_snapshotter, cluster, stop)
             nursery.start_soon(poller.run)
             nursery.start_soon(ops.files.run_publisher)
             nursery.start_soon(_on_signals, ops)
