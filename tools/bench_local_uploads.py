@@ -26,7 +26,8 @@ import time
 
 import trio
 
-from benchlib import MiB, DataStream, Table, describe_machine, filesystem_of, parse_size, progress, temp_dir
+from benchlib import (MiB, DataStream, Table, describe_machine, filesystem_of, parse_size, progress,
+                      temp_dir, write_fully)
 
 REGIONS = {"east": 6, "west": 6}
 
@@ -53,9 +54,7 @@ def native_latencies(directory: str, stream: DataStream) -> list[float]:
         start = time.perf_counter()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(fd, view):]
+            write_fully(fd, piece)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -222,13 +222,18 @@ def native_write(path: str, stream: DataStream) -> float:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for piece in stream.pieces():
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(fd, view):]
+            write_fully(fd, piece)
         os.fsync(fd)
     finally:
         os.close(fd)
     return time.perf_counter() - start
+
+
+def write_fully(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is out (the plain baseline: one buffer, no writev)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def native_read(path: str, block: int = 4 * MiB) -> tuple[float, int]:

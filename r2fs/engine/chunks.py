@@ -62,21 +62,6 @@ def _after_fork_in_child() -> None:
     _pool = None
     _pool_lock = threading.Lock()
     _buffers = BufferPool()
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def borrow(size: int) -> memoryview:
-    """A scratch view of exactly `size` bytes from the shared pool (contents undefined);
-    hand it back with `give_back` once nobody uses it (for a put's joined plaintext:
-    a fresh 4 MiB `bytes` per chunk cost ~1,000 page faults each, measured as most of
-    a put's 286,000 minor faults per GiB)."""
-    return memoryview(_buffers.get(size))[:size]
-
-
-def give_back(piece: object) -> None:
-    """Return a view from `borrow` to the pool; anything else is left to the GC."""
-    if isinstance(piece, memoryview):
-        _release(piece)
 
 
 def _release(view: memoryview) -> None:

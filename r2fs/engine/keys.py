@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ChunkCorrupt, ClusterError, WrongMasterKey
+from .nodes import fsync_dir, write_all
 
 #: BLAKE2b personalisation for key derivation (at most 16 bytes).
 _KDF_PERSON = b"r2fs-kdf-v1"
@@ -109,17 +110,11 @@ class MasterKey:
             raise ClusterError(f"cannot create master key {path}: {e.strerror}") from None
         try:
             os.fchmod(fd, 0o600)  # umask may have narrowed it; never widen beyond 0600
-            view = memoryview(raw)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, [raw])
             os.fsync(fd)
         finally:
             os.close(fd)
-        dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
         return cls(raw)
 
     @classmethod

@@ -88,7 +88,7 @@ from .errors import (
 )
 from .keys import MasterKey
 from .meta import SCHEMA_VERSION
-from .nodes import LocalNode, NodeUnavailable, fsync_dir, place
+from .nodes import LocalNode, NodeUnavailable, fsync_dir, place, write_all
 from .shards import ShardInvalid, pack_shard_parts, read_shard
 from .simulate import build_nodes
 
@@ -907,9 +907,7 @@ def _rebuild(site: Site, info: SnapshotInfo, report: RestoreReport) -> str:
             for piece in site.pieces(info, report):
                 digest.update(piece)
                 size += len(piece)
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, [piece])
             os.fsync(fd)
         finally:
             os.close(fd)
