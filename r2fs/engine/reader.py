@@ -207,9 +207,10 @@ class ChunkReader:
         """(chunk start, plaintext) for the chunks overlapping [offset, end), with read-ahead."""
         return self.readahead.chunks(info, offset, end, self._read_tiers, context)
 
-    async def read_range(self, info: ObjectInfo, offset: int, end: int, *, context: str) -> bytes:
+    async def read_range(self, info: ObjectInfo, offset: int, end: int, *, context: str,
+                         view: bool = False) -> bytes | memoryview:
         """Bytes [offset, end) of a chunked object (not inline), with read-ahead."""
-        return await self.readahead.read(info, offset, end, self._read_tiers, context)
+        return await self.readahead.read(info, offset, end, self._read_tiers, context, view=view)
 
     def _hint(self, cids: list[bytes]) -> None:
         """Read-ahead's early notice: have the kernel start reading those L1 files."""

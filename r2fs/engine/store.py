@@ -344,18 +344,22 @@ class Bucket:
         off, length = _resolve_range(range, info.size, self._what(key)) if range else (0, info.size)
         return ObjectBody(self, info, off, length)
 
-    async def read_range(self, info: ObjectInfo, offset: int, length: int) -> bytes:
+    async def read_range(self, info: ObjectInfo, offset: int, length: int, *,
+                         view: bool = False) -> bytes | memoryview:
         """Bytes [offset, offset+length) of the snapshot `info`, clipped to its size.
 
         Goes through the read tiers; a reader continuing where its last read of
         this version ended is sequential and gets the next chunks read ahead.
+        `view=True` allows a read-only-by-convention memoryview instead of a copy,
+        for callers that only pass the bytes on (the mount's read replies).
         """
         end = min(info.size, offset + length)
         if offset >= end:
             return b""
         if info.inline:
             return b"".join([p async for p in self._iter_range(info, offset, end - offset)])
-        return await self.cluster.reader.read_range(info, offset, end, context=self._what(info.key))
+        return await self.cluster.reader.read_range(info, offset, end, context=self._what(info.key),
+                                                    view=view)
 
     async def _iter_range(self, info: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
         end = offset + length

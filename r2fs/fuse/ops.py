@@ -477,12 +477,12 @@ class R2Operations(pyfuse3.Operations):
         self.table.looked_up(ino)
         return fi, self._open_entry(of)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         of = self.files.handle(fh).file
         if of.buf.dirty:
             async with of.lock:
                 return await of.buf.read(off, size)
-        return await of.buf.read(off, size)
+        return await of.buf.read(off, size, view=True)  # pyfuse3 copies it into the reply
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.files.handle(fh)

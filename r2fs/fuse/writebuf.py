@@ -117,22 +117,25 @@ class FileBuffer:
 
     # --- reads -----------------------------------------------------------------
 
-    async def _base(self, start: int, end: int) -> bytes:
-        """`base` bytes in [start, end), zero-filled past `base_limit`/base size."""
+    async def _base(self, start: int, end: int, *, view: bool = False) -> bytes | memoryview:
+        """`base` bytes in [start, end), zero-filled past `base_limit`/base size.
+
+        `view`: may be a view of cached plaintext (for a read reply, not kept)."""
         real_end = min(end, self._limit)
-        data = b""
+        data: bytes | memoryview = b""
         if self.base is not None and start < real_end:
-            data = await self._bucket.read_range(self.base, start, real_end - start)
+            data = await self._bucket.read_range(self.base, start, real_end - start, view=view)
         if len(data) < end - start:
-            data += bytes(end - start - len(data))
+            data = b"".join((data, bytes(end - start - len(data))))
         return data
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, view: bool = False) -> bytes | memoryview:
+        """`view=True` for a read reply: the bytes may be a view instead of a copy."""
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
         if not self.dirty:
-            return await self._base(offset, end)
+            return await self._base(offset, end, view=view)
         out = []
         pos = offset
         while pos < end:
