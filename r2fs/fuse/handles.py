@@ -291,6 +291,19 @@ class OpenFiles:
                 del self._inflight[of.ino]
                 entry[1].set()
 
+    async def wait_inflight(self, *inos: int | None) -> None:
+        """Wait until none of these inodes has a publication in flight.
+
+        A rename decides from the bucket's current state (what the target
+        holds, what a local rename's publication must replace); a publication
+        already taken by the publisher would change that state behind its back
+        (seen: git's ref update renamed over a ref whose older version was being
+        published, and the older version won).
+        """
+        for ino in inos:
+            while ino is not None and (entry := self._inflight.get(ino)) is not None:
+                await entry[1].wait()
+
     async def settle(self, prefix: str | None = None) -> None:
         """Publish now every held file (under directory `prefix`): rmdir/rename need the bucket right.
 

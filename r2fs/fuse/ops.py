@@ -322,6 +322,7 @@ class R2Operations(pyfuse3.Operations):
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
         known = self.table.known(old)
+        await self.files.wait_inflight(known, self.table.known(new))
         sof = self.files.get(known) if known is not None else None
         if sof is not None and sof.pending:
             if old == new or await self._rename_unpublished(sof, old, new, flags):
@@ -395,6 +396,12 @@ class R2Operations(pyfuse3.Operations):
         async with _locked(sof, vof):
             if not sof.pending or self.table.known(new) != victim:
                 return False
+            if vof is not None and dst_info is None and not vof.pending:
+                # The target got published while we waited for its lock: our
+                # publication must replace that version, not expect nothing there.
+                self.forget_paths(new)
+                dst = await self._exists(new)
+                dst_info = dst.info if dst is not None else None
             if vof is not None and vof.users > 0:
                 await vof.buf.materialize()
             self.forget_paths(old, new)
