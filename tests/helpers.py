@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 
 def rand(n: int, seed: int = 0) -> bytes:
@@ -16,3 +17,21 @@ def shard_files(cluster_dir: str) -> list[str]:
     for root, _, files in os.walk(os.path.join(cluster_dir, "nodes")):
         out += [os.path.join(root, f) for f in files]
     return out
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """Assert success with a quiet stderr (no bar when not a tty); stdout as text."""
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stderr == b"", proc.stderr.decode(errors="replace")
+    return proc.stdout.decode()
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """Assert the CLI's error promise; return the message."""
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0, f"expected failure, got exit 0; stdout={proc.stdout!r}"
+    assert "Traceback" not in err, err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].strip(), f"expected one stderr line, got: {err!r}"
+    assert proc.returncode != 70, f"internal error instead of a clear message: {err}"
+    return lines[0]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import ok, one_line_error
 
 from r2fs.cli.engine_cmds import BadArgument, parse_object_path, parse_size
 from r2fs.cli.progress import Progress, format_size
@@ -47,24 +48,6 @@ def r2fs(cluster: Path | None, *args: object, input: bytes | None = None,
     cmd += [str(a) for a in args]
     return subprocess.run(cmd, input=input, capture_output=True, timeout=TIMEOUT,
                           env=env if env is not None else cli_env())
-
-
-def ok(proc: subprocess.CompletedProcess) -> str:
-    """Assert success with a quiet stderr (no bar when not a tty); stdout as text."""
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    assert proc.stderr == b"", proc.stderr.decode(errors="replace")
-    return proc.stdout.decode()
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    """Assert the CLI's error promise; return the message."""
-    err = proc.stderr.decode(errors="replace")
-    assert proc.returncode != 0, f"expected failure, got exit 0; stdout={proc.stdout!r}"
-    assert "Traceback" not in err, err
-    lines = err.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].strip(), f"expected one stderr line, got: {err!r}"
-    assert proc.returncode != 70, f"internal error instead of a clear message: {err}"
-    return lines[0]
 
 
 # --- cli_conftest: fixtures --------------------------------------------------------

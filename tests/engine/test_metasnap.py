@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import rand
+from helpers import ok, rand
+from helpers import one_line_error as cli_error
 
 from r2fs.engine import metasnap
 from r2fs.engine.errors import UnsupportedFormat
@@ -43,19 +44,11 @@ def cli_start(cluster: str | Path, *args: object) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env=env)
 
 
-def ok(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    assert proc.stderr == b"", proc.stderr.decode(errors="replace")
-    return proc.stdout.decode()
-
-
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    err = proc.stderr.decode(errors="replace")
-    assert proc.returncode not in (0, 70), f"exit {proc.returncode}: {err} {proc.stdout!r}"
-    assert "Traceback" not in err, err
-    lines = err.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("r2fs"), err
-    return lines[0]
+    """The CLI's one-line error, which here must also name the program."""
+    line = cli_error(proc)
+    assert line.startswith("r2fs"), line
+    return line
 
 
 # --- a cluster with inline and chunked objects ------------------------------------------------
