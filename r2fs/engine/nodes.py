@@ -29,6 +29,7 @@ import mmap
 import os
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from .errors import R2fsError
@@ -417,28 +418,47 @@ def _unsynced_parents(directory: str) -> list[str]:
     return out
 
 
+#: Directory fsyncs of one `sync_dirs` run this many at a time. Why: a put
+#: ends with one fsync per directory it touched, and on a fresh cluster that is
+#: ~2,500 per GiB; one after another they took 0.5-0.9 s of a 7 s put on the
+#: reference VM (ext4 without a journal: each one writes its own blocks).
+_SYNC_WORKERS = 8
+_sync_pool: ThreadPoolExecutor | None = None
+
+
 def sync_dirs(directories: Iterable[str]) -> None:
     """fsync each directory once (the deferred half of `write_parts(sync_later=)`).
 
-    On a journalling filesystem the first fsync commits every pending entry
-    and the others find nothing left to do (~50 us each, measured on ext4).
+    Many directories are fsynced concurrently; the first failure is raised
+    after all have been tried.
     """
+    global _sync_pool
     with _unsynced_lock:
         before = _notes
-    done = set()
-    for d in directories:
-        if d not in done:
+        if _sync_pool is None:
+            _sync_pool = ThreadPoolExecutor(max_workers=_SYNC_WORKERS, thread_name_prefix="r2fs-dirsync")
+        pool = _sync_pool
+    done = list(dict.fromkeys(directories))
+    if len(done) <= 2:
+        for d in done:
             fsync_dir(d)
-            done.add(d)
+    else:
+        failed = [f.exception() for f in [pool.submit(fsync_dir, d) for d in done]]
+        for exc in failed:
+            if exc is not None:
+                raise exc
     if _unsynced and done:
+        finished = set(done)
         with _unsynced_lock:
-            for d in [d for d, (parent, n) in _unsynced.items() if parent in done and n <= before]:
+            for d in [d for d, (parent, n) in _unsynced.items() if parent in finished and n <= before]:
                 del _unsynced[d]
 
 
 def _reset_after_fork() -> None:
-    global _unsynced_lock
+    """A forked child (a mount daemonising) has none of the parent's threads."""
+    global _unsynced_lock, _sync_pool
     _unsynced_lock = threading.Lock()
+    _sync_pool = None
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
