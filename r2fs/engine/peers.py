@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from .crypto import uninitialized
+from .chunks import plaintext_buffer
 from .errors import DataUnavailable, R2fsError
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class Peer:
     def __repr__(self) -> str:
         return f"Peer({self.url})"
 
-    async def fetch_chunk(self, chunk_id: bytes, sealed_len: int) -> bytes:
+    async def fetch_chunk(self, chunk_id: bytes, sealed_len: int) -> bytearray:
         """The sealed chunk as the peer sends it -- NOT yet authenticated.
 
         PeerMiss if the peer does not know it; PeerError for anything else.
@@ -298,7 +298,8 @@ def _receive(sock: socket.socket, max_body: int, deadline: float) -> tuple[int, 
         raise PeerError("response without content-length")
     if length > max_body:
         raise PeerError(f"answer of {length} bytes, at most {max_body} expected")
-    body = uninitialized(length)  # filled completely below, or thrown away
+    # filled completely below, or thrown away; recycled once the reader is done with it
+    body = plaintext_buffer(length)
     got = min(length, len(buf) - end - 4)
     body[:got] = buf[end + 4:end + 4 + got]
     view = memoryview(body)
@@ -347,7 +348,7 @@ class PeerSet:
 # --- the endpoint -----------------------------------------------------------------------
 
 
-SealedSource = Callable[[bytes], Awaitable[bytes | None]]
+SealedSource = Callable[[bytes], Awaitable[bytes | bytearray | memoryview | None]]
 
 
 class PeerApp:
@@ -391,7 +392,7 @@ class PeerApp:
         await send({"type": "http.response.body", "body": bytes(body)})
 
     async def answer(self, method: str, path: str,
-                     headers: dict[str, str]) -> tuple[int, bytes, bytes]:
+                     headers: dict[str, str]) -> tuple[int, bytes | bytearray | memoryview, bytes]:
         """(status, body, content type) for one request; `headers` lowercased."""
         text = b"text/plain; charset=utf-8"
         if method not in ("GET", "HEAD"):

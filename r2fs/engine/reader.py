@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("r2fs.reader")
 
+Buffer = bytes | bytearray | memoryview
+
 TIERS = ("l1", "staging", "l2", "nodes")
 SNAPSHOT_EVERY = 2.0
 INDEX_EVERY = 10.0
@@ -350,7 +352,7 @@ class ChunkReader:
 
     # --- serving peers -------------------------------------------------------------------
 
-    async def sealed_for_peer(self, cid: bytes) -> bytes | None:
+    async def sealed_for_peer(self, cid: bytes) -> Buffer | None:
         """A chunk in sealed form for a peer: from L1, staging or the nodes (then
         cached in L1), authenticated here too so a bad local copy is never passed
         on. None if the cluster has no such chunk. Never asks other peers."""
@@ -359,10 +361,10 @@ class ChunkReader:
             self.stats.event("peer_bytes_served", len(sealed))
         return sealed
 
-    async def _sealed_local(self, cid: bytes) -> bytes | None:
+    async def _sealed_local(self, cid: bytes) -> Buffer | None:
         return await trio.to_thread.run_sync(self._sealed_local_sync, cid)
 
-    def _sealed_local_sync(self, cid: bytes) -> bytes | None:
+    def _sealed_local_sync(self, cid: bytes) -> Buffer | None:
         if self.l1 is not None:
             sealed = self.l1.get_sealed(cid)
             if sealed is not None:
@@ -378,14 +380,14 @@ class ChunkReader:
             if staged is not None:
                 self._open(cid, staged, context)
                 self.stats.hit("staging", len(staged))
-                return bytes(staged)
+                return staged
             self.stats.miss("staging")
         sealed = self.cluster.chunks.read_sealed(cid, rec["g"], rec["p"], rec["l"], context=context)
         self._open(cid, sealed, context)
         if self.l1 is not None:
             self.l1.put(cid, sealed)
         self.stats.hit("nodes", len(sealed))
-        return bytes(sealed)
+        return sealed
 
     # --- observability -------------------------------------------------------------------
 
