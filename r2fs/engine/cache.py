@@ -627,8 +627,28 @@ class DiskCache:
             finally:
                 os.close(fd)
 
-    def put(self, cid: bytes, sealed: Buffer) -> bool:
+    def frame(self, size: int) -> memoryview | None:
+        """A buffer of `size` bytes to decode or receive a sealed chunk into, so
+        that `put(..., framed=True)` writes it out without copying it (it sits
+        where the entry's bytes go in an aligned block buffer, behind the
+        header's room). None where fills are not written directly. Hand it to
+        `put` or `release`; never use it afterwards."""
+        if not self._fill_direct:
+            return None
+        cost = _cost(size)
+        buf = self._buffers.get(cost)
+        if not isinstance(buf, mmap.mmap) or len(buf) < cost:
+            return None
+        return memoryview(buf)[_HEADER.size:_HEADER.size + size]
+
+    def release(self, frame: memoryview) -> None:
+        """Give back a `frame` that will not be `put`."""
+        self._buffers.put(frame.obj)
+
+    def put(self, cid: bytes, sealed: Buffer, *, framed: bool = False) -> bool:
         """Store an already AUTHENTICATED sealed chunk; False if it was not cached.
+
+        `framed`: `sealed` is a view from `frame()`; the cache takes it over.
 
         A full disk or an entry bigger than the whole cache is not an error: the
         read that fetched the chunk has its data either way.
@@ -644,20 +664,32 @@ class DiskCache:
         """
         size = len(sealed)
         cost = _cost(size)
+        given = sealed.obj if framed and isinstance(sealed, memoryview) else None
         with self._lock:
-            if cid in self._index or cid in self._writing:
-                return True
-            spot = self._reserve(cid, cost)
+            spot = None
+            if cid not in self._index and cid not in self._writing:
+                spot = self._reserve(cid, cost)
             if spot is None:
-                return False
-            self._writing.add(cid)
+                cached = cid in self._index or cid in self._writing
+            else:
+                self._writing.add(cid)
             queued = self._fill_direct and len(self._fill_queue) < FILL_QUEUE and not self._closing
+        if spot is None:
+            if given is not None:
+                self._buffers.put(given)
+            return cached
         seg, off = spot
+        buf = given
         if queued:
-            buf = self._buffers.get(cost)
-            if isinstance(buf, mmap.mmap) and len(buf) >= cost:
+            if buf is None:
+                buf = self._buffers.get(cost)
+                if isinstance(buf, mmap.mmap) and len(buf) >= cost:
+                    buf[_HEADER.size:_HEADER.size + size] = sealed
+                else:
+                    self._buffers.put(buf)
+                    buf = None
+            if buf is not None:
                 _HEADER.pack_into(buf, 0, MAGIC, FORMAT, cid, size)
-                buf[_HEADER.size:_HEADER.size + size] = sealed
                 # (pooled buffers held other data: never write it into the cache file)
                 buf[_HEADER.size + size:cost] = bytes(cost - _HEADER.size - size)
                 with self._lock:
@@ -666,9 +698,12 @@ class DiskCache:
                     self._start_filler()
                     self._fill_cond.notify()
                 return True
-            self._buffers.put(buf)
         parts = [_HEADER.pack(MAGIC, FORMAT, cid, size), memoryview(sealed).cast("B")]
-        return self._written(cid, seg, off, size, self._write_buffered(seg.path, off, parts))
+        ok = self._write_buffered(seg.path, off, parts)
+        del parts
+        if given is not None:
+            self._buffers.put(given)
+        return self._written(cid, seg, off, size, ok)
 
     @staticmethod
     def _write_buffered(path: str, off: int, parts: list) -> bool:

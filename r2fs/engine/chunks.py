@@ -492,23 +492,26 @@ class ChunkStore:
         return self._decode(chunk_id, good, sealed_len, None, context)
 
     def read(self, chunk_id: bytes, gen: int, placement: Sequence[str], sealed_len: int,
-             *, context: str = "",
+             *, context: str = "", into: memoryview | None = None,
              on_sealed: Callable[[memoryview], None] | None = None) -> bytearray:
         """The authenticated plaintext of a chunk; never unauthenticated bytes.
 
-        The sealed chunk is decoded into a pooled buffer; only the returned
-        plaintext is freshly allocated. `on_sealed`, if given, is called with
-        the sealed chunk once it has authenticated (e.g. to fill a chunk
-        cache without a second 4 MiB buffer); the view is valid only during
-        the call.
+        The sealed chunk is decoded into `into` (exactly `sealed_len` bytes:
+        a chunk cache's frame, written out from there) or a pooled buffer;
+        the returned plaintext is a recycled buffer (see RecycledBuffers).
+        `on_sealed`, if given, is called with the sealed chunk once it has
+        authenticated (to fill a chunk cache without a second 4 MiB buffer);
+        the view is valid only during the call.
         """
         if sealed_len < SEAL_OVERHEAD:
             raise ChunkCorrupt(f"{_describe(context, chunk_id)}: recorded sealed length "
                                f"{sealed_len} is impossible")
+        if into is not None and len(into) != sealed_len:
+            raise ValueError(f"decode buffer is {len(into)} bytes, need {sealed_len}")
         good = self._gather(chunk_id, gen, placement, context)
-        buf = _buffers.get(sealed_len)
+        buf = _buffers.get(sealed_len) if into is None else None
         try:
-            sealed = memoryview(buf)[:sealed_len]
+            sealed = memoryview(buf)[:sealed_len] if into is None else into
             self._decode(chunk_id, good, sealed_len, sealed, context)
             plaintext = plaintext_buffer(sealed_len - SEAL_OVERHEAD)
             try:
@@ -522,7 +525,8 @@ class ChunkStore:
             finally:
                 del sealed
         finally:
-            _buffers.put(buf)
+            if buf is not None:
+                _buffers.put(buf)
         return plaintext
 
     # --- delete ------------------------------------------------------------------------

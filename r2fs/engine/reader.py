@@ -306,35 +306,59 @@ class ChunkReader:
 
     def _from_nodes(self, cid: bytes, rec: dict, context: str) -> bytearray:
         l1 = self.l1
-        data = self.cluster.chunks.read(
-            cid, rec["g"], rec["p"], rec["l"], context=context,
-            on_sealed=None if l1 is None else (lambda sealed: l1.put(cid, sealed)))
+        # decoded straight into the L1 entry's write buffer (no copy to fill L1)
+        frame = l1.frame(rec["l"]) if l1 is not None else None
+        taken = False
+
+        def fill(sealed: memoryview) -> None:
+            nonlocal taken
+            taken = True
+            l1.put(cid, sealed, framed=sealed is frame)
+
+        try:
+            data = self.cluster.chunks.read(cid, rec["g"], rec["p"], rec["l"], context=context,
+                                            into=frame, on_sealed=None if l1 is None else fill)
+        finally:
+            if frame is not None and not taken:
+                l1.release(frame)
         self.stats.hit("nodes", len(data))
         return data
+
+    def _release(self, frame: memoryview | None) -> None:
+        """Give back an L1 frame not filled (never one a cancelled, abandoned
+        receive may still write into: that one is left to the garbage collector)."""
+        if frame is not None and self.l1 is not None:
+            self.l1.release(frame)
 
     async def _from_peer(self, cid: bytes, rec: dict, context: str) -> bytearray | None:
         assert self.peers is not None
         peer = self.peers.choose(cid)
         if peer is None:
             return None
+        l1 = self.l1
+        frame = l1.frame(rec["l"]) if l1 is not None else None  # received where L1 writes from
         try:
-            sealed = await peer.fetch_chunk(cid, rec["l"])
+            sealed = await peer.fetch_chunk(cid, rec["l"], into=frame)
         except PeerMiss:
             peer.breaker.success()
             self.stats.miss("l2")
             self.stats.event("peer_misses")
+            self._release(frame)
             return None
         except PeerError as e:
             peer.breaker.failure()
             self.stats.miss("l2")
             self.stats.event("peer_errors")
             log.info("%s: %s; reading the nodes", context or "read", e)
+            self._release(frame)
             return None
 
         def verify_and_fill() -> bytearray:
+            nonlocal frame
             data = self.cluster.chunks.unseal(cid, sealed)
-            if self.l1 is not None:
-                self.l1.put(cid, sealed)
+            if l1 is not None:
+                framed, frame = sealed is frame, None
+                l1.put(cid, sealed, framed=framed)
             return data
 
         try:
@@ -345,6 +369,7 @@ class ChunkReader:
             self.stats.event("peer_corrupt")
             log.warning("%s: peer %s sent chunk %s that fails authentication; reading the nodes",
                         context or "read", peer.url, cid.hex())
+            self._release(frame)
             return None
         peer.breaker.success()
         self.stats.hit("l2", len(data))
