@@ -80,8 +80,12 @@ SEG_PREFIX = "seg-"
 #: A reader going through a segment in order has the kernel read this far ahead
 #: (buffered reads only; direct reads rely on the caller's concurrency).
 SEQUENTIAL_AHEAD = 16 * 1024 * 1024
-#: Fills waiting for the background writer at most (each holds a buffer of its entry).
-FILL_QUEUE = 8
+#: Fills waiting for the background writers at most (each holds a buffer of its entry).
+FILL_QUEUE = 12
+#: Background writer threads: one wrote ~60-70% of a cold read's fills in time
+#: on the reference VM (4 MiB direct writes one at a time); the rest fell back
+#: to buffered fills.
+FILL_WRITERS = 3
 #: A read of an entry being written waits this long for it at most (then: a miss).
 FILL_WAIT = 30.0
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
@@ -158,7 +162,7 @@ class DiskCache:
         self._fills: dict[bytes, threading.Event] = {}
         self._fill_queue: list[tuple[bytes, _Segment, int, int, mmap.mmap]] = []
         self._fill_cond = threading.Condition(self._lock)
-        self._fill_thread: threading.Thread | None = None
+        self._fill_threads: list[threading.Thread] = []
         self._fill_direct = bool(_O_DIRECT)
         self._closing = False
         #: entries authenticated since this process opened the cache (written by
@@ -742,11 +746,11 @@ class DiskCache:
         return True
 
     def _start_filler(self) -> None:
-        """Start the background writer (caller holds the lock)."""
-        if self._fill_thread is None:
-            self._fill_thread = threading.Thread(target=self._filler, name="r2fs-l1-fill",
-                                                 daemon=True)
-            self._fill_thread.start()
+        """Start the background writers (caller holds the lock)."""
+        while len(self._fill_threads) < FILL_WRITERS:
+            thread = threading.Thread(target=self._filler, name="r2fs-l1-fill", daemon=True)
+            thread.start()
+            self._fill_threads.append(thread)
 
     def _filler(self) -> None:
         while True:
@@ -790,15 +794,14 @@ class DiskCache:
             os.close(fd)
 
     def _stop_filler(self) -> None:
-        """Write out every queued fill and stop the writer."""
+        """Write out every queued fill and stop the writers."""
         with self._lock:
             self._closing = True
             self._fill_cond.notify_all()
-            thread = self._fill_thread
-        if thread is not None:
+            threads, self._fill_threads = self._fill_threads, []
+        for thread in threads:
             thread.join()
         with self._lock:
-            self._fill_thread = None
             self._closing = False
 
     def _await_fill(self, cid: bytes) -> None:
