@@ -9,13 +9,30 @@ than Content-Length raises, so the engine commits nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import unquote
 
 from .errors import S3Error
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
+
+#: Largest body message handed to the HTTP server. The engine's plaintext is a
+#: 4 MiB bytearray and ASGI wants bytes, so hypercorn copies every message with
+#: bytes(); a 4 MiB copy is a fresh mmap (glibc's threshold) whose pages are
+#: faulted in under the GIL, about 0.9 CPU-s per GiB on the reference VM,
+#: against about 0.05 in pieces of 1 MiB that reuse heap memory.
+SEND_PIECE = 1024 * 1024
+
+
+def send_pieces(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    """`data` as bytes of at most SEND_PIECE each (a bytes object as is: no copy)."""
+    if type(data) is bytes:
+        yield data
+        return
+    view = memoryview(data)
+    for start in range(0, len(view), SEND_PIECE):
+        yield bytes(view[start:start + SEND_PIECE])
 
 
 class ClientGone(Exception):
@@ -145,9 +162,10 @@ class Response:
                 await send({"type": "http.response.body", "body": b""})
                 return
             if self.stream is not None:
-                async for piece in self.stream:
-                    if piece:
-                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+                async for data in self.stream:
+                    for piece in send_pieces(data):
+                        if piece:
+                            await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await send({"type": "http.response.body", "body": self.body})
