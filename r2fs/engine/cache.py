@@ -82,9 +82,7 @@ SEG_PREFIX = "seg-"
 SEQUENTIAL_AHEAD = 16 * 1024 * 1024
 #: Fills waiting for the background writers at most (each holds a buffer of its entry).
 FILL_QUEUE = 12
-#: Background writer threads: one wrote ~60-70% of a cold read's fills in time
-#: on the reference VM (4 MiB direct writes one at a time); the rest fell back
-#: to buffered fills.
+#: Background writer threads (a fill that finds the queue full is written by its caller).
 FILL_WRITERS = 3
 #: A read of an entry being written waits this long for it at most (then: a miss).
 FILL_WAIT = 30.0
@@ -163,7 +161,6 @@ class DiskCache:
         self._fill_queue: list[tuple[bytes, _Segment, int, int, mmap.mmap]] = []
         self._fill_cond = threading.Condition(self._lock)
         self._fill_threads: list[threading.Thread] = []
-        self._fill_direct = bool(_O_DIRECT)
         self._closing = False
         #: entries authenticated since this process opened the cache (written by
         #: it, or read and verified): served to peers without opening them again
@@ -177,7 +174,7 @@ class DiskCache:
         self._direct = bool(_O_DIRECT) and _NOWAIT is not None
         self.counters = {"evictions": 0, "evicted_bytes": 0, "evicted_chunks": 0, "corrupt": 0,
                          "write_errors": 0, "fills": 0, "fill_bytes": 0, "direct_reads": 0,
-                         "direct_fills": 0}
+                         "background_fills": 0}
         self.dir, self._lock_fd = self._take_slot()
         self._load()
 
@@ -631,18 +628,12 @@ class DiskCache:
             finally:
                 os.close(fd)
 
-    def frame(self, size: int) -> memoryview | None:
+    def frame(self, size: int) -> memoryview:
         """A buffer of `size` bytes to decode or receive a sealed chunk into, so
-        that `put(..., framed=True)` writes it out without copying it (it sits
-        where the entry's bytes go in an aligned block buffer, behind the
-        header's room). None where fills are not written directly. Hand it to
-        `put` or `release`; never use it afterwards."""
-        if not self._fill_direct:
-            return None
-        cost = _cost(size)
-        buf = self._buffers.get(cost)
-        if not isinstance(buf, mmap.mmap) or len(buf) < cost:
-            return None
+        that `put(..., framed=True)` hands it to the background writer without
+        copying it (it sits behind room for the entry header in a pooled
+        buffer). Hand it to `put` or `release`; never use it afterwards."""
+        buf = self._buffers.get(_HEADER.size + size)
         return memoryview(buf)[_HEADER.size:_HEADER.size + size]
 
     def release(self, frame: memoryview) -> None:
@@ -657,14 +648,17 @@ class DiskCache:
         A full disk or an entry bigger than the whole cache is not an error: the
         read that fetched the chunk has its data either way.
 
-        Where direct I/O works, the entry is framed (header, sealed bytes,
-        zeroed tail) in an aligned buffer and written by a background thread
-        with O_DIRECT; the caller goes on at once. Measured with `perf` on the
-        reference VM, a buffered fill (copy into the page cache, page
-        allocation, ext4 delayed allocation) was 18% of a mount daemon's CPU
-        on a cold read, and a synchronous direct fill made the read wait for
-        the disk (167-196 vs 240-268 MB/s). At most FILL_QUEUE entries wait;
-        beyond that (the disk is behind), a fill is written buffered, as before.
+        The entry (header + sealed bytes, in one buffer) is written by a
+        background thread and the caller goes on at once: a buffered write of
+        4 MiB (copy into the page cache, page allocation, ext4 delayed
+        allocation) was 18% of a mount daemon's CPU on a cold read (`perf`,
+        reference VM), time the read waited. At most FILL_QUEUE entries wait;
+        beyond that, the caller writes its fill itself, as before. Why not
+        O_DIRECT: measured on the reference VM, direct fills cost far less CPU
+        (0.13 vs ~1-2 CPU-s/GiB) but compete with the shard reads for the
+        disk at once, where buffered ones are written back after the read:
+        a cold read through a mount ran at 209-254 MB/s with direct fills
+        (background) and 311-407 MB/s with buffered ones.
         """
         size = len(sealed)
         cost = _cost(size)
@@ -677,7 +671,7 @@ class DiskCache:
                 cached = cid in self._index or cid in self._writing
             else:
                 self._writing.add(cid)
-            queued = self._fill_direct and len(self._fill_queue) < FILL_QUEUE and not self._closing
+            queued = len(self._fill_queue) < FILL_QUEUE and not self._closing
         if spot is None:
             if given is not None:
                 self._buffers.put(given)
@@ -686,22 +680,15 @@ class DiskCache:
         buf = given
         if queued:
             if buf is None:
-                buf = self._buffers.get(cost)
-                if isinstance(buf, mmap.mmap) and len(buf) >= cost:
-                    buf[_HEADER.size:_HEADER.size + size] = sealed
-                else:
-                    self._buffers.put(buf)
-                    buf = None
-            if buf is not None:
-                _HEADER.pack_into(buf, 0, MAGIC, FORMAT, cid, size)
-                # (pooled buffers held other data: never write it into the cache file)
-                buf[_HEADER.size + size:cost] = bytes(cost - _HEADER.size - size)
-                with self._lock:
-                    self._fills[cid] = threading.Event()
-                    self._fill_queue.append((cid, seg, off, size, buf))
-                    self._start_filler()
-                    self._fill_cond.notify()
-                return True
+                buf = self._buffers.get(_HEADER.size + size)
+                memoryview(buf)[_HEADER.size:_HEADER.size + size] = memoryview(sealed).cast("B")
+            _HEADER.pack_into(buf, 0, MAGIC, FORMAT, cid, size)
+            with self._lock:
+                self._fills[cid] = threading.Event()
+                self._fill_queue.append((cid, seg, off, size, buf))
+                self._start_filler()
+                self._fill_cond.notify()
+            return True
         parts = [_HEADER.pack(MAGIC, FORMAT, cid, size), memoryview(sealed).cast("B")]
         ok = self._write_buffered(seg.path, off, parts)
         del parts
@@ -725,7 +712,7 @@ class DiskCache:
             return False
 
     def _written(self, cid: bytes, seg: _Segment, off: int, size: int, ok: bool,
-                 direct: bool = False) -> bool:
+                 background: bool = False) -> bool:
         """Account for a finished fill (index it, or keep its hole counted)."""
         with self._lock:
             self._writing.discard(cid)
@@ -741,8 +728,8 @@ class DiskCache:
             self._trusted.add(cid)  # put() takes authenticated chunks only
             self.counters["fills"] += 1
             self.counters["fill_bytes"] += size
-            if direct:
-                self.counters["direct_fills"] += 1
+            if background:
+                self.counters["background_fills"] += 1
         return True
 
     def _start_filler(self) -> None:
@@ -760,38 +747,14 @@ class DiskCache:
                 if not self._fill_queue:
                     return  # closing, and everything is written
                 cid, seg, off, size, buf = self._fill_queue.pop(0)
-            cost = _cost(size)
-            ok = direct = False
+            ok = False
             try:
-                ok = direct = self._write_direct(seg.path, off, memoryview(buf)[:cost])
-                if not ok:
-                    view = memoryview(buf)
-                    ok = self._write_buffered(seg.path, off, [view[:_HEADER.size + size]])
-                    del view
+                view = memoryview(buf)
+                ok = self._write_buffered(seg.path, off, [view[:_HEADER.size + size]])
+                del view
             finally:
-                self._written(cid, seg, off, size, ok, direct)
+                self._written(cid, seg, off, size, ok, background=True)
                 self._buffers.put(buf)
-
-    def _write_direct(self, path: str, off: int, frame: memoryview) -> bool:
-        """Write a block-aligned frame with O_DIRECT; False if it could not be
-        (the caller writes it buffered; EINVAL turns direct fills off)."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | _O_DIRECT, 0o600)
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                self._fill_direct = False
-            return False
-        try:
-            done = 0
-            while done < len(frame):
-                done += os.pwritev(fd, [frame[done:]], off + done)
-            return True
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                self._fill_direct = False
-            return False
-        finally:
-            os.close(fd)
 
     def _stop_filler(self) -> None:
         """Write out every queued fill and stop the writers."""
