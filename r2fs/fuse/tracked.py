@@ -73,6 +73,13 @@ class TrackedBucket:
     async def put(self, key: str, value: Any, **kw: Any) -> Any:
         return await self._tracked([key], self._b.put(key, value, **kw))
 
+    async def put_many(self, items: list[Any]) -> list[Any]:
+        results = await self._tracked([it.key for it in items], self._b.put_many(items))
+        for it, r in zip(items, results):
+            if isinstance(r, Exception):  # not committed: no change of ours to skip
+                self._own.unexpect(it.key)
+        return results
+
     async def put_chunks(self, key: str, chunks: Any, **kw: Any) -> Any:
         return await self._tracked([key], self._b.put_chunks(key, chunks, **kw))
 

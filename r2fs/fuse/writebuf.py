@@ -291,6 +291,10 @@ class FileBuffer:
                 nursery.start_soon(one, slot)
         return refs  # type: ignore[return-value]
 
+    def committed(self, info: ObjectInfo) -> None:
+        """The current content was stored as `info` by someone else (a batched publication)."""
+        self._committed(info)
+
     def rebase(self, info: ObjectInfo) -> None:
         """Follow a newer version written elsewhere (only while nothing is changed here)."""
         assert not self.changed
