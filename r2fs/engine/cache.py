@@ -733,7 +733,9 @@ class DiskCache:
         return True
 
     def _start_filler(self) -> None:
-        """Start the background writers (caller holds the lock)."""
+        """Start the background writers (caller holds the lock). Counts live
+        ones only: a forked child has none of its parent's threads."""
+        self._fill_threads = [t for t in self._fill_threads if t.is_alive()]
         while len(self._fill_threads) < FILL_WRITERS:
             thread = threading.Thread(target=self._filler, name="r2fs-l1-fill", daemon=True)
             thread.start()
