@@ -55,6 +55,7 @@ async def test_l1_holds_no_plaintext(small_cluster, bucket):
     data = rand(3 * CHUNK, seed=2)
     await bucket.put("obj", data)
     await (await bucket.get("obj")).read()
+    c.reader.l1.flush()  # (fills are written by background threads)
     files = cache_files(c)
     assert len(files) >= 1 and c.reader.l1.status()["entries"] == 3
     probes = [data[i:i + 32] for i in range(0, len(data), CHUNK // 2)]
@@ -150,6 +151,7 @@ async def test_files_written_after_the_last_index_save_are_adopted(tmp_path, sma
     cid = small_cluster.master.chunk_id(b"x" * 1000)
     sealed = small_cluster.chunks.seal(cid, b"x" * 1000)
     assert l1.put(cid, sealed)
+    l1.flush()  # the fill landed (background writers); then:
     os.close(l1._lock_fd)  # "killed": no index saved, lock released by the kernel
     l1b = DiskCache(cache_dir, 1 << 20, small_cluster.reader.open_into)
     try:
@@ -211,6 +213,7 @@ async def test_entries_not_in_the_page_cache_are_read_direct_and_still_verified(
     await bucket.put("obj", data)
     await (await bucket.get("obj")).read()
     refs = (await bucket.head("obj")).chunks
+    c.reader.l1.flush()  # (fills are written by background threads)
     path, off, _ = c.reader.l1.locate(refs[1].id)
     with open(path, "r+b") as f:  # one flipped bit in the ciphertext of chunk 1
         f.seek(off + 4000)

@@ -127,6 +127,7 @@ def test_cache_clear_cli(tmp_path, small_cluster):
     idle = DiskCache(str(root), 1 << 20, small_cluster.reader.open_into)
     cid = small_cluster.master.chunk_id(b"y" * 100)
     assert idle.put(cid, small_cluster.chunks.seal(cid, b"y" * 100))
+    idle.flush()  # (fills are written by background threads)
     assert any(n.startswith("seg-") for n in os.listdir(idle.dir))
     idle_dir = idle.dir
     idle.close()
