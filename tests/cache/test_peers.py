@@ -288,3 +288,74 @@ async def test_damaged_entry_in_the_peers_l1_never_reaches_the_reader(small_clus
     figs = c.reader.figures()
     assert figs["events"]["peer_corrupt"] == after["events"]["peer_corrupt"]
     assert figs["tiers"]["l2"]["hits"] - after["tiers"]["l2"]["hits"] == 2
+
+
+async def test_connections_are_kept_alive_and_a_closed_idle_one_is_survived(monkeypatch):
+    """Keep-alive: several chunks over one connection, each request still signed;
+    a pooled connection the server has closed costs one fresh connection, no error."""
+    token = os.urandom(32)
+    chunks = {bytes([i]) * 32: os.urandom(CHUNK + i) for i in range(4)}
+    asked: list[bytes] = []
+
+    async def source(cid: bytes) -> bytes | None:
+        asked.append(cid)
+        return chunks.get(cid)
+
+    server = PeerServer(PeerApp(token, source), "127.0.0.1:0")
+    url = server.start()
+    peer = peermod.Peer(url, token)
+    try:
+        for _ in range(3):
+            for cid, sealed in chunks.items():
+                assert bytes(await peer.fetch_chunk(cid, len(sealed))) == sealed
+        assert len(asked) == 12 and peer.connects == 1
+        with pytest.raises(peermod.PeerMiss):  # a 404 keeps the connection too
+            await peer.fetch_chunk(b"\x09" * 32, CHUNK)
+        assert peer.connects == 1
+        # a request signed with another token is refused on a kept-alive connection too
+        stranger = peermod.Peer(url, os.urandom(32))
+        with pytest.raises(peermod.PeerError, match="HTTP 403"):
+            await stranger.fetch_chunk(b"\x00" * 32, CHUNK)
+        stranger.close()
+
+        # the server closes idle connections: seen before use, a fresh one is opened
+        server.IDLE_TIMEOUT = 0.2
+        cid, sealed = next(iter(chunks.items()))
+        assert bytes(await peer.fetch_chunk(cid, len(sealed))) == sealed  # now waits 0.2 s idle
+        await trio.sleep(0.5)
+        assert bytes(await peer.fetch_chunk(cid, len(sealed))) == sealed
+        assert peer.connects == 2
+        # ... and when the close is not seen in time (it races the request): one retry
+        await trio.sleep(0.5)
+        monkeypatch.setattr(peermod, "_idle_and_open", lambda sock: True)
+        assert bytes(await peer.fetch_chunk(cid, len(sealed))) == sealed
+        assert peer.connects == 3
+        assert peer.breaker.state == "closed"
+    finally:
+        peer.close()
+        server.stop()
+
+
+async def test_pool_is_bounded_and_closed():
+    """At most POOL_SIZE idle connections per peer; close() closes them."""
+    token = os.urandom(32)
+    sealed = os.urandom(1000)
+
+    async def source(cid: bytes) -> bytes | None:
+        await trio.sleep(0.05)  # keep the requests in flight together
+        return sealed
+
+    server = PeerServer(PeerApp(token, source), "127.0.0.1:0")
+    url = server.start()
+    peer = peermod.Peer(url, token)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(peer.POOL_SIZE + 4):
+                nursery.start_soon(peer.fetch_chunk, bytes([i]) * 32, len(sealed))
+        assert peer.connects == peer.POOL_SIZE + 4
+        assert len(peer._pool._idle) == peer.POOL_SIZE
+        socks = [s for _, s in peer._pool._idle]
+        peer.close()
+        assert all(s.fileno() == -1 for s in socks)
+    finally:
+        server.stop()
