@@ -164,10 +164,13 @@ class ChunkReader:
             self._start_maintenance()
 
     def close(self) -> None:
-        """Stop the peer server and the snapshot thread; save the L1 index."""
+        """Stop the peer server and the snapshot thread; close pooled peer connections;
+        save the L1 index."""
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.peers is not None:
+            self.peers.close()
         if self._maint is not None:
             self._maint_stop.set()
             self._maint.join(5)
