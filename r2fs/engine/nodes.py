@@ -12,9 +12,9 @@ can remove it.
 
 The directory fsyncs may be deferred (`sync_later=`): a shard's directory
 entry only has to be durable before a chunk record that names it commits, so
-a put collects the directories it touched and makes them durable once, just
-before its commit (`sync_dirs`), instead of one fsync per shard and two more
-per new directory. Directories created but not yet fsynced into their parent
+a put starts the fsyncs of each chunk's directories in the background once
+its shards are written (`start_sync`) and its commit waits for them, instead
+of one fsync per shard and two more per new directory in the writing thread. Directories created but not yet fsynced into their parent
 are remembered process-wide (`_unsynced`), so a writer that finds such a
 directory already there still syncs its parent before it relies on it.
 """
@@ -29,7 +29,7 @@ import mmap
 import os
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from .errors import R2fsError
@@ -418,37 +418,63 @@ def _unsynced_parents(directory: str) -> list[str]:
     return out
 
 
-#: Directory fsyncs of one `sync_dirs` run this many at a time. Why: a put
-#: ends with one fsync per directory it touched, and on a fresh cluster that is
-#: ~2,500 per GiB; one after another they took 0.5-0.9 s of a 7 s put on the
-#: reference VM (ext4 without a journal: each one writes its own blocks).
+#: Directory fsyncs run this many at a time. Why: a put makes one fsync per
+#: directory it touched, ~2,500 per GiB on a fresh cluster; one after another
+#: at its end they took 0.5-0.9 s of a 7 s put on the reference VM (ext4
+#: without a journal: each one writes its own blocks).
 _SYNC_WORKERS = 8
 _sync_pool: ThreadPoolExecutor | None = None
 
 
-def sync_dirs(directories: Iterable[str]) -> None:
-    """fsync each directory once (the deferred half of `write_parts(sync_later=)`).
+class DirSync:
+    """Directory fsyncs under way in the background (`start_sync`).
 
-    Many directories are fsynced concurrently; the first failure is raised
-    after all have been tried.
+    Why: a put's chunks are written over seconds; syncing each chunk's
+    directories while the next chunks are being written leaves almost none
+    to do at the commit. `wait` makes them count (and raises the first failure).
     """
+
+    __slots__ = ("_dirs", "_futures", "_before")
+
+    def __init__(self, dirs: list[str], futures: list[Future[None]], before: int) -> None:
+        self._dirs, self._futures, self._before = dirs, futures, before
+
+    def wait(self) -> None:
+        failures = [e for e in (f.exception() for f in self._futures) if e is not None]
+        if failures:
+            raise failures[0]
+        _forget_synced(self._dirs, self._before)
+
+
+def start_sync(directories: Iterable[str]) -> DirSync:
+    """Begin fsyncing each directory once, in the background."""
     global _sync_pool
     with _unsynced_lock:
         before = _notes
         if _sync_pool is None:
             _sync_pool = ThreadPoolExecutor(max_workers=_SYNC_WORKERS, thread_name_prefix="r2fs-dirsync")
         pool = _sync_pool
-    done = list(dict.fromkeys(directories))
-    if len(done) <= 2:
-        for d in done:
-            fsync_dir(d)
-    else:
-        failed = [f.exception() for f in [pool.submit(fsync_dir, d) for d in done]]
-        for exc in failed:
-            if exc is not None:
-                raise exc
-    if _unsynced and done:
-        finished = set(done)
+    dirs = list(dict.fromkeys(directories))
+    return DirSync(dirs, [pool.submit(fsync_dir, d) for d in dirs], before)
+
+
+def sync_dirs(directories: Iterable[str]) -> None:
+    """fsync each directory once (the deferred half of `write_parts(sync_later=)`)."""
+    dirs = list(dict.fromkeys(directories))
+    if len(dirs) > 2:
+        start_sync(dirs).wait()
+        return
+    with _unsynced_lock:
+        before = _notes
+    for d in dirs:
+        fsync_dir(d)
+    _forget_synced(dirs, before)
+
+
+def _forget_synced(dirs: list[str], before: int) -> None:
+    """Directories made before `before` whose parent is now synced need no more syncing."""
+    if _unsynced and dirs:
+        finished = set(dirs)
         with _unsynced_lock:
             for d in [d for d, (parent, n) in _unsynced.items() if parent in finished and n <= before]:
                 del _unsynced[d]

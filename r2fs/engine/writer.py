@@ -42,7 +42,7 @@ from .chunks import borrow, give_back
 from .crypto import SEAL_OVERHEAD, seal_chunk_into
 from .errors import DataUnavailable, InvalidClusterConfig
 from .meta import CHUNK_LIVE
-from .nodes import place, sync_dirs
+from .nodes import DirSync, place, start_sync, sync_dirs
 from .staging import Staging
 from .types import ChunkRef
 
@@ -239,13 +239,14 @@ class ChunkWriter:
 
     def _store(self, data: bytes, home: str | None, bucket: str | None, local: bool,
                record_now: bool, pending: "ChunkBatch | None"
-               ) -> tuple[bytes, dict | None, tuple[dict, dict | None, list[str]] | None]:
-        """(chunk id, live record if deduplicated, (record, journal, dirs) if stored). Blocking.
+               ) -> tuple[bytes, dict | None, tuple[dict, dict | None, DirSync | None] | None]:
+        """(chunk id, live record if deduplicated, (record, journal, dir sync) if stored). Blocking.
 
         record_now: make the new files durable and commit the record here
         (then `new` is None when another writer recorded the chunk first and
-        ours were removed). Otherwise the directories still to fsync are
-        returned with the record for the batch.
+        ours were removed). Otherwise the fsyncs of the directories the files
+        went into are started in the background and returned with the record
+        for the batch, whose commit waits for them.
         """
         c = self.cluster
         cid = c.master.chunk_id(data)
@@ -274,7 +275,7 @@ class ChunkWriter:
                       "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_NODES}
             journal = None
         if not record_now:
-            return cid, None, (record, journal, dirs)
+            return cid, None, (record, journal, start_sync(dirs))
         try:
             sync_dirs(dirs)
             created = c.meta.write(lambda txn: self._create(txn, cid, record, journal))
@@ -284,7 +285,7 @@ class ChunkWriter:
         if not created:
             self._delete_files(cid, record)
             return cid, None, None
-        return cid, None, (record, journal, [])
+        return cid, None, (record, journal, None)
 
     def _delete_files(self, cid: bytes, record: dict) -> None:
         """Remove a stored chunk's files that no committed record names (best effort:
@@ -325,7 +326,8 @@ class ChunkWriter:
 
         def work() -> T:
             _test_hook_kill_after("stored")
-            sync_dirs(dirs)
+            for sync in dirs:
+                sync.wait()
             _test_hook_kill_after("synced")
             result = c.meta.write(fn)
             _test_hook_kill_after("committed")
@@ -407,7 +409,7 @@ class ChunkBatch:
     def __init__(self) -> None:
         self.home: str | None | object = _UNKNOWN  # the bucket's home region, once read
         self.records: dict[bytes, tuple[dict, dict | None]] = {}  # cid -> (record, journal)
-        self.dirs: list[str] = []  # directories to fsync before the records commit
+        self.dirs: list[DirSync] = []  # directory fsyncs to wait for before the records commit
         self.oldest: float | None = None  # time.monotonic() of the oldest record
         self.committing: dict[bytes, tuple[dict, dict | None]] = {}  # in the commit under way
         self.surplus: list[tuple[bytes, dict]] = []  # stored twice: delete after the commit
@@ -415,9 +417,9 @@ class ChunkBatch:
     def __contains__(self, cid: bytes) -> bool:
         return cid in self.records or cid in self.committing
 
-    def add(self, cid: bytes, record: dict, journal: dict | None, dirs: list[str]) -> None:
+    def add(self, cid: bytes, record: dict, journal: dict | None, sync: DirSync) -> None:
         self.records[cid] = (record, journal)
-        self.dirs.extend(dirs)
+        self.dirs.append(sync)
         if self.oldest is None:
             self.oldest = time.monotonic()
 
@@ -425,8 +427,8 @@ class ChunkBatch:
         """Should the records stored so far be flushed (see BATCH_MAX_AGE)?"""
         return self.oldest is not None and time.monotonic() - self.oldest >= BATCH_MAX_AGE
 
-    def begin(self) -> list[str]:
-        """Move the stored chunks into the commit under way; the directories to fsync."""
+    def begin(self) -> list[DirSync]:
+        """Move the stored chunks into the commit under way; the directory fsyncs to wait for."""
         self.committing.update(self.records)
         dirs = self.dirs
         self.records, self.dirs, self.oldest = {}, [], None
