@@ -28,9 +28,9 @@ Schema (version `SCHEMA_VERSION`; named sub-databases, values are msgpack):
 from __future__ import annotations
 
 import os
-import time
 import struct
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 

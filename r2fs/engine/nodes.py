@@ -14,8 +14,9 @@ The directory fsyncs may be deferred (`sync_later=`): a shard's directory
 entry only has to be durable before a chunk record that names it commits, so
 a put starts the fsyncs of each chunk's directories in the background once
 its shards are written (`start_sync`) and its commit waits for them, instead
-of one fsync per shard and two more per new directory in the writing thread. Directories created but not yet fsynced into their parent
-are remembered process-wide (`_unsynced`), so a writer that finds such a
+of one fsync per shard and two more per new directory in the writing
+thread. Directories created but not yet fsynced into their parent are
+remembered process-wide (`_unsynced`), so a writer that finds such a
 directory already there still syncs its parent before it relies on it.
 """
 
@@ -460,15 +461,7 @@ def start_sync(directories: Iterable[str]) -> DirSync:
 
 def sync_dirs(directories: Iterable[str]) -> None:
     """fsync each directory once (the deferred half of `write_parts(sync_later=)`)."""
-    dirs = list(dict.fromkeys(directories))
-    if len(dirs) > 2:
-        start_sync(dirs).wait()
-        return
-    with _unsynced_lock:
-        before = _notes
-    for d in dirs:
-        fsync_dir(d)
-    _forget_synced(dirs, before)
+    start_sync(directories).wait()
 
 
 def _forget_synced(dirs: list[str], before: int) -> None:

@@ -322,8 +322,8 @@ class ChunkReader:
             data = self.cluster.chunks.read(cid, rec["g"], rec["p"], rec["l"], context=context,
                                             into=frame, on_sealed=None if l1 is None else fill)
         finally:
-            if frame is not None and not taken:
-                l1.release(frame)
+            if not taken:
+                self._release(frame)
         self.stats.hit("nodes", len(data))
         return data
 

@@ -322,11 +322,11 @@ class ChunkWriter:
         c = self.cluster
         if batch is None or not batch.records:
             return await c._write(fn)
-        dirs = batch.begin()
+        syncs = batch.begin()
 
         def work() -> T:
             _test_hook_kill_after("stored")
-            for sync in dirs:
+            for sync in syncs:
                 sync.wait()
             _test_hook_kill_after("synced")
             result = c.meta.write(fn)
@@ -404,12 +404,12 @@ class ChunkBatch:
     Only the trio thread touches a batch.
     """
 
-    __slots__ = ("records", "dirs", "oldest", "committing", "surplus", "home")
+    __slots__ = ("records", "syncs", "oldest", "committing", "surplus", "home")
 
     def __init__(self) -> None:
         self.home: str | None | object = _UNKNOWN  # the bucket's home region, once read
         self.records: dict[bytes, tuple[dict, dict | None]] = {}  # cid -> (record, journal)
-        self.dirs: list[DirSync] = []  # directory fsyncs to wait for before the records commit
+        self.syncs: list[DirSync] = []  # directory fsyncs to wait for before the records commit
         self.oldest: float | None = None  # time.monotonic() of the oldest record
         self.committing: dict[bytes, tuple[dict, dict | None]] = {}  # in the commit under way
         self.surplus: list[tuple[bytes, dict]] = []  # stored twice: delete after the commit
@@ -419,7 +419,7 @@ class ChunkBatch:
 
     def add(self, cid: bytes, record: dict, journal: dict | None, sync: DirSync) -> None:
         self.records[cid] = (record, journal)
-        self.dirs.append(sync)
+        self.syncs.append(sync)
         if self.oldest is None:
             self.oldest = time.monotonic()
 
@@ -430,9 +430,9 @@ class ChunkBatch:
     def begin(self) -> list[DirSync]:
         """Move the stored chunks into the commit under way; the directory fsyncs to wait for."""
         self.committing.update(self.records)
-        dirs = self.dirs
-        self.records, self.dirs, self.oldest = {}, [], None
-        return dirs
+        syncs = self.syncs
+        self.records, self.syncs, self.oldest = {}, [], None
+        return syncs
 
     def committed(self) -> tuple[bool, list[tuple[bytes, dict]]]:
         """The commit succeeded: (whether it recorded staged chunks, surplus to delete)."""
@@ -444,5 +444,5 @@ class ChunkBatch:
     def drop(self) -> list[tuple[bytes, dict]]:
         """Forget every uncommitted chunk; (chunk id, record) of each, to remove its files."""
         doomed = [(cid, rec) for cid, (rec, _) in (*self.committing.items(), *self.records.items())]
-        self.records, self.committing, self.dirs, self.oldest, self.surplus = {}, {}, [], None, []
+        self.records, self.committing, self.syncs, self.oldest, self.surplus = {}, {}, [], None, []
         return doomed
