@@ -16,11 +16,17 @@ Targets on the 2-core reference machine: big write >= 35%, cold big read >=
 40% of native MB/s; small-file write >= 10%, stat >= 20% of native files/s;
 rsync in <= 6x and untar <= 8x the native time. The mount daemon's peak RSS
 is printed too (the design bounds it for any file size).
+
+With --floor the small-file, rsync and untar parts also run on nullfs.py, an
+in-memory pyfuse3 filesystem that does no work at all: its figure is the
+best any pyfuse3 + trio mount can reach on this machine, so the rows marked
+"[pyfuse3 floor]" show how much of r2fs's gap is the FUSE binding itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", choices=("big", "small", "rsync", "untar"), action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("-o", dest="options", default=None, help="mount options (r2fs mount -o)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run the small-file, rsync and untar parts on nullfs.py "
+                             "(in-memory pyfuse3 filesystem: the floor of the FUSE binding)")
 
 
 def r2fs(*args: str) -> None:
@@ -92,6 +101,50 @@ class Mounted:
         except (OSError, TypeError):
             pass
         return None
+
+
+class NullMounted:
+    """tools/nullfs.py mounted at a temporary directory (always unmounted)."""
+
+    def __init__(self, base: str, writeback: bool) -> None:
+        self.path = os.path.join(base, "nullfs")
+        self.writeback = writeback
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> "NullMounted":
+        os.mkdir(self.path)
+        self.proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                                   "nullfs.py"), self.path,
+                                      *(["--writeback"] if self.writeback else [])],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.kill()
+            raise SystemExit("nullfs.py did not mount")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _add(table: Table, label: str, figures: dict[str, float], unit: str,
+         higher_is_better: bool = True) -> None:
+    """The r2fs row, and the pyfuse3-floor row when the floor ran."""
+    table.add(label, figures["r2fs"], figures["native"], unit, higher_is_better)
+    if "floor" in figures:
+        table.add(f"{label} [pyfuse3 floor]", figures["floor"], figures["native"], unit,
+                  higher_is_better)
+
+
+def _writeback(options: str | None) -> bool:
+    """Whether r2fs runs with the FUSE writeback cache (the floor then does too)."""
+    from r2fs.fuse.mount import parse_options
+    return parse_options(options)[0].writeback
 
 
 def _fresh(root: str, name: str) -> str:
@@ -155,9 +208,8 @@ def small(args: argparse.Namespace, roots: dict[str, str], table: Table) -> None
             os.rmdir(d)
     import statistics
     for p in phases:
-        table.add(f"{args.files} x {args.file_size // KiB} KiB files: {p}",
-                  statistics.median(results[p]["r2fs"]), statistics.median(results[p]["native"]),
-                  "files/s")
+        _add(table, f"{args.files} x {args.file_size // KiB} KiB files: {p}",
+             {side: statistics.median(results[p][side]) for side in roots}, "files/s")
 
 
 def _tree_excludes() -> list[str]:
@@ -182,7 +234,7 @@ def rsync(args: argparse.Namespace, roots: dict[str, str], table: Table) -> None
                 progress(f"{side}: {label} (run {i + 1})")
                 return _timed_cmd(["rsync", "-a", *_tree_excludes(), src, dst])
             figures[side], _ = median_runs(once, args.runs)
-        table.add(label, figures["r2fs"], figures["native"], "s", higher_is_better=False)
+        _add(table, label, figures, "s", higher_is_better=False)
 
 
 def untar(args: argparse.Namespace, roots: dict[str, str], table: Table, scratch: str) -> None:
@@ -195,25 +247,28 @@ def untar(args: argparse.Namespace, roots: dict[str, str], table: Table, scratch
             progress(f"{side}: untar (run {i + 1})")
             return _timed_cmd(["tar", "-C", dst, "-xf", archive])
         figures[side], _ = median_runs(once, args.runs)
-    table.add("untar", figures["r2fs"], figures["native"], "s", higher_is_better=False)
+    _add(table, "untar", figures, "s", higher_is_better=False)
 
 
 def run(args: argparse.Namespace) -> None:
     parts = args.only or ["big", "small", "rsync", "untar"]
     with temp_dir(args.dir, "r2fs-bench-mount-") as base:
         native = _fresh(base, "native")
-        with Mounted(base, args.options) as m:
+        with Mounted(base, args.options) as m, contextlib.ExitStack() as stack:
             roots = {"r2fs": m.path, "native": native}
+            small_roots = dict(roots)
+            if args.floor:
+                small_roots["floor"] = stack.enter_context(NullMounted(base, _writeback(args.options))).path
             table = Table(f"mount workload (median of {args.runs}; ratio = r2fs/native for rates, "
                           f"native/r2fs for times)")
             if "big" in parts:
                 big(args, roots, table)
             if "small" in parts:
-                small(args, roots, table)
+                small(args, small_roots, table)
             if "rsync" in parts:
-                rsync(args, roots, table)
+                rsync(args, small_roots, table)
             if "untar" in parts:
-                untar(args, roots, table, base)
+                untar(args, small_roots, table, base)
             rss = m.peak_rss_mib()
         table.note(describe_machine())
         table.note(f"disk: {filesystem_of(base)}")
