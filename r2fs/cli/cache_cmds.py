@@ -10,7 +10,10 @@ so both take the same flags:
     --peer URL           a peer cache (repeatable; default: [pops] in cluster.toml)
     --peer-listen ADDR   answer peers on HOST:PORT (a mount's own small server;
                          a gateway answers peers on its S3 address instead)
-    --no-readahead       no prefetching for sequential readers
+    --no-readahead       no prefetching for sequential readers: the engine
+                         fetches no chunks ahead, and a mount leaves the
+                         kernel's read-ahead window at its default (128 KiB)
+                         instead of enlarging it (unless -o read_ahead_kb=N)
 
 `r2fs cache status` shows the figures of the running mounts and gateways;
 `r2fs cache clear` empties an L1 directory not in use.
@@ -57,7 +60,9 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
                        help="answer peer caches on this address (mounts; a gateway answers "
                             "on its own address)")
     group.add_argument("--no-readahead", action="store_true",
-                       help="do not prefetch chunks for sequential readers")
+                       help="no prefetching for sequential readers: no chunks fetched "
+                            "ahead, and a mount keeps the kernel's read-ahead window at its "
+                            "default (128 KiB) unless -o read_ahead_kb=N is given")
 
 
 def cache_argv(args: argparse.Namespace) -> list[str]:

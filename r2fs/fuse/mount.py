@@ -129,6 +129,20 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
         log.info("unmounted %s", mountpoint)
 
 
+def kernel_read_ahead_kb(opts: MountOptions, options: str | None, cluster: Cluster) -> int:
+    """The kernel read-ahead window to set for this mount (0: the kernel's default).
+
+    The enlarged kernel window is half of r2fs's read-ahead for sequential
+    readers (the engine's chunk prefetch is the other half): it keeps several
+    requests in flight. `--no-readahead` promises no prefetching for sequential
+    readers, so it switches off both -- the window stays at the kernel's own
+    default (128 KiB) -- unless `-o read_ahead_kb=N` asks for one explicitly.
+    """
+    explicit = any(item.partition("=")[0].strip() == "read_ahead_kb"
+                   for item in (options or "").split(","))
+    return opts.read_ahead_kb if cluster.reader.readahead.enabled or explicit else 0
+
+
 def set_read_ahead(mountpoint: str, kib: int) -> None:
     """Let the kernel read ahead `kib` KiB on this mount (its FUSE default is 128 KiB).
 
@@ -188,6 +202,7 @@ def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | Non
         except BaseException:
             cluster.close()
             raise
+    opts.read_ahead_kb = kernel_read_ahead_kb(opts, options, cluster)
     base = cache_dir or os.path.join(cluster_path, "cache")
     os.makedirs(base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="fuse-staging-", dir=base)

@@ -132,3 +132,19 @@ async def test_concurrent_pieces_of_one_chunk_are_fetched_and_opened_once(small_
     assert b"".join(got[o] for o in sorted(got)) == data
     await settle(c.reader)
     assert c.reader.figures()["tiers"]["l1"]["hits"] - before == 6
+
+
+def test_no_readahead_also_leaves_the_kernel_window_of_a_mount_alone(small_cluster):
+    """--no-readahead switches off both halves of read-ahead: the engine's
+    prefetch and the mount's enlarged kernel window (unless -o asks for one)."""
+    from r2fs.fuse.mount import kernel_read_ahead_kb, parse_options
+
+    c = small_cluster
+    c.reader.configure(cache_size=0, snapshots=False)
+    opts, _ = parse_options(None)
+    assert kernel_read_ahead_kb(opts, None, c) == 4096
+    c.reader.configure(cache_size=0, readahead=False, snapshots=False)
+    assert kernel_read_ahead_kb(opts, None, c) == 0  # 0: the kernel's default stays
+    for text in ("read_ahead_kb=4096", "allow_other, read_ahead_kb=1024"):
+        opts, _ = parse_options(text)
+        assert kernel_read_ahead_kb(opts, text, c) == opts.read_ahead_kb
