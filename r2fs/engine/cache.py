@@ -39,7 +39,9 @@ cold segments cost ~0.5 CPU-s buffered and ~0.13 CPU-s direct; a cold L1
 hit is CPU-bound on 2 cores (AES-GCM + FUSE), and the page cache would only
 hold a second copy of what the mount's page cache already holds as plaintext.
 Concurrency (read-ahead keeps several entries in flight) replaces the
-kernel's read-ahead that direct reads give up. Filesystems without O_DIRECT
+kernel's read-ahead that direct reads give up. Entries are read into
+buffers backed by transparent huge pages (`_ReadBuffer`): one disk request
+per entry instead of five, 3x the direct-read throughput on the reference VM. Filesystems without O_DIRECT
 (tmpfs) are read buffered, as before.
 
 Every method is synchronous and thread-safe (call it via trio.to_thread).
@@ -47,6 +49,7 @@ Every method is synchronous and thread-safe (call it via trio.to_thread).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -58,7 +61,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
-from .chunks import BufferPool, aligned_buffer, plaintext_buffer
+from .chunks import BufferPool, RecycledBuffers, plaintext_buffer
 from .crypto import SEAL_OVERHEAD
 from .errors import ChunkCorrupt, R2fsError
 
@@ -95,6 +98,53 @@ OpenInto = Callable[[bytes, Buffer, Buffer], None]
 
 class CacheError(R2fsError):
     """The cache directory cannot be used (not writable, all slots taken)."""
+
+
+#: Transparent huge page size (x86-64, arm64 with 4 KiB pages).
+HUGE = 2 * 1024 * 1024
+#: Bytes of read buffers kept for reuse (several entries in flight, plus peers' answers).
+READ_BUFFERS = 160 * 1024 * 1024
+
+
+class _ReadBuffer(mmap.mmap):
+    """A private anonymous mapping whose window [start, start + size) an entry is
+    read into with O_DIRECT; the window's blocks after the first lie in
+    transparent huge pages (where the kernel allows them).
+
+    Why: a direct read goes to the disk as a scatter list of the buffer's
+    physical pages, and the virtio disk takes at most 254 segments per
+    request (`/sys/block/vda/queue/max_segments`): a 4 MiB entry read into
+    4 KiB pages is split into five requests, into two huge pages it is one.
+    Measured on the reference VM, 8 concurrent 4 MiB O_DIRECT reads of L1
+    segments: 490-680 MB/s into 4 KiB pages (shared or private mappings),
+    1,960-2,250 MB/s into huge pages, at less than half the CPU. (The
+    shared mappings `mmap(-1, n)` gives are shmem: never huge here.)
+    The first block (the entry header, and the start of the sealed bytes)
+    sits in the small page just below the first huge page, so a 4 MiB
+    chunk's entry (4 MiB + one block) takes two huge pages, not three.
+    """
+
+    start: int
+    size: int
+
+
+def _read_buffer(size: int) -> _ReadBuffer:
+    buf = _ReadBuffer(-1, size + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    first_huge = -(-(base + BLOCK) // HUGE) * HUGE
+    buf.start, buf.size = first_huge - BLOCK - base, size
+    huge_bytes = (size - BLOCK) // HUGE * HUGE
+    if huge_bytes and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE, buf.start + BLOCK, huge_bytes)
+        except OSError:
+            pass  # no transparent huge pages here: 4 KiB pages, as before
+    return buf
+
+
+def _window(buf: _ReadBuffer) -> memoryview:
+    """The block-aligned window of a read buffer (a view: it keeps `buf` in use)."""
+    return memoryview(buf)[buf.start:buf.start + buf.size]
 
 
 def _cost(size: int) -> int:
@@ -170,6 +220,8 @@ class DiskCache:
         self._probation_bytes = 0
         self._dirty = False
         self._buffers = BufferPool(64 * 1024 * 1024)
+        #: what entries are read into (recycled once no view of them is left)
+        self._read_buffers = RecycledBuffers(_read_buffer, READ_BUFFERS)
         #: O_DIRECT reads work here (turned off at the first EINVAL: tmpfs and the like)
         self._direct = bool(_O_DIRECT) and _NOWAIT is not None
         self.counters = {"evictions": 0, "evicted_bytes": 0, "evicted_chunks": 0, "corrupt": 0,
@@ -433,11 +485,10 @@ class DiskCache:
                 pass
         seg.next_read = end
 
-    def _read(self, cid: bytes, hit: tuple[_Segment, int, int], buf: Buffer) -> int | None:
-        """Read header + sealed bytes into `buf` (a pool buffer of at least
-        `_HEADER.size + size` bytes); the sealed length, or None (dropped)."""
+    def _read(self, cid: bytes, hit: tuple[_Segment, int, int], into: memoryview) -> int | None:
+        """Read header + sealed bytes into `into` (the window of a `_ReadBuffer`:
+        block-aligned, whole blocks); the sealed length, or None (dropped)."""
         seg, off, size = hit
-        into = memoryview(buf)
         want = _HEADER.size + size
         try:
             fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -445,9 +496,7 @@ class DiskCache:
             self._drop(cid, seg, corrupt=False)  # evicted meanwhile
             return None
         try:
-            # (pooled buffers big enough for a block-rounded entry are page-aligned mmaps)
-            direct = isinstance(buf, mmap.mmap) and len(buf) >= _cost(size)
-            got = self._read_span(fd, seg, off, want, into, direct)
+            got = self._read_span(fd, seg, off, want, into, len(into) >= _cost(size))
         except OSError:
             got = 0
         finally:
@@ -554,23 +603,21 @@ class DiskCache:
         hit = self._lookup(cid)
         if hit is None:
             return None
-        buf = self._buffers.get(_cost(hit[2]))  # whole blocks: a direct read fills them
+        view = _window(self._read_buffers.get(_cost(hit[2])))  # reused once the view is gone
         try:
-            size = self._read(cid, hit, buf)
+            size = self._read(cid, hit, view)
             if size is None:
                 return None
-            view = memoryview(buf)
             plaintext = plaintext_buffer(max(0, size - SEAL_OVERHEAD))  # the cipher fills it
             ok = self._verified(cid, hit[0], view[_HEADER.size:_HEADER.size + size], plaintext)
-            del view
             return plaintext if ok else None
         finally:
-            self._buffers.put(buf)
+            del view  # (the buffer is reused once no view of it is left)
 
     def get_sealed(self, cid: bytes) -> memoryview | None:
         """The sealed chunk as stored, for a peer; or None.
 
-        Read like `get` (page cache or O_DIRECT) into a recycled aligned
+        Read like `get` (page cache or O_DIRECT) into a recycled read
         buffer, and handed out as a view of it (no copy: the buffer is reused
         once the view is gone). An entry not authenticated since this process
         opened the cache is authenticated first (a damaged one is dropped, not
@@ -583,10 +630,11 @@ class DiskCache:
         if hit is None:
             return None
         seg, size = hit[0], hit[2]
-        buf = aligned_buffer(_cost(size))
-        if self._read(cid, hit, buf) is None:
+        view = _window(self._read_buffers.get(_cost(size)))
+        if self._read(cid, hit, view) is None:
             return None
-        sealed = memoryview(buf)[_HEADER.size:_HEADER.size + size]
+        sealed = view[_HEADER.size:_HEADER.size + size]
+        del view
         with self._lock:
             trusted = cid in self._trusted
         if trusted:
