@@ -3,6 +3,7 @@ kills at every step of the commit, failed puts cleaning up, long puts flushing."
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -52,10 +53,12 @@ def test_pieces_are_exact_and_copy_free_of_reused_buffers(size, cuts, total, mut
                     buf[:] = b"\xee" * len(buf)
                 else:
                     yield p
-        return [p async for p in _pieces(gen(), size)]
+        return [bytes(p) async for p in _pieces(gen(), size, md5)]
 
+    md5 = hashlib.md5()
     out = trio.run(main)
     assert b"".join(out) == data
+    assert md5.digest() == hashlib.md5(data).digest()  # every piece hashed, in order
     assert all(len(p) == size for p in out[:-1])
     assert not out or 0 < len(out[-1]) <= size
 
