@@ -681,15 +681,12 @@ class DiskCache:
         that `put(..., framed=True)` hands it to the background writer without
         copying it (it sits behind room for the entry header in a pooled
         buffer). Hand it to `put` or `release`; never use it afterwards."""
-        return _window(self._read_buffers.get(_cost(size)))[_HEADER.size:_HEADER.size + size]
+        buf = self._buffers.get(_HEADER.size + size)
+        return memoryview(buf)[_HEADER.size:_HEADER.size + size]
 
     def release(self, frame: memoryview) -> None:
-        """Give back a `frame` that will not be `put` (its buffer is reused once
-        no view of it is left)."""
-        try:
-            frame.release()
-        except BufferError:
-            pass  # still exported somewhere: the buffer is reused once that is gone
+        """Give back a `frame` that will not be `put`."""
+        self._buffers.put(frame.obj)
 
     def put(self, cid: bytes, sealed: Buffer, *, framed: bool = False) -> bool:
         """Store an already AUTHENTICATED sealed chunk; False if it was not cached.
@@ -704,15 +701,12 @@ class DiskCache:
         4 MiB (copy into the page cache, page allocation, ext4 delayed
         allocation) was 18% of a mount daemon's CPU on a cold read (`perf`,
         reference VM), time the read waited. At most FILL_QUEUE entries wait;
-        beyond that, the caller writes its fill itself (buffered), as before.
-        The background writers use O_DIRECT from huge-page buffers (frames
-        are `_ReadBuffer` windows): one disk request per entry, no page-cache
-        copy. History: with 4 KiB-page buffers (five disk requests per entry)
-        direct fills competed with the shard reads for the disk (cold read
-        209-254 MB/s vs 311-407 buffered); from huge pages, measured A/B on
-        the reference VM (load ~5): cold read filling L1 211-231 MB/s either
-        way at 2.83-3.07 vs 4.02-4.46 CPU-s/GiB buffered; L2 read 269 vs 272
-        MB/s at 2.75 vs 3.02 CPU-s/GiB.
+        beyond that, the caller writes its fill itself, as before. Why not
+        O_DIRECT: measured on the reference VM, direct fills cost far less CPU
+        (0.13 vs ~1-2 CPU-s/GiB) but compete with the shard reads for the
+        disk at once, where buffered ones are written back after the read:
+        a cold read through a mount ran at 209-254 MB/s with direct fills
+        (background) and 311-407 MB/s with buffered ones.
         """
         size = len(sealed)
         cost = _cost(size)
@@ -727,14 +721,16 @@ class DiskCache:
                 self._writing.add(cid)
             queued = len(self._fill_queue) < FILL_QUEUE and not self._closing
         if spot is None:
+            if given is not None:
+                self._buffers.put(given)
             return cached
         seg, off = spot
         buf = given
         if queued:
             if buf is None:
-                buf = self._read_buffers.get(cost)
-                _window(buf)[_HEADER.size:_HEADER.size + size] = memoryview(sealed).cast("B")
-            _HEADER.pack_into(buf, buf.start, MAGIC, FORMAT, cid, size)
+                buf = self._buffers.get(_HEADER.size + size)
+                memoryview(buf)[_HEADER.size:_HEADER.size + size] = memoryview(sealed).cast("B")
+            _HEADER.pack_into(buf, 0, MAGIC, FORMAT, cid, size)
             with self._lock:
                 self._fills[cid] = threading.Event()
                 self._fill_queue.append((cid, seg, off, size, buf))
@@ -744,6 +740,8 @@ class DiskCache:
         parts = [_HEADER.pack(MAGIC, FORMAT, cid, size), memoryview(sealed).cast("B")]
         ok = self._write_buffered(seg.path, off, parts)
         del parts
+        if given is not None:
+            self._buffers.put(given)
         return self._written(cid, seg, off, size, ok)
 
     @staticmethod
@@ -760,28 +758,6 @@ class DiskCache:
                 os.close(fd)
         except OSError:
             return False
-
-    def _write_direct(self, path: str, off: int, view: memoryview, length: int) -> bool:
-        """Write an entry (`length` bytes at the front of the block-aligned window
-        `view`) with O_DIRECT, zero-padded to whole blocks; buffered where the
-        filesystem refuses direct I/O."""
-        span = -(-length // BLOCK) * BLOCK
-        view[length:span] = bytes(span - length)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | _O_DIRECT, 0o600)
-        except OSError as e:
-            return e.errno == errno.EINVAL and self._write_buffered(path, off, [view[:length]])
-        done = 0
-        try:
-            while done < span:
-                done += os.pwritev(fd, [view[done:span]], off + done)
-            return True
-        except OSError as e:
-            if e.errno == errno.EINVAL and done == 0:
-                return self._write_buffered(path, off, [view[:length]])
-            return False
-        finally:
-            os.close(fd)
 
     def _written(self, cid: bytes, seg: _Segment, off: int, size: int, ok: bool,
                  background: bool = False) -> bool:
@@ -823,15 +799,12 @@ class DiskCache:
                 cid, seg, off, size, buf = self._fill_queue.pop(0)
             ok = False
             try:
-                view = _window(buf)
-                if self._direct:
-                    ok = self._write_direct(seg.path, off, view, _HEADER.size + size)
-                else:
-                    ok = self._write_buffered(seg.path, off, [view[:_HEADER.size + size]])
+                view = memoryview(buf)
+                ok = self._write_buffered(seg.path, off, [view[:_HEADER.size + size]])
                 del view
             finally:
                 self._written(cid, seg, off, size, ok, background=True)
-                del buf  # (reused once no view of it is left)
+                self._buffers.put(buf)
 
     def _stop_filler(self) -> None:
         """Write out every queued fill and stop the writers."""
