@@ -123,14 +123,12 @@ def _cpu_seconds(pid: int | None) -> float:
 
 def _kernel_window(mnt: str) -> int | None:
     """The kernel read-ahead window (KiB) of the mount at `mnt`, as sysfs shows it."""
-    target = os.path.realpath(mnt)
+    from r2fs.fuse.mount import read_ahead_knob
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4].encode().decode("unicode_escape") == target:
-                    with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb") as knob:
-                        return int(knob.read())
+        knob = read_ahead_knob(mnt)
+        if knob is not None:
+            with open(knob) as f:
+                return int(f.read())
     except (OSError, ValueError):
         pass
     return None

@@ -143,6 +143,17 @@ def kernel_read_ahead_kb(opts: MountOptions, options: str | None, cluster: Clust
     return opts.read_ahead_kb if cluster.reader.readahead.enabled or explicit else 0
 
 
+def read_ahead_knob(mountpoint: str) -> str | None:
+    """The sysfs file of the kernel read-ahead window (KiB) of the mount at `mountpoint`."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].encode().decode("unicode_escape") == target:
+                return f"/sys/class/bdi/{fields[2]}/read_ahead_kb"
+    return None
+
+
 def set_read_ahead(mountpoint: str, kib: int) -> None:
     """Let the kernel read ahead `kib` KiB on this mount (its FUSE default is 128 KiB).
 
@@ -153,15 +164,11 @@ def set_read_ahead(mountpoint: str, kib: int) -> None:
     """
     if not kib:
         return
-    target = os.path.realpath(mountpoint)
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4].encode().decode("unicode_escape") == target:
-                    with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb", "w") as knob:
-                        knob.write(f"{kib}\n")
-                    return
+        knob = read_ahead_knob(mountpoint)
+        if knob is not None:
+            with open(knob, "w") as f:
+                f.write(f"{kib}\n")
     except OSError as exc:
         log.info("kernel read-ahead left at its default (%s)", exc)
 
