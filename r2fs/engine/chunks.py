@@ -99,6 +99,20 @@ class BufferPool:
 
     MIN = 128 * 1024
     GRAIN = 64 * 1024
+    #: Buffers of HUGE_MIN..HUGE bytes (a shard file of a 2-8 MiB chunk) are
+    #: one private 2 MiB mapping backed by a transparent huge page. Why: an
+    #: O_DIRECT transfer goes to the disk as a list of the buffer's physical
+    #: pages, and the virtio disk takes at most 254 of them per request
+    #: (/sys/block/vda/queue/max_segments): a 1 MiB shard plus its header in
+    #: 4 KiB pages (257) is split into two requests, in one huge page it is
+    #: one. Measured on the reference VM, 12 writers of such shard files
+    #: (O_DIRECT + fdatasync): 198-271 MB/s from shared mappings (what
+    #: `mmap(-1, n)` gives; shmem never gets huge pages here) against
+    #: 327-492 MB/s from huge pages. The kernel places 2 MiB anonymous
+    #: mappings on a 2 MiB boundary; where it does not, or has no THP, the
+    #: buffer is ordinary pages and everything works as before.
+    HUGE = 2 * 1024 * 1024
+    HUGE_MIN = 512 * 1024
 
     def __init__(self, max_bytes: int = 96 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
@@ -122,7 +136,18 @@ class BufferPool:
                 buf = self._free.pop(best)
                 self._held -= len(buf)
                 return buf
-        return mmap.mmap(-1, -(-size // self.GRAIN) * self.GRAIN)
+        return self._new(size)
+
+    def _new(self, size: int) -> mmap.mmap:
+        if not self.HUGE_MIN <= size <= self.HUGE:
+            return mmap.mmap(-1, -(-size // self.GRAIN) * self.GRAIN)
+        buf = mmap.mmap(-1, self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                buf.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass  # no transparent huge pages: ordinary pages, as before
+        return buf
 
     def put(self, buf: object) -> None:
         """Give a buffer from `get` back; it must no longer be used by anyone."""
