@@ -21,6 +21,7 @@ class MountOptions:
     poll_interval: float = 0.25  # change-sequence polling
     writeback: bool = False  # FUSE writeback cache
     read_ahead_kb: int = 4096  # kernel read-ahead for this mount (0: leave the default)
+    read_ahead_asked: bool = False  # read_ahead_kb was given with -o (kept under --no-readahead)
     fuse_options: set[str] = field(default_factory=set)  # passed through to libfuse
 
 

@@ -52,6 +52,7 @@ def parse_options(text: str | None) -> tuple[MountOptions, bool]:
         try:
             if name == "read_ahead_kb":
                 opts.read_ahead_kb = int(value)
+                opts.read_ahead_asked = True
                 if opts.read_ahead_kb < 0:
                     raise ValueError
             elif name in ("attr_timeout", "entry_timeout", "poll_interval"):
@@ -129,7 +130,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
         log.info("unmounted %s", mountpoint)
 
 
-def kernel_read_ahead_kb(opts: MountOptions, options: str | None, cluster: Cluster) -> int:
+def kernel_read_ahead_kb(opts: MountOptions, cluster: Cluster) -> int:
     """The kernel read-ahead window to set for this mount (0: the kernel's default).
 
     The enlarged kernel window is half of r2fs's read-ahead for sequential
@@ -138,9 +139,7 @@ def kernel_read_ahead_kb(opts: MountOptions, options: str | None, cluster: Clust
     readers, so it switches off both -- the window stays at the kernel's own
     default (128 KiB) -- unless `-o read_ahead_kb=N` asks for one explicitly.
     """
-    explicit = any(item.partition("=")[0].strip() == "read_ahead_kb"
-                   for item in (options or "").split(","))
-    return opts.read_ahead_kb if cluster.reader.readahead.enabled or explicit else 0
+    return opts.read_ahead_kb if cluster.reader.readahead.enabled or opts.read_ahead_asked else 0
 
 
 def read_ahead_knob(mountpoint: str) -> str | None:
@@ -209,7 +208,7 @@ def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | Non
         except BaseException:
             cluster.close()
             raise
-    opts.read_ahead_kb = kernel_read_ahead_kb(opts, options, cluster)
+    opts.read_ahead_kb = kernel_read_ahead_kb(opts, cluster)
     base = cache_dir or os.path.join(cluster_path, "cache")
     os.makedirs(base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="fuse-staging-", dir=base)

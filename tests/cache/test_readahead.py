@@ -142,9 +142,9 @@ def test_no_readahead_also_leaves_the_kernel_window_of_a_mount_alone(small_clust
     c = small_cluster
     c.reader.configure(cache_size=0, snapshots=False)
     opts, _ = parse_options(None)
-    assert kernel_read_ahead_kb(opts, None, c) == 4096
+    assert kernel_read_ahead_kb(opts, c) == 4096
     c.reader.configure(cache_size=0, readahead=False, snapshots=False)
-    assert kernel_read_ahead_kb(opts, None, c) == 0  # 0: the kernel's default stays
+    assert kernel_read_ahead_kb(opts, c) == 0  # 0: the kernel's default stays
     for text in ("read_ahead_kb=4096", "allow_other, read_ahead_kb=1024"):
         opts, _ = parse_options(text)
-        assert kernel_read_ahead_kb(opts, text, c) == opts.read_ahead_kb
+        assert kernel_read_ahead_kb(opts, c) == opts.read_ahead_kb
