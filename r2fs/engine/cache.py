@@ -226,7 +226,7 @@ class DiskCache:
         self._direct = bool(_O_DIRECT) and _NOWAIT is not None
         self.counters = {"evictions": 0, "evicted_bytes": 0, "evicted_chunks": 0, "corrupt": 0,
                          "write_errors": 0, "fills": 0, "fill_bytes": 0, "direct_reads": 0,
-                         "background_fills": 0}
+                         "background_fills": 0, "skipped_fills": 0}
         self.dir, self._lock_fd = self._take_slot()
         self._load()
 
@@ -717,6 +717,8 @@ class DiskCache:
                 spot = self._reserve(cid, cost)
             if spot is None:
                 cached = cid in self._index or cid in self._writing
+                if not cached:  # no room: every evictable segment has writes in flight
+                    self.counters["skipped_fills"] += 1
             else:
                 self._writing.add(cid)
             queued = len(self._fill_queue) < FILL_QUEUE and not self._closing

@@ -99,9 +99,11 @@ async def test_bound_holds_while_reading_three_times_its_size(small_cluster, buc
     assert bytes(got) == data
     assert 0 < peak <= bound
     st = l1.status()
-    # (a fill finding every segment busy with writes in flight is skipped, not forced in)
-    assert st["fills"] >= 24 - 3, st
-    assert st["evicted_chunks"] == st["fills"] - st["entries"] >= 24 - 3 - 8, st
+    # (a fill finding every segment busy with writes in flight is skipped, not forced
+    # in: how many depends on how far the background writers lag, so count, not guess)
+    assert st["fills"] + st["skipped_fills"] >= 24, st
+    assert st["fills"] > 8, st  # more than the bound holds: it had to evict
+    assert st["evicted_chunks"] == st["fills"] - st["entries"] > 0, st
     assert st["used_bytes"] <= bound and disk_bytes(l1.dir) <= bound
 
 
