@@ -5,7 +5,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync git sqlite3 tar rclone
+# Debian packages, one variable per area so that changes to one area do not collide.
+APT_CORE := gcc python3-dev python3-venv pkg-config
+APT_FUSE := fuse3 libfuse3-dev
+APT_TOOLS := rsync git sqlite3 tar rclone
+APT_S3 :=
+APT_META :=
+APT_OPS :=
+APT_DURABILITY :=
+APT_PACKAGES := $(APT_CORE) $(APT_FUSE) $(APT_TOOLS) $(APT_S3) $(APT_META) $(APT_OPS) $(APT_DURABILITY)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
