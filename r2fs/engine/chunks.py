@@ -29,7 +29,7 @@ from .crypto import (SEAL_OVERHEAD, open_chunk, open_chunk_into, seal_chunk, sea
 from .erasure import Erasure
 from .errors import ChunkCorrupt, DataUnavailable, UnsupportedFormat
 from .keys import MasterKey
-from .nodes import LocalNode, NodeUnavailable
+from .nodes import NodeStore, NodeUnavailable
 from .shards import HEADER_SIZE, ShardInvalid, pack_header, pack_shard_parts, read_shard
 
 Buffer = bytes | bytearray | memoryview
@@ -262,7 +262,7 @@ def give_back(piece: object) -> None:
 
 
 class ChunkStore:
-    def __init__(self, master: MasterKey, nodes: Mapping[str, LocalNode], k: int, m: int,
+    def __init__(self, master: MasterKey, nodes: Mapping[str, NodeStore], k: int, m: int,
                  stripe_size: int = 256 * 1024) -> None:
         self.master = master
         self.nodes = nodes
@@ -307,7 +307,7 @@ class ChunkStore:
 
     # --- write -----------------------------------------------------------------------
 
-    def _node(self, node_id: str) -> LocalNode:
+    def _node(self, node_id: str) -> NodeStore:
         try:
             return self.nodes[node_id]
         except KeyError:
@@ -346,7 +346,7 @@ class ChunkStore:
         All k+m shards must land, otherwise the ones written are removed and
         NodeUnavailable is raised: a chunk is never recorded with less
         redundancy than the cluster promises. Returns the bytes stored.
-        `sync_later`: see `LocalNode.write_parts` (the shards' names become
+        `sync_later`: see `NodeStore.write_parts` (the shards' names become
         durable with the caller's `nodes.sync_dirs`).
         """
         files, direct = self._encode_shards(chunk_id, sealed)

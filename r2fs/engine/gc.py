@@ -37,12 +37,12 @@ from .types import GcReport
 from .writer import LOC_STAGING
 
 if TYPE_CHECKING:
-    from .store import Cluster
+    from .core import Core
 
 log = logging.getLogger(__name__)
 
 
-async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) -> GcReport:
+async def collect_garbage(c: "Core", *, grace: float, orphan_grace: float) -> GcReport:
     report = GcReport()
     cutoff = time.time() - grace
     horizon = await trio.to_thread.run_sync(_snapshot_horizon, c)
@@ -68,7 +68,7 @@ async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) ->
                 doomed.append((cid, rec))
         return doomed
 
-    doomed = await c._write(mark)
+    doomed = await c.transact(mark)
     deleted = []
     for cid, rec in doomed:
         try:
@@ -97,7 +97,7 @@ async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) ->
                 c.meta.delete(txn, "journal", cid)  # its chunk is gone or already replicated
         return removed
 
-    report.chunks_removed = await c._write(forget)
+    report.chunks_removed = await c.transact(forget)
     report.orphans_removed, freed = await trio.to_thread.run_sync(_remove_orphans, c, orphan_grace)
     report.bytes_freed += freed
     staged, freed = await trio.to_thread.run_sync(sweep_staging, c, orphan_grace)
@@ -106,7 +106,7 @@ async def collect_garbage(c: "Cluster", *, grace: float, orphan_grace: float) ->
     return report
 
 
-def _snapshot_horizon(c: "Cluster") -> float | None:
+def _snapshot_horizon(c: "Core") -> float | None:
     """When the newest metadata snapshot started (after refreshing it), or None without any.
 
     With no snapshot there is nothing to restore from, so nothing to protect."""
@@ -120,9 +120,9 @@ def _snapshot_horizon(c: "Cluster") -> float | None:
     return metasnap.gc_horizon(c)
 
 
-def _unstage(c: "Cluster", cid: bytes, gen: int) -> int:
-    path = c.writer.staging.path_of(cid, gen)
-    return c.writer.staging.remove_file(path)
+def _unstage(c: "Core", cid: bytes, gen: int) -> int:
+    path = c.staging.path_of(cid, gen)
+    return c.staging.remove_file(path)
 
 
 def _is_temp(name: str) -> bool:
@@ -131,7 +131,7 @@ def _is_temp(name: str) -> bool:
     return base.startswith(".") and base.endswith(TEMP_SUFFIX)
 
 
-def _remove_orphans(c: "Cluster", grace: float) -> tuple[int, int]:
+def _remove_orphans(c: "Core", grace: float) -> tuple[int, int]:
     """Shard files no chunk record claims and temp files of shard writes killed
     mid-way (writers, replicators), older than grace."""
     cutoff = time.time() - grace

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ChunkCorrupt, ClusterError, WrongMasterKey
-from .nodes import fsync_dir, write_all
+from .fileio import fsync_dir, write_all
 
 #: BLAKE2b personalisation for key derivation (at most 16 bytes).
 _KDF_PERSON = b"r2fs-kdf-v1"

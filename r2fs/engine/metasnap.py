@@ -87,13 +87,14 @@ from .errors import (
     WrongMasterKey,
 )
 from .keys import MasterKey
-from .meta import SCHEMA_VERSION
-from .nodes import LocalNode, NodeUnavailable, fsync_dir, place, write_all
+from .meta.lmdb import SCHEMA_VERSION
+from .fileio import fsync_dir, write_all
+from .nodes import LocalNode, NodeUnavailable, place
 from .shards import ShardInvalid, pack_shard_parts, read_shard
 from .simulate import build_nodes
 
 if TYPE_CHECKING:
-    from .store import Cluster
+    from .core import Core
 
 log = logging.getLogger("r2fs.metasnap")
 
@@ -234,7 +235,7 @@ class Site:
         self._mac_key = master.derive("meta-snapshot-descriptor")
 
     @classmethod
-    def of(cls, cluster: Cluster) -> Site:
+    def of(cls, cluster: Core) -> Site:
         return cls(cluster.path, cluster.config, cluster.master, cluster.nodes)
 
     @classmethod
@@ -517,7 +518,7 @@ class _Copier:
     and transaction id the copy contains, exactly.
     """
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Core) -> None:
         self.cluster = cluster
         self.read_fd, self._write_fd = os.pipe()
         try:
@@ -572,7 +573,7 @@ class _Copier:
             raise ClusterError(f"copying the metadata failed: {self.error}") from None
 
 
-def take_snapshot(cluster: Cluster, *, keep: int | None = None, wait: bool = True,
+def take_snapshot(cluster: Core, *, keep: int | None = None, wait: bool = True,
                   piece_size: int = PIECE_SIZE) -> SnapshotInfo | None:
     """Snapshot the metadata onto the nodes; prune to the newest `keep` afterwards.
 
@@ -597,7 +598,7 @@ def take_snapshot(cluster: Cluster, *, keep: int | None = None, wait: bool = Tru
         return info
 
 
-def _write_snapshot(cluster: Cluster, site: Site, piece_size: int) -> SnapshotInfo:
+def _write_snapshot(cluster: Core, site: Site, piece_size: int) -> SnapshotInfo:
     cfg = cluster.config
     erasure = Erasure(cfg.k, cfg.m, cfg.stripe_size)
     n = erasure.n
@@ -693,13 +694,13 @@ def _prune(site: Site, keep: int, *, current: str) -> None:
                 site.delete(sid)
 
 
-def list_snapshots(root_or_cluster: str | Cluster) -> Listing:
+def list_snapshots(root_or_cluster: str | Core) -> Listing:
     site = (Site.open(root_or_cluster) if isinstance(root_or_cluster, str)
             else Site.of(root_or_cluster))
     return site.list()
 
 
-def gc_horizon(cluster: Cluster) -> float | None:
+def gc_horizon(cluster: Core) -> float | None:
     """When the newest snapshot was taken, or None without snapshots.
 
     For gc: a chunk whose refcount reached 0 after this time is still named
@@ -713,7 +714,7 @@ def gc_horizon(cluster: Cluster) -> float | None:
 # --- automatic snapshots -----------------------------------------------------------------------
 
 
-def maybe_snapshot(cluster: Cluster, *, min_interval: float | None = None,
+def maybe_snapshot(cluster: Core, *, min_interval: float | None = None,
                    keep: int | None = None) -> SnapshotInfo | None:
     """Take a snapshot if the metadata changed since the newest one and `min_interval`
     seconds have passed since it; None otherwise, or if another process is taking one.
@@ -736,7 +737,7 @@ def maybe_snapshot(cluster: Cluster, *, min_interval: float | None = None,
     return take_snapshot(cluster, keep=keep, wait=False)
 
 
-async def run_snapshotter(cluster: Cluster, stop_event: trio.Event, *,
+async def run_snapshotter(cluster: Core, stop_event: trio.Event, *,
                           interval: float | None = None, keep: int | None = None,
                           poll: float | None = None) -> None:
     """Snapshot the metadata every `interval` seconds while it changes, until `stop_event`.
@@ -830,7 +831,7 @@ def _aside_name(root: str, stem: str) -> str:
 
 
 def _process_has_env(meta_dir: str) -> bool:
-    from . import meta as metamod
+    from .meta import lmdb as metamod
     return os.path.realpath(meta_dir) in metamod._ENVS
 
 
@@ -1006,7 +1007,7 @@ def check_data(site: Site) -> DataCheck:
     return out
 
 
-def verify(root_or_cluster: str | Cluster, snapshot_id: str | None = None) -> Listing:
+def verify(root_or_cluster: str | Core, snapshot_id: str | None = None) -> Listing:
     """Read every shard of the snapshot(s) and check each piece and the whole digest.
 
     A scrub: `damaged` lists what a restore would work around; `error` is set

@@ -36,9 +36,10 @@ from .errors import ChunkCorrupt, DataUnavailable
 from .peers import PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
 from .readahead import ReadAhead
 from .types import ChunkRef, ObjectInfo
+from .writer import LOC_STAGING
 
 if TYPE_CHECKING:
-    from .store import Cluster
+    from .core import Core
 
 log = logging.getLogger("r2fs.reader")
 
@@ -102,8 +103,8 @@ class _Flight:
 class ChunkReader:
     """The read tiers of one process (one per Cluster)."""
 
-    def __init__(self, cluster: "Cluster") -> None:
-        self.cluster = cluster
+    def __init__(self, core: "Core") -> None:
+        self.core = core
         self.stats = ReadStats()
         self.l1: DiskCache | None = None
         self.peers: PeerSet | None = None
@@ -124,7 +125,7 @@ class ChunkReader:
     @property
     def token(self) -> bytes:
         if self._token is None:
-            self._token = cluster_token(self.cluster.master)
+            self._token = cluster_token(self.core.master)
         return self._token
 
     def configure(self, *, cache_dir: str | None = None, cache_size: int | None = None,
@@ -141,7 +142,7 @@ class ChunkReader:
         server (the gateway) answers peers, so rendezvous can pick itself.
         """
         self.close()
-        root = cache_dir or os.path.join(self.cluster.path, "cache")
+        root = cache_dir or os.path.join(self.core.path, "cache")
         size = default_capacity(root) if cache_size is None else cache_size
         if cache_size is None and size == 0:
             log.warning("no local read cache: %s has less than 10%% of its disk free", root)
@@ -152,7 +153,7 @@ class ChunkReader:
                 self.server = PeerServer(self.peer_app(), peer_listen)
                 self_url = self.server.start()
             if peers is None:
-                pops = self.cluster.config.raw.get("pops") if self.cluster.config.raw else None
+                pops = self.core.config.raw.get("pops") if self.core.config.raw else None
                 peers = [str(u) for u in (pops or {}).values()] if isinstance(pops, dict) else []
             self.peers = PeerSet(peers, self.token, self_url=self_url) if peers else None
         except BaseException:
@@ -186,7 +187,7 @@ class ChunkReader:
 
     def open_into(self, cid: bytes, sealed: Any, out: Any) -> None:
         """Authenticate + decrypt a sealed chunk into `out` (ChunkCorrupt on failure)."""
-        open_chunk_into(self.cluster.master, cid, sealed, out)
+        open_chunk_into(self.core.master, cid, sealed, out)
 
     def peer_app(self) -> PeerApp:
         """The ASGI app answering peers (the gateway mounts it under /_r2fs/)."""
@@ -275,7 +276,7 @@ class ChunkReader:
                 return data
             self.stats.miss("l1")
         rec = self._record(cid, context)
-        if rec.get("loc") == "staging":
+        if rec.get("loc") == LOC_STAGING:
             data = await trio.to_thread.run_sync(self._from_staging, cid, context)
             if data is not None:
                 return data
@@ -286,7 +287,7 @@ class ChunkReader:
         return await trio.to_thread.run_sync(self._from_nodes, cid, rec, context)
 
     def _record(self, cid: bytes, context: str) -> dict:
-        rec = self.cluster.chunk_record(cid)
+        rec = self.core.chunk_record(cid)
         if rec is None:
             where = f"{context}: " if context else ""
             raise DataUnavailable(f"{where}chunk {cid.hex()} has no record (metadata damaged?)")
@@ -294,18 +295,45 @@ class ChunkReader:
 
     def _open(self, cid: bytes, sealed: Any, context: str) -> bytearray:
         try:
-            return self.cluster.chunks.unseal(cid, sealed)
+            return self.core.chunks.unseal(cid, sealed)
         except ChunkCorrupt as e:
             raise ChunkCorrupt(f"{context}: {e}" if context else str(e)) from None
 
     def _from_staging(self, cid: bytes, context: str) -> bytearray | None:
-        sealed = self.cluster.writer.read_staged(cid)
+        sealed = self._read_staged(cid)
         if sealed is None:
             self.stats.miss("staging")
             return None
         data = self._open(cid, sealed, context)
         self.stats.hit("staging", len(data))
         return data
+
+    def _read_staged(self, cid: bytes) -> bytes | None:
+        """The sealed chunk if it is in local staging (loc="staging"), else None. Blocking.
+
+        Safe against the replicator finishing in between: when the chunk left
+        staging after the caller looked at its record, the sealed chunk is
+        read from the nodes it now lives on, so a reader holding a stale
+        record never sees a spurious failure.
+        """
+        c = self.core
+        rec = c.chunk_record(cid)
+        if rec is None or rec.get("loc") != LOC_STAGING:
+            return None
+        sealed = c.staging.read(cid, rec["g"])
+        if sealed is not None:
+            return sealed
+        now = c.chunk_record(cid)
+        if now is None:
+            return None
+        if now.get("loc") == LOC_STAGING:
+            if now["g"] != rec["g"]:
+                sealed = c.staging.read(cid, now["g"])
+                if sealed is not None:
+                    return sealed
+            raise DataUnavailable(f"chunk {cid.hex()} is recorded in local staging but "
+                                  f"{c.staging.path_of(cid, now['g'])} is missing")
+        return bytes(c.chunks.read_sealed(cid, now["g"], now["p"], now["l"]))
 
     def _from_nodes(self, cid: bytes, rec: dict, context: str) -> bytearray:
         l1 = self.l1
@@ -319,7 +347,7 @@ class ChunkReader:
             l1.put(cid, sealed, framed=sealed is frame)
 
         try:
-            data = self.cluster.chunks.read(cid, rec["g"], rec["p"], rec["l"], context=context,
+            data = self.core.chunks.read(cid, rec["g"], rec["p"], rec["l"], context=context,
                                             into=frame, on_sealed=None if l1 is None else fill)
         finally:
             if not taken:
@@ -358,7 +386,7 @@ class ChunkReader:
 
         def verify_and_fill() -> bytearray:
             nonlocal frame
-            data = self.cluster.chunks.unseal(cid, sealed)
+            data = self.core.chunks.unseal(cid, sealed)
             if l1 is not None:
                 framed, frame = sealed is frame, None
                 l1.put(cid, sealed, framed=framed)
@@ -399,18 +427,18 @@ class ChunkReader:
                 self.stats.hit("l1", len(sealed))
                 return sealed
             self.stats.miss("l1")
-        rec = self.cluster.chunk_record(cid)
+        rec = self.core.chunk_record(cid)
         if rec is None:
             return None
         context = f"peer request for chunk {cid.hex()}"
-        if rec.get("loc") == "staging":
-            staged = self.cluster.writer.read_staged(cid)
+        if rec.get("loc") == LOC_STAGING:
+            staged = self._read_staged(cid)
             if staged is not None:
                 self._open(cid, staged, context)
                 self.stats.hit("staging", len(staged))
                 return staged
             self.stats.miss("staging")
-        sealed = self.cluster.chunks.read_sealed(cid, rec["g"], rec["p"], rec["l"], context=context)
+        sealed = self.core.chunks.read_sealed(cid, rec["g"], rec["p"], rec["l"], context=context)
         self._open(cid, sealed, context)
         if self.l1 is not None:
             self.l1.put(cid, sealed)
@@ -436,7 +464,7 @@ class ChunkReader:
         procs: dict[str, Any] = {}
         if self.configured:
             procs[f"pid {os.getpid()} (this process)"] = _display(self.figures())
-        for pid, snap in running_snapshots(self.cluster.path).items():
+        for pid, snap in running_snapshots(self.core.path).items():
             if pid != os.getpid():
                 procs[f"pid {pid} ({snap.get('command', '?')})"] = _display(snap.get("figures", {}))
         if not procs:
@@ -444,7 +472,7 @@ class ChunkReader:
         return {"read cache": procs}
 
     def _start_maintenance(self) -> None:
-        run = os.path.join(self.cluster.path, RUN_DIR)
+        run = os.path.join(self.core.path, RUN_DIR)
         try:
             os.makedirs(run, exist_ok=True)
         except OSError as e:

@@ -47,7 +47,7 @@ from .nodes import NodeUnavailable
 from .writer import LOC_NODES, LOC_STAGING
 
 if TYPE_CHECKING:
-    from .store import Cluster
+    from .core import Core
 
 log = logging.getLogger("r2fs.replicator")
 
@@ -136,7 +136,7 @@ class Backlog:
     stuck: list[StuckChunk] = field(default_factory=list)  # entries that failed at least once
 
 
-def backlog(cluster: "Cluster", bucket: str | None = None) -> Backlog:
+def backlog(cluster: "Core", bucket: str | None = None) -> Backlog:
     """What is waiting in the journal (blocking). `bucket` limits it to one bucket's writes."""
     out = Backlog()
     now = time.time()
@@ -157,7 +157,7 @@ def backlog(cluster: "Cluster", bucket: str | None = None) -> Backlog:
     return out
 
 
-def live_replicators(cluster: "Cluster") -> list[dict[str, Any]]:
+def live_replicators(cluster: "Core") -> list[dict[str, Any]]:
     """Heartbeats of replicators that are running now (blocking)."""
     prefix = RECORDS.encode() + b"\0"
     now = time.time()
@@ -195,7 +195,7 @@ class ReplicationReport:
 class Replicator:
     """Replicates journal entries of one cluster; every method here is blocking."""
 
-    def __init__(self, cluster: "Cluster", *, backoff_base: float = BACKOFF_BASE,
+    def __init__(self, cluster: "Core", *, backoff_base: float = BACKOFF_BASE,
                  backoff_cap: float = BACKOFF_CAP, lease: float = LEASE_SECONDS) -> None:
         self.cluster = cluster
         self.owner = _owner_id()
@@ -239,10 +239,10 @@ class Replicator:
         staged_gen = rec["g"]
         _test_hook_kill_after("claim")
         try:
-            sealed = c.writer.staging.read(cid, staged_gen)
+            sealed = c.staging.read(cid, staged_gen)
             if sealed is None:
                 if self._still_staged(cid, staged_gen):
-                    raise DataUnavailable(f"staging file {c.writer.staging.path_of(cid, staged_gen)} "
+                    raise DataUnavailable(f"staging file {c.staging.path_of(cid, staged_gen)} "
                                           "is missing (deleted by hand?)")
                 return DROPPED, None
             c.chunks.unseal(cid, sealed)  # never spread a damaged staging file
@@ -250,7 +250,7 @@ class Replicator:
             gen = secrets.randbits(31)
             while gen == staged_gen:
                 gen = secrets.randbits(31)
-            placement = c.writer.placement(cid, j.get("b"))
+            placement = c.placement(cid, j.get("b"))
             c.chunks.write_shards(cid, gen, sealed, placement)
             _test_hook_kill_after("shards")
         except (NodeUnavailable, DataUnavailable, OSError, R2fsError) as exc:
@@ -263,7 +263,7 @@ class Replicator:
             _quietly(c.chunks.delete_shards, cid, gen, placement)  # else: orphans for gc
             return DROPPED, None
         _test_hook_kill_after("flip")
-        _quietly(c.writer.staging.delete, cid, staged_gen)  # else: left for the staging sweep
+        _quietly(c.staging.delete, cid, staged_gen)  # else: left for the staging sweep
         _test_hook_kill_after("unstage")
         return DONE, None
 
@@ -336,21 +336,21 @@ class Replicator:
         return sweep_staging(self.cluster, grace)
 
 
-def sweep_staging(c: "Cluster", grace: float) -> tuple[int, int]:
+def sweep_staging(c: "Core", grace: float) -> tuple[int, int]:
     """Staging files that no live record in staging claims, older than `grace` (blocking).
 
     The age matters: a writer stages its file before it commits the record.
     """
     cutoff = time.time() - grace
     removed = freed = 0
-    for path, cid, gen, mtime, _ in list(c.writer.staging.files()):
+    for path, cid, gen, mtime, _ in list(c.staging.files()):
         if mtime > cutoff:
             continue
         if cid is not None:
             rec = c.chunk_record(cid)
             if rec is not None and rec.get("loc") == LOC_STAGING and rec["g"] == gen:
                 continue
-        size = c.writer.staging.remove_file(path)
+        size = c.staging.remove_file(path)
         if size:
             removed += 1
             freed += size
@@ -359,7 +359,7 @@ def sweep_staging(c: "Cluster", grace: float) -> tuple[int, int]:
 
 # --- drivers ------------------------------------------------------------------------------------
 
-async def replicate_all(cluster: "Cluster", *, bucket: str | None = None, force: bool = True,
+async def replicate_all(cluster: "Core", *, bucket: str | None = None, force: bool = True,
                         concurrency: int = CONCURRENCY,
                         replicator: Replicator | None = None) -> ReplicationReport:
     """One pass over the journal (for `r2fs replicate` and `r2fs sync`).
@@ -381,13 +381,13 @@ async def replicate_all(cluster: "Cluster", *, bucket: str | None = None, force:
     return report
 
 
-async def _heartbeat(cluster: "Cluster", rep: Replicator, started: float) -> None:
+async def _heartbeat(cluster: "Core", rep: Replicator, started: float) -> None:
     await cluster.put_record(RECORDS, rep.owner, {
         "owner": rep.owner, "pid": os.getpid(), "host": socket.gethostname(),
         "started": started, "seen": time.time(), "last_error": rep.last_error})
 
 
-async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
+async def run_replicator(cluster: "Core", stop_event: trio.Event, *,
                          concurrency: int = CONCURRENCY, poll: float = POLL_INTERVAL,
                          replicator: Replicator | None = None,
                          yield_to_writes: float = YIELD_TO_WRITES) -> None:
@@ -407,7 +407,7 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
         last_staged[0] = time.monotonic()
         wake.set()
 
-    cluster.writer.add_listener(on_staged)
+    cluster.staging.add_listener(on_staged)
     last_beat = last_sweep = 0.0
     concurrency = max(1, concurrency)
     limiter = trio.CapacityLimiter(concurrency)
@@ -453,7 +453,7 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                     log.exception("replicator round failed; retrying in %.1f s", 5 * poll)
                     await trio.sleep(5 * poll)
     finally:
-        cluster.writer.remove_listener(on_staged)
+        cluster.staging.remove_listener(on_staged)
         with trio.CancelScope(shield=True):
             try:
                 await cluster.delete_record(RECORDS, rep.owner)
@@ -461,7 +461,7 @@ async def run_replicator(cluster: "Cluster", stop_event: trio.Event, *,
                 log.debug("could not remove the replicator heartbeat: %s", exc)
 
 
-def _width_while_writing(cluster: "Cluster", concurrency: int) -> int:
+def _width_while_writing(cluster: "Core", concurrency: int) -> int:
     """How many chunks to replicate at once while this process is writing (0: wait)."""
     b = backlog(cluster)
     if b.bytes >= MAX_DEFERRED_BYTES:

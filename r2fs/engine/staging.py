@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import ChunkCorrupt, UnsupportedFormat
-from .nodes import Buffer, fsync_dir, write_all
+from .fileio import Buffer, fsync_dir, write_all
 
 STAGING_DIR = "staging"
 MAGIC = b"R2STAGE\0"
@@ -37,6 +37,22 @@ class Staging:
     def __init__(self, cluster_path: str) -> None:
         self.root = os.path.join(cluster_path, STAGING_DIR)
         self._known_dirs: set[str] = set()
+        self._listeners: list[Callable[[], None]] = []
+
+    # --- who wants to hear of new staged chunks (the replicator) ------------------------
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` (on the trio thread) after each chunk staged by this process."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def notify(self) -> None:
+        """A chunk was staged and recorded (called by the writer, on the trio thread)."""
+        for fn in list(self._listeners):
+            fn()
 
     def path_of(self, cid: bytes, gen: int) -> str:
         h = cid.hex()

@@ -53,11 +53,11 @@ from .errors import (
 )
 from .keys import MasterKey
 from .gc import collect_garbage
-from .meta import CHUNK_LIVE, Meta
+from .core import Core
+from .meta import CHUNK_LIVE, MetaEngine, create_engine, open_engine
 from .reader import ChunkReader
 from .writer import ChunkBatch, ChunkWriter, _test_hook_kill_after
 from .names import check_bucket_name, check_key
-from .simulate import build_nodes
 from .types import (
     MiB,
     BucketInfo,
@@ -343,9 +343,6 @@ class Bucket:
         if rec is None:
             raise NoSuchBucket(f"no such bucket: {self.name}")
         return rec
-
-    async def _write(self, fn: Callable[[Any], T]) -> T:
-        return await self.cluster._write(fn)
 
     def _replace_object(self, txn: Any, key: str, manifest: dict, *, bucket: str | None = None,
                         ref_new: bool = True) -> dict | None:
@@ -658,7 +655,7 @@ class Bucket:
             meta.record_change(txn, self.name, key)
             return new
 
-        return _info(self.name, key, await self._write(txn_fn))
+        return _info(self.name, key, await self.cluster.transact(txn_fn))
 
     async def delete(self, keys: str | Iterable[str]) -> list[str]:
         keys = [keys] if isinstance(keys, str) else list(keys)
@@ -677,7 +674,7 @@ class Bucket:
                     gone.append(k)
             return gone
 
-        return await self._write(txn_fn)
+        return await self.cluster.transact(txn_fn)
 
     async def copy(self, src_key: str, dst_key: str, *, dst_bucket: str | None = None,
                    http_metadata: dict[str, str] | None = None,
@@ -706,7 +703,7 @@ class Bucket:
             target._replace_object(txn, dst_key, new)
             return new
 
-        return _info(dst, dst_key, await self._write(txn_fn))
+        return _info(dst, dst_key, await self.cluster.transact(txn_fn))
 
     async def rename(self, src_key: str, dst_key: str, *, replace: bool = True) -> ObjectInfo:
         check_key(src_key)
@@ -727,7 +724,7 @@ class Bucket:
             self._replace_object(txn, dst_key, src, ref_new=False)
             return src
 
-        return _info(self.name, dst_key, await self._write(txn_fn))
+        return _info(self.name, dst_key, await self.cluster.transact(txn_fn))
 
     async def rename_prefix(self, src_prefix: str, dst_prefix: str, *,
                             replace_keys: Iterable[str] = ()) -> int:
@@ -761,7 +758,7 @@ class Bucket:
                 self._replace_object(txn, dk, m, ref_new=False)
             return len(plan)
 
-        return await self._write(txn_fn)
+        return await self.cluster.transact(txn_fn)
 
     # --- multipart ----------------------------------------------------------------
 
@@ -787,7 +784,7 @@ class Bucket:
                 "bucket": self.name, "key": key, "initiated": time.time(),
                 "h": dict(http_metadata or {}), "c": dict(custom_metadata or {})})
 
-        await self._write(txn_fn)
+        await self.cluster.transact(txn_fn)
         return upload_id
 
     async def _commit_part(self, key: str, upload_id: str, part_number: int,
@@ -891,7 +888,7 @@ class Bucket:
             self._replace_object(txn, key, manifest, ref_new=False)
             return manifest
 
-        return _info(self.name, key, await self._write(txn_fn))
+        return _info(self.name, key, await self.cluster.transact(txn_fn))
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         meta = self.cluster.meta
@@ -905,7 +902,7 @@ class Bucket:
                 meta.delete(txn, "parts", pk)
             meta.delete(txn, "uploads", upload_id.encode())
 
-        await self._write(txn_fn)
+        await self.cluster.transact(txn_fn)
 
     async def list_parts(self, key: str, upload_id: str, *, part_number_marker: int = 0,
                          max_parts: int = 1000) -> tuple[list[PartInfo], bool]:
@@ -940,16 +937,12 @@ class Bucket:
         return ups[:limit], len(ups) > limit
 
 
-class Cluster:
-    """An open cluster: LMDB metadata + node directories + master key."""
+class Cluster(Core):
+    """An open cluster (metadata engine + node stores + master key) and its store API."""
 
-    def __init__(self, path: str, config: cfgmod.ClusterConfig, master: MasterKey, meta: Meta) -> None:
-        self.path = path
-        self.config = config
-        self.master = master
-        self.meta = meta
-        self.nodes = build_nodes(config, path)  # LocalNodes; simulated only by explicit [nodes.ID.simulate]
-        self.chunks = ChunkStore(master, self.nodes, config.k, config.m, config.stripe_size)
+    def __init__(self, path: str, config: cfgmod.ClusterConfig, master: MasterKey,
+                 meta: MetaEngine) -> None:
+        super().__init__(path, config, master, meta)
         self.writer = ChunkWriter(self)
         self.reader = ChunkReader(self)
 
@@ -974,7 +967,7 @@ class Cluster:
             os.makedirs(n.path, exist_ok=True)
         for sub in ("staging", "cache"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        Meta(os.path.join(path, "meta")).close()
+        create_engine(path).close()
         tmp = os.path.join(path, cfgmod.CONFIG_FILE + ".tmp")
         with open(tmp, "w") as f:
             f.write(cfgmod.render(cfg, path))
@@ -999,12 +992,12 @@ class Cluster:
         if master.check_value() != cfg.key_check:
             raise WrongMasterKey(f"{os.path.join(path, 'master.key')} is not the master key of "
                                  f"the cluster at {path}; nothing was decrypted")
-        meta_dir = os.path.join(path, "meta")
-        if not os.path.exists(os.path.join(meta_dir, "data.mdb")):
-            raise ClusterError(f"the metadata of the cluster at {path} is missing ({meta_dir}); "
-                               "refusing to start an empty one over existing data")
-        meta = Meta(meta_dir)
-        return cls(path, cfg, master, meta)
+        meta = open_engine(path)
+        try:
+            return cls(path, cfg, master, meta)
+        except BaseException:
+            meta.close()
+            raise
 
     def close(self) -> None:
         try:
@@ -1017,9 +1010,6 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    async def _write(self, fn: Callable[[Any], T]) -> T:
-        return await _in_thread(self.meta.write, fn)
 
     # --- buckets -----------------------------------------------------------------------
 
@@ -1039,7 +1029,7 @@ class Cluster:
                 raise BucketAlreadyExists(f"bucket {name} already exists")
             self.meta.put(txn, "buckets", name.encode(), rec)
 
-        await self._write(txn_fn)
+        await self.transact(txn_fn)
         return self._bucket_info(name, rec)
 
     async def delete_bucket(self, name: str) -> None:
@@ -1053,7 +1043,7 @@ class Cluster:
                     raise BucketNotEmpty(f"bucket {name} has multipart uploads in progress")
             self.meta.delete(txn, "buckets", name.encode())
 
-        await self._write(txn_fn)
+        await self.transact(txn_fn)
 
     async def head_bucket(self, name: str) -> BucketInfo:
         with self.meta.read() as txn:
@@ -1081,7 +1071,7 @@ class Cluster:
             self.meta.put(txn, "buckets", name.encode(), rec)
             return rec
 
-        return self._bucket_info(name, await self._write(txn_fn))
+        return self._bucket_info(name, await self.transact(txn_fn))
 
     # --- chunks ------------------------------------------------------------------------
 
@@ -1135,35 +1125,9 @@ class Cluster:
         """
         return await self.writer.write(bytes(data), bucket=bucket)
 
-    def chunk_record(self, cid: bytes) -> dict | None:
-        with self.meta.read() as txn:
-            return self.meta.get(txn, "chunks", cid)
-
     async def read_chunk(self, ref: ChunkRef, *, context: str = "") -> bytes:
         """Plaintext of a chunk, through the read tiers; DataUnavailable naming `context`."""
         return await self.reader.read(ref, context=context)
-
-    # --- records for other subsystems ------------------------------------------------
-
-    @staticmethod
-    def _rkey(namespace: str, name: str) -> bytes:
-        return namespace.encode() + b"\0" + name.encode()
-
-    async def put_record(self, namespace: str, name: str, value: dict[str, Any]) -> None:
-        await self._write(lambda txn: self.meta.put(txn, "records", self._rkey(namespace, name), value))
-
-    async def get_record(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with self.meta.read() as txn:
-            return self.meta.get(txn, "records", self._rkey(namespace, name))
-
-    async def delete_record(self, namespace: str, name: str) -> bool:
-        return await self._write(lambda txn: self.meta.delete(txn, "records",
-                                                              self._rkey(namespace, name)))
-
-    async def list_records(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        prefix = namespace.encode() + b"\0"
-        with self.meta.read() as txn:
-            return [(k[len(prefix):].decode(), v) for k, v in self.meta.scan(txn, "records", prefix)]
 
     def seal_secret(self, plaintext: bytes, context: str) -> bytes:
         return self.master.seal_secret(plaintext, context)
@@ -1176,7 +1140,7 @@ class Cluster:
             for name, d in deltas.items():
                 k = bucket.encode() + b"\0" + name.encode()
                 self.meta.put(txn, "counters", k, (self.meta.get(txn, "counters", k) or 0) + d)
-        await self._write(txn_fn)
+        await self.transact(txn_fn)
 
     def counters(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -1187,9 +1151,6 @@ class Cluster:
         return out
 
     # --- change feed, status, gc -----------------------------------------------------
-
-    def change_seq(self) -> int:
-        return self.meta.change_seq()
 
     def changes_since(self, seq: int, limit: int = 10000) -> list[Change]:
         oldest, changes = self.meta.changes_since(seq, limit)
@@ -1207,15 +1168,14 @@ class Cluster:
                 ok = n.available()
                 count, size = n.usage() if ok else (0, 0)
                 stored += size
-                nodes.append(NodeStatus(n.id, n.path, n.region, n.free_bytes() if ok else 0,
+                nodes.append(NodeStatus(n.id, n.location, n.region, n.free_bytes() if ok else 0,
                                         count, size, ok))
             with self.meta.read() as txn:
                 buckets = self.meta.count(txn, "buckets")
                 objects = logical = 0
-                for _, group in self.meta.scan(txn, "objects"):
-                    for _, m in group:
-                        objects += 1
-                        logical += m["s"]
+                for _, _, m in self.meta.objects.scan_all(txn):
+                    objects += 1
+                    logical += m["s"]
                 chunks = unique = 0
                 for _, rec in self.meta.scan(txn, "chunks"):
                     chunks += 1

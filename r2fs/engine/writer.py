@@ -33,7 +33,6 @@ import os
 import secrets
 import signal
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
@@ -42,12 +41,11 @@ from .chunks import borrow, give_back
 from .crypto import SEAL_OVERHEAD, seal_chunk_into
 from .errors import DataUnavailable, InvalidClusterConfig
 from .meta import CHUNK_LIVE
-from .nodes import DirSync, place, start_sync, sync_dirs
-from .staging import Staging
+from .nodes import DirSync, start_sync, sync_dirs
 from .types import ChunkRef
 
 if TYPE_CHECKING:
-    from .store import Cluster
+    from .core import Core
 
 #: A deduplicated chunk's `touched` time is refreshed at most this often (a write txn).
 TOUCH_INTERVAL = 10.0
@@ -82,16 +80,12 @@ def new_journal_entry(bucket: str | None, gen: int, sealed_len: int, plain_len: 
 class ChunkWriter:
     """Writes chunks to the nodes (`sync`) or to local staging (`local`)."""
 
-    def __init__(self, cluster: "Cluster") -> None:
-        self.cluster = cluster
-        self.staging = Staging(cluster.path)
+    def __init__(self, core: "Core") -> None:
+        self.core = core
+        self.staging = core.staging
+        self.regions = core.regions
         self.mode: str | None = None  # None: decided per bucket by region
         self.region: str | None = None  # None: "at the bucket's home"
-        self._listeners: list[Callable[[], None]] = []
-        regions: dict[str, list[str]] = defaultdict(list)
-        for n in cluster.config.nodes:
-            regions[n.region].append(n.id)
-        self.regions: dict[str, list[str]] = dict(regions)
 
     # --- configuration ------------------------------------------------------------------
 
@@ -109,23 +103,7 @@ class ChunkWriter:
         self.mode = mode
         self.region = region
 
-    def add_listener(self, fn: Callable[[], None]) -> None:
-        """Call `fn()` (on the trio thread) after each chunk staged by this process."""
-        self._listeners.append(fn)
-
-    def remove_listener(self, fn: Callable[[], None]) -> None:
-        if fn in self._listeners:
-            self._listeners.remove(fn)
-
     # --- regions and placement ------------------------------------------------------------
-
-    def home_region(self, txn: Any, bucket: str | None) -> str | None:
-        """The bucket's location hint if it names a region of this cluster, else None."""
-        if not bucket:
-            return None
-        rec = self.cluster.meta.get(txn, "buckets", bucket.encode())
-        loc = rec.get("location") if rec else None
-        return loc if loc in self.regions else None
 
     def mode_for(self, home: str | None) -> str:
         if self.mode is not None:
@@ -134,24 +112,12 @@ class ChunkWriter:
             return "sync"
         return "local"
 
-    def _place(self, cid: bytes, home: str | None) -> list[str]:
-        cfg = self.cluster.config
-        n = cfg.k + cfg.m
-        candidates = self.regions.get(home, []) if home else []
-        if len(candidates) < n:
-            candidates = cfg.node_ids
-        return place(cid, candidates, n)
-
-    def placement(self, cid: bytes, bucket: str | None) -> list[str]:
-        with self.cluster.meta.read() as txn:
-            return self._place(cid, self.home_region(txn, bucket))
-
     # --- status and staged reads -------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """The `uploads` section of ClusterStatus.extra (blocking: journal scan)."""
         from .replicator import backlog, live_replicators
-        b = backlog(self.cluster)
+        b = backlog(self.core)
         section: dict[str, Any] = {}
         if self.mode or self.region:  # this process's settings (a mount or gateway)
             section["write mode"] = self.mode or "by region (sync at home, local elsewhere)"
@@ -164,44 +130,17 @@ class ChunkWriter:
         if b.failing:
             section["failing chunks"] = b.failing
             section["last error"] = b.last_error
-        section["replicators running"] = len(live_replicators(self.cluster))
+        section["replicators running"] = len(live_replicators(self.core))
         return {"uploads": section}
-
-    def read_staged(self, cid: bytes) -> bytes | None:
-        """The sealed chunk if it is in local staging (loc="staging"), else None. Blocking.
-
-        Safe against the replicator finishing in between: when the chunk left
-        staging after the caller looked at its record, the sealed chunk is
-        read from the nodes it now lives on, so a reader holding a stale
-        record never sees a spurious failure.
-        """
-        c = self.cluster
-        rec = c.chunk_record(cid)
-        if rec is None or rec.get("loc") != LOC_STAGING:
-            return None
-        sealed = self.staging.read(cid, rec["g"])
-        if sealed is not None:
-            return sealed
-        now = c.chunk_record(cid)
-        if now is None:
-            return None
-        if now.get("loc") == LOC_STAGING:
-            if now["g"] != rec["g"]:
-                sealed = self.staging.read(cid, now["g"])
-                if sealed is not None:
-                    return sealed
-            raise DataUnavailable(f"chunk {cid.hex()} is recorded in local staging but "
-                                  f"{self.staging.path_of(cid, now['g'])} is missing")
-        return bytes(c.chunks.read_sealed(cid, now["g"], now["p"], now["l"]))
 
     # --- writes ---------------------------------------------------------------------------------
 
     def _home(self, bucket: str | None) -> str | None:
-        with self.cluster.meta.read() as txn:
-            return self.home_region(txn, bucket)
+        with self.core.meta.read() as txn:
+            return self.core.home_region(txn, bucket)
 
     def _live(self, cid: bytes) -> dict | None:
-        rec = self.cluster.chunk_record(cid)
+        rec = self.core.chunk_record(cid)
         return rec if rec is not None and rec["s"] == CHUNK_LIVE else None
 
     async def write(self, data: bytes, *, bucket: str | None = None,
@@ -213,7 +152,7 @@ class ChunkWriter:
         much later). With one, the record waits in the batch for the commit
         that references it (`commit`), or for `flush`.
         """
-        c = self.cluster
+        c = self.core
         if batch is None:
             home = self._home(bucket)
         else:  # one put, one bucket: its home region is read once
@@ -228,13 +167,13 @@ class ChunkWriter:
         if new is not None:
             if batch is None:
                 if local:
-                    self._notify()
+                    self.staging.notify()
             elif cid in batch:  # stored twice at once by this batch: drop ours
                 await trio.to_thread.run_sync(self._delete_files, cid, new[0])
             else:
                 batch.add(cid, *new)
         if rec is not None and rec["t"] < time.time() - TOUCH_INTERVAL:
-            await c._write(lambda txn: self._touch(txn, cid))
+            await c.transact(lambda txn: self._touch(txn, cid))
         return ChunkRef(cid, len(data))
 
     def _store(self, data: bytes, home: str | None, bucket: str | None, local: bool,
@@ -248,7 +187,7 @@ class ChunkWriter:
         went into are started in the background and returned with the record
         for the batch, whose commit waits for them.
         """
-        c = self.cluster
+        c = self.core
         cid = c.master.chunk_id(data)
         if pending is not None and cid in pending:
             return cid, None, None
@@ -256,7 +195,7 @@ class ChunkWriter:
         if rec is not None:
             return cid, rec, None
         gen = secrets.randbits(31)
-        placement = self._place(cid, home)
+        placement = c.place(cid, home)
         dirs: list[str] = []
         if local:
             sealed_len = len(data) + SEAL_OVERHEAD
@@ -294,13 +233,9 @@ class ChunkWriter:
             if record.get("loc") == LOC_STAGING:
                 self.staging.delete(cid, record["g"])
             else:
-                self.cluster.chunks.delete_shards(cid, record["g"], record["p"])
+                self.core.chunks.delete_shards(cid, record["g"], record["p"])
         except OSError:
             pass
-
-    def _notify(self) -> None:
-        for fn in list(self._listeners):
-            fn()
 
     # --- batches: a put's chunk records committed with its manifest -------------------------
 
@@ -319,9 +254,9 @@ class ChunkWriter:
         batch's files are durable; then clean up and wake the replicator.
 
         On failure the batch keeps the chunks (`discard` removes their files)."""
-        c = self.cluster
+        c = self.core
         if batch is None or not batch.records:
-            return await c._write(fn)
+            return await c.transact(fn)
         syncs = batch.begin()
 
         def work() -> T:
@@ -339,7 +274,7 @@ class ChunkWriter:
             await trio.to_thread.run_sync(
                 lambda: [self._delete_files(cid, rec) for cid, rec in surplus])
         if staged:
-            self._notify()
+            self.staging.notify()
         return result
 
     async def flush(self, batch: "ChunkBatch") -> None:
@@ -363,7 +298,7 @@ class ChunkWriter:
 
     def _create(self, txn: Any, cid: bytes, record: dict, journal: dict | None) -> bool:
         """Record a freshly stored chunk unless someone stored it first (then ours is surplus)."""
-        c = self.cluster
+        c = self.core
         cur = c.meta.get(txn, "chunks", cid)
         if cur is not None and cur["s"] == CHUNK_LIVE:
             cur["t"] = time.time()
@@ -378,7 +313,7 @@ class ChunkWriter:
         return True
 
     def _touch(self, txn: Any, cid: bytes) -> None:
-        c = self.cluster
+        c = self.core
         rec = c.meta.get(txn, "chunks", cid)
         if rec is not None:
             rec["t"] = time.time()

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from r2fs.engine.meta import Meta
+from r2fs.engine.meta.lmdb import LmdbMeta
 
 
 def test_group_commit_isolates_failures(tmp_path):
-    meta = Meta(str(tmp_path / "meta"))
+    meta = LmdbMeta(str(tmp_path / "meta"))
     try:
         results: dict[int, object] = {}
         barrier = threading.Barrier(32)
@@ -45,7 +45,7 @@ def test_group_commit_isolates_failures(tmp_path):
 
 
 def test_later_writer_in_a_batch_sees_earlier_ones(tmp_path):
-    meta = Meta(str(tmp_path / "meta"))
+    meta = LmdbMeta(str(tmp_path / "meta"))
     try:
         for _ in range(3):
             meta.write(lambda txn: meta.put(txn, "records", b"n",

@@ -72,7 +72,7 @@ async def test_default_mode_follows_regions_and_flag_overrides(regional):
     await c.create_bucket("nowhere")
     w = c.writer
     with c.meta.read() as txn:
-        homes = {b: w.home_region(txn, b) for b in ("wst", "est", "nowhere")}
+        homes = {b: c.home_region(txn, b) for b in ("wst", "est", "nowhere")}
     assert homes == {"wst": "west", "est": "east", "nowhere": None}
     assert [w.mode_for(h) for h in homes.values()] == ["sync", "sync", "sync"]  # at the home
     w.configure(region="east")

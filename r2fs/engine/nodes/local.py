@@ -1,8 +1,7 @@
-"""Node directories (where shard files live) and rendezvous placement over them.
+"""A node store in a local directory (ideally on its own disk).
 
-A node is one directory, ideally on its own disk. `LocalNode` is the only
-thing that touches its files, so that a remote node (an S3-compatible store)
-can later take its place behind the same small interface.
+`LocalNode` is the only thing that touches its files; other node stores
+implement the same `NodeStore` interface.
 
 Writes are crash-safe: temp file in the same directory, write, fdatasync,
 rename over the final name, fsync of the directory. A reader therefore sees
@@ -25,34 +24,17 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
-import mmap
 import os
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
-from .errors import R2fsError
-
-Buffer = bytes | bytearray | memoryview | mmap.mmap
-
-TEMP_SUFFIX = ".tmp"
+from ..fileio import fsync_dir, write_all
+from .interface import TEMP_SUFFIX, Buffer, NodeStore, NodeUnavailable, Scratch
 
 
-class Scratch(Protocol):
-    """A pool of reusable (page-aligned) buffers, as `chunks.BufferPool` is."""
-
-    def get(self, size: int) -> Buffer: ...
-
-    def put(self, buf: object) -> None: ...
-
-
-class NodeUnavailable(R2fsError):
-    """A node directory is missing or refuses writes (unmounted disk, full, read-only)."""
-
-
-class LocalNode:
+class LocalNode(NodeStore):
     """A node backed by a local directory."""
 
     def __init__(self, node_id: str, path: str, region: str = "default") -> None:
@@ -65,6 +47,10 @@ class LocalNode:
 
     def __repr__(self) -> str:
         return f"LocalNode({self.id!r}, {self.path!r}, region={self.region!r})"
+
+    @property
+    def location(self) -> str:
+        return self.path
 
     # --- paths -------------------------------------------------------------------
 
@@ -109,9 +95,6 @@ class LocalNode:
             sync_dirs(parents)
 
     # --- shard files ---------------------------------------------------------------
-
-    def write(self, name: str, data: Buffer) -> None:
-        self.write_parts(name, [data])
 
     def write_parts(self, name: str, parts: Sequence[Buffer], *,
                     scratch: Scratch | None = None,
@@ -340,20 +323,6 @@ def _read_full(fd: int, view: memoryview, got: int) -> int:
     return got
 
 
-def write_all(fd: int, parts: Sequence[Buffer]) -> None:
-    """Write every byte of `parts` with writev, resuming after short writes."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        written = os.writev(fd, views[:512])  # stay below IOV_MAX
-        while written:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
-
-
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
@@ -379,15 +348,6 @@ _DIRECT_MIN = 64 * 1024
 def _address(buf: Buffer) -> int:
     """Memory address of a writable buffer (O_DIRECT needs it aligned)."""
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
-
-
-def fsync_dir(directory: str) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: Directories this process created whose entry in their parent may not be
@@ -509,22 +469,3 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def place(chunk_id: bytes, node_ids: Sequence[str], n: int) -> list[str]:
-    """The `n` nodes for a chunk's shards, best first: rendezvous (HRW) hashing.
-
-    Each (chunk, node) pair gets a pseudo-random score and the n highest win.
-    Deterministic without any shared table, even spread, and adding or
-    removing a node only changes the chunks whose top n included that node.
-    """
-    if n > len(node_ids):
-        raise ValueError(f"cannot place {n} shards on {len(node_ids)} nodes")
-    if len(set(node_ids)) != len(node_ids):
-        raise ValueError("duplicate node ids")
-
-    def score(node_id: str) -> bytes:
-        return hashlib.blake2b(node_id.encode("utf-8"), key=chunk_id[:64], digest_size=8,
-                               person=b"r2fs-hrw").digest()
-
-    return sorted(node_ids, key=lambda nid: (score(nid), nid), reverse=True)[:n]

@@ -1,28 +1,21 @@
-"""The LMDB metadata environment: one per cluster, shared by every process.
+"""The LMDB metadata engine: one environment per cluster, shared by every process on one machine.
 
 LMDB gives what R2's per-key Durable Objects give: every change is one
 serialised, durable write transaction, and a commit is visible to every reader
 on the machine at once (read-after-write and list-after-write across
-processes). This module knows the schema; nothing outside `r2fs.engine` may
-import it.
+processes). This module knows the LMDB layout of the schema in
+`interface.py`; nothing outside `r2fs.engine` may import it.
 
-Schema (version `SCHEMA_VERSION`; named sub-databases, values are msgpack):
+LMDB layout (version `SCHEMA_VERSION`; one named sub-database per table,
+values are msgpack; the tables' meaning is in `interface.py`):
 
   info      b"schema" -> int; b"seq" -> last change sequence number
-  buckets   name -> {created, location, settings}
   objects   bucket NUL key[:KEY_PREFIX] -> [[key[KEY_PREFIX:], manifest], ...]
             (LMDB keys are at most 511 bytes but object keys may be 1024, so
             long keys are grouped under their first KEY_PREFIX bytes; see
             ObjectTable -- UTF-8 byte order is preserved)
-  chunks    chunk id -> {r: refcount, n: plain len, l: sealed len, g: gen,
-                         p: placement [node ids], s: state, t: touched, loc}
-  gcq       chunk id -> b""   chunks whose refcount reached 0 (gc candidates)
-  uploads   upload id -> {bucket, key, initiated, h, c}
-  parts     upload id + part number (u32 BE) -> {etag, md5, size, uploaded, ch}
   changes   seq (u64 BE) -> [bucket, key]      (last CHANGE_HISTORY entries)
-  records   namespace NUL name -> value       (access keys, settings of other layers)
-  counters  bucket NUL name -> int            (operation metering)
-  journal   chunk id -> {...}                 (replication journal, local uploads)
+  others    the table's key -> value
 """
 
 from __future__ import annotations
@@ -30,39 +23,19 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 import lmdb
-import msgpack
 
-from .errors import ClusterError, UnsupportedFormat
+from ..errors import ClusterError, UnsupportedFormat
+from .interface import CHANGE_HISTORY, TABLES, MetaEngine, ObjectIndex, pack, u64, unpack
 
 SCHEMA_VERSION = 1
 KEY_PREFIX = 400  # bytes of an object key used in the LMDB key (+ bucket + NUL <= 511)
-CHANGE_HISTORY = 100_000
 MAP_SIZE = 64 << 30
 
-DB_NAMES = ("info", "buckets", "objects", "chunks", "gcq", "uploads", "parts",
-            "changes", "records", "counters", "journal")
-
 T = TypeVar("T")
-
-CHUNK_LIVE = 0
-CHUNK_DELETING = 1
-
-
-def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def unpack(raw: bytes | memoryview) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-
-
-def u64(n: int) -> bytes:
-    return struct.pack(">Q", n)
 
 
 # LMDB must not be opened twice in one process (closing one handle would drop
@@ -79,7 +52,7 @@ def _acquire_env(path: str) -> lmdb.Environment:
             _ENVS[real] = (env, n + 1)
             return env
         try:
-            env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + 2, subdir=True,
+            env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(TABLES) + 2, subdir=True,
                             lock=True, readahead=False, meminit=False, max_readers=1024,
                             create=True)
         except lmdb.Error as exc:
@@ -99,8 +72,10 @@ def _release_env(path: str) -> None:
             env.close()
 
 
-class Meta:
-    """An open metadata environment and its sub-databases."""
+class LmdbMeta(MetaEngine):
+    """An open metadata environment and its sub-databases (a `MetaEngine`)."""
+
+    url_scheme = "lmdb"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -108,7 +83,7 @@ class Meta:
         self.env = _acquire_env(path)
         self._closed = False
         try:
-            self.db = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
+            self.db = {name: self.env.open_db(name.encode()) for name in TABLES}
             self._check_schema()
         except BaseException:
             self.close()
@@ -174,11 +149,6 @@ class Meta:
     def delete(self, txn: lmdb.Transaction, db: str, key: bytes) -> bool:
         return txn.delete(key, db=self.db[db])
 
-    def queue_for_gc(self, txn: lmdb.Transaction, cid: bytes) -> None:
-        """The chunk's refcount is 0 as of now: gc's candidate once its grace passed and
-        (with metadata snapshots) once a snapshot newer than this exists."""
-        self.put(txn, "gcq", cid, time.time())
-
     def scan(self, txn: lmdb.Transaction, db: str, prefix: bytes = b"",
              start: bytes | None = None) -> Iterator[tuple[bytes, Any]]:
         with txn.cursor(db=self.db[db]) as cur:
@@ -191,6 +161,9 @@ class Meta:
 
     def count(self, txn: lmdb.Transaction, db: str) -> int:
         return txn.stat(self.db[db])["entries"]
+
+    def describe(self) -> str:
+        return f"LMDB at {self.path}"
 
     # --- change feed -------------------------------------------------------------
 
@@ -308,7 +281,7 @@ def _split(bucket: str, key: str) -> tuple[bytes, bytes]:
     return bucket.encode() + b"\0" + kb[:KEY_PREFIX], kb[KEY_PREFIX:]
 
 
-class ObjectTable:
+class ObjectTable(ObjectIndex):
     """Object manifests by (bucket, key), in UTF-8 byte order, keys up to 1024 bytes.
 
     Every LMDB value is a sorted list of [rest-of-key, manifest] pairs: a key of
@@ -355,11 +328,6 @@ class ObjectTable:
 
     def scan(self, txn: lmdb.Transaction, bucket: str, prefix: str = "",
              after: bytes | None = None) -> Iterator[tuple[str, dict]]:
-        """(key, manifest) for keys starting with `prefix` and (as UTF-8) > `after`.
-
-        `after` is raw bytes so that callers can skip a whole prefix P with
-        after=P + b"\\xff" (no UTF-8 string contains the byte 0xff).
-        """
         bprefix = bucket.encode() + b"\0"
         pbytes = prefix.encode("utf-8")
         start = pbytes if after is None or after < pbytes else after
@@ -380,10 +348,10 @@ class ObjectTable:
                         continue
                     yield full.decode("utf-8"), manifest
 
-    def any_with_prefix(self, txn: lmdb.Transaction, bucket: str, prefix: str) -> bool:
-        for _ in self.scan(txn, bucket, prefix):
-            return True
-        return False
-
-    def bucket_has_objects(self, txn: lmdb.Transaction, bucket: str) -> bool:
-        return self.any_with_prefix(txn, bucket, "")
+    def scan_all(self, txn: lmdb.Transaction) -> Iterator[tuple[str, str, dict]]:
+        with txn.cursor(db=self.db) as cur:
+            for lkey, raw in cur:
+                bucket, _, head = lkey.partition(b"\0")
+                name = bucket.decode()
+                for rest, manifest in unpack(raw):
+                    yield name, (head + rest).decode("utf-8"), manifest

@@ -1,0 +1,166 @@
+"""The metadata engine interface: what the store needs from a transactional key-value store.
+
+The store (and the modules it drives) only ever talks to metadata through
+`MetaEngine`: run a function atomically with `write(fn)` / `write_many(fns)`,
+read a consistent view with `read()`, and inside either get, put, delete and
+scan values of the tables below. The engines differ in where the data lives
+(`lmdb.py`: an embedded environment on this machine; `postgresql.py`: a
+server every host of a cluster can reach), not in what they mean.
+
+A transaction function may be run more than once (an engine retries it after
+a serialization failure), so it must only touch the transaction it is given
+and values it computes from it; side effects belong after `write` returns.
+
+Tables (values are msgpack, see `pack`):
+
+  info      engine bookkeeping (schema version, change sequence)
+  buckets   name -> {created, location, settings}
+  objects   (bucket, key) -> manifest          (through `MetaEngine.objects`)
+  chunks    chunk id -> {r: refcount, n: plain len, l: sealed len, g: gen,
+                         p: placement [node ids], s: state, t: touched, loc}
+  gcq       chunk id -> time                   chunks whose refcount reached 0
+  uploads   upload id -> {bucket, key, initiated, h, c}
+  parts     upload id + part number (u32 BE) -> {etag, md5, size, uploaded, ch}
+  changes   the change feed (`record_change`, `changes_since`)
+  records   namespace NUL name -> value       (access keys, settings of other layers)
+  counters  bucket NUL name -> int            (operation metering)
+  journal   chunk id -> {...}                 (replication journal, local uploads)
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterator, TypeVar
+
+import msgpack
+
+T = TypeVar("T")
+
+#: An engine's transaction handle: opaque to callers, passed back to the engine.
+Txn = Any
+
+TABLES = ("info", "buckets", "objects", "chunks", "gcq", "uploads", "parts",
+          "changes", "records", "counters", "journal")
+
+#: Changes kept in the feed; a poller further behind is told to refresh everything.
+CHANGE_HISTORY = 100_000
+
+CHUNK_LIVE = 0
+CHUNK_DELETING = 1
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(raw: bytes | memoryview) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+def u64(n: int) -> bytes:
+    return struct.pack(">Q", n)
+
+
+class ObjectIndex(ABC):
+    """Object manifests by (bucket, key), listed in UTF-8 byte order of the key."""
+
+    @abstractmethod
+    def get(self, txn: Txn, bucket: str, key: str) -> dict | None: ...
+
+    @abstractmethod
+    def put(self, txn: Txn, bucket: str, key: str, manifest: dict) -> None: ...
+
+    @abstractmethod
+    def delete(self, txn: Txn, bucket: str, key: str) -> dict | None:
+        """Remove the entry; the manifest it had, or None if there was none."""
+
+    @abstractmethod
+    def scan(self, txn: Txn, bucket: str, prefix: str = "",
+             after: bytes | None = None) -> Iterator[tuple[str, dict]]:
+        """(key, manifest) for keys starting with `prefix` and (as UTF-8) > `after`.
+
+        `after` is raw bytes so that callers can skip a whole prefix P with
+        after=P + b"\\xff" (no UTF-8 string contains the byte 0xff).
+        """
+
+    @abstractmethod
+    def scan_all(self, txn: Txn) -> Iterator[tuple[str, str, dict]]:
+        """(bucket, key, manifest) of every object of every bucket (status, migration)."""
+
+    def any_with_prefix(self, txn: Txn, bucket: str, prefix: str) -> bool:
+        for _ in self.scan(txn, bucket, prefix):
+            return True
+        return False
+
+    def bucket_has_objects(self, txn: Txn, bucket: str) -> bool:
+        return self.any_with_prefix(txn, bucket, "")
+
+
+class MetaEngine(ABC):
+    """An open metadata engine (see the module doc). Blocking: call from worker threads."""
+
+    #: The scheme of URLs naming this engine (`[meta] url`): "lmdb", "postgresql".
+    url_scheme: str
+    objects: ObjectIndex
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the metadata lives, for messages (never includes a password)."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Txn]:
+        """A consistent read-only view for the `with` block."""
+
+    @abstractmethod
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run `fn(txn)` atomically and durably; its result, or the exception it raised."""
+
+    @abstractmethod
+    def write_many(self, fns: list[Callable[[Txn], Any]]) -> list[Any]:
+        """Run each `fn` atomically (each alone rolled back if it raises), committed
+        together where the engine can. Returns, in order, each result or the exception
+        its `fn` raised; an exception of the commit itself is raised."""
+
+    @abstractmethod
+    def get(self, txn: Txn, table: str, key: bytes) -> Any: ...
+
+    @abstractmethod
+    def put(self, txn: Txn, table: str, key: bytes, value: Any) -> None: ...
+
+    @abstractmethod
+    def delete(self, txn: Txn, table: str, key: bytes) -> bool: ...
+
+    @abstractmethod
+    def scan(self, txn: Txn, table: str, prefix: bytes = b"",
+             start: bytes | None = None) -> Iterator[tuple[bytes, Any]]:
+        """(key, value) in key byte order, keys starting with `prefix`, from `start` on."""
+
+    @abstractmethod
+    def count(self, txn: Txn, table: str) -> int: ...
+
+    # --- change feed -------------------------------------------------------------
+
+    @abstractmethod
+    def record_change(self, txn: Txn, bucket: str, key: str) -> None:
+        """Inside a write: note that (bucket, key) changed, for the change feed."""
+
+    @abstractmethod
+    def change_seq(self) -> int:
+        """The sequence number of the newest visible change."""
+
+    @abstractmethod
+    def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
+        """(oldest kept seq, up to `limit` changes (seq, bucket, key) after `seq`)."""
+
+    # --- shared helpers ------------------------------------------------------------
+
+    def queue_for_gc(self, txn: Txn, cid: bytes) -> None:
+        """The chunk's refcount is 0 as of now: gc's candidate once its grace passed and
+        (with metadata snapshots) once a snapshot newer than this exists."""
+        self.put(txn, "gcq", cid, time.time())
