@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from ..engine.cache import clear_unused
-from ..engine.peers import PeerError, normalize_url
-from ..engine.store import Cluster
 from . import UsageError, cluster_path
 from .engine_cmds import BadArgument, _value_lines, open_cluster, parse_size
 
+if TYPE_CHECKING:
+    from ..engine.store import Cluster
+
 
 def _peer_url(text: str) -> str:
+    from ..engine.peers import PeerError, normalize_url
+
     try:
         return normalize_url(text)
     except PeerError as e:
@@ -46,11 +49,11 @@ def _listen(text: str) -> str:
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
-    """The read-cache flags (a `--cache-dir` the command already has is shared)."""
+    """The read-cache flags, described once for `mount` and `serve`."""
     group = parser.add_argument_group("read cache")
-    if "--cache-dir" not in parser._option_string_actions:  # noqa: SLF001 - argparse has no API
-        group.add_argument("--cache-dir", metavar="D", default=None,
-                           help="read cache directory (default: CLUSTER/cache)")
+    group.add_argument("--cache-dir", metavar="DIR", default=None,
+                       help="local directory for the read cache (L1) and, for a mount, the "
+                            "staging of open files (default: CLUSTER/cache)")
     group.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=None,
                        help="read cache bound, e.g. 512MiB; 0 = no local cache "
                             "(default: 2GiB at most, leaving the disk >= 10%% free)")
@@ -110,6 +113,8 @@ def _cmd_clear(args: argparse.Namespace) -> int:
     root = os.path.abspath(args.cache_dir or os.path.join(cluster_path(args), "cache"))
     if not os.path.isdir(root):
         raise UsageError(f"no cache directory at {root}")
+    from ..engine.cache import clear_unused
+
     cleared, busy = clear_unused(root)
     note = f"; {busy} in use by running processes, left alone" if busy else ""
     print(f"cleared {cleared} cache slot(s) under {root}{note}")
@@ -123,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="hits, misses and bytes per tier of running mounts/gateways")
     s.set_defaults(func=_cmd_status)
     s = sub.add_parser("clear", help="empty the L1 slots not used by a running process")
-    s.add_argument("--cache-dir", metavar="D", default=None,
+    s.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="cache directory (default: CLUSTER/cache)")
     s.set_defaults(func=_cmd_clear)
 

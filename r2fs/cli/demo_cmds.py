@@ -17,17 +17,25 @@ gateway) add a step of their own after the mount.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
+import shlex
+import signal
 import socket
+from typing import TYPE_CHECKING
 
 from ..engine.errors import NoSuchBucket, R2fsError
-from ..engine.store import Cluster
 from . import cluster_path
 from .engine_cmds import listing_lines, open_cluster, run
-from .fuse_cmds import MountFailed, daemon_pid, is_r2fs_mount, start_background
+from .fuse_cmds import (MountFailed, check_mount_point, clean_leftovers, clear_dead_mount,
+                        is_r2fs_mount, r2fs_command, start_background, unmount, wait_for_exit)
+from .running import running_gateways, running_mounts
 from .progress import format_size
+
+if TYPE_CHECKING:
+    from ..engine.store import Cluster
 
 DEMO_BUCKET = "demo"
 DEMO_KEY = "hello.txt"
@@ -36,6 +44,8 @@ DEMO_KEY = "hello.txt"
 DEMO_BIG_KEY = "random-1MiB.bin"
 DEMO_BIG_SIZE = 1024 * 1024
 FROM_FOLDER_KEY = "written-through-the-folder.txt"
+#: where r2fs.s3.launch records the gateway it starts (in the cluster directory)
+GATEWAY_PID = "gateway.pid"
 
 
 class DemoFailed(R2fsError):
@@ -103,14 +113,21 @@ async def engine_step(cluster: Cluster, args: argparse.Namespace, existed: bool)
 def mount_step(args: argparse.Namespace) -> str:
     """Step 2: the bucket as a folder. Returns the mount point."""
     mountpoint = os.path.abspath(args.mountpoint)
+    if clear_dead_mount(mountpoint):
+        _say(f"mount     {mountpoint} was a dead r2fs mount (its daemon had exited); cleared it")
     if is_r2fs_mount(mountpoint):
-        pid = daemon_pid(mountpoint)
-        if _mounted_cluster(pid) != os.path.abspath(cluster_path(args)):
-            raise MountFailed(f"{mountpoint} is an r2fs mount of another cluster or bucket "
-                              f"(pid {pid}); unmount it first: r2fs umount {mountpoint}")
-        _say(f"mount     {mountpoint} is already an r2fs mount (pid {pid}); using it")
+        mine = [m for m in running_mounts(cluster_path(args))
+                if m.mountpoint == mountpoint and m.bucket == DEMO_BUCKET]
+        if not mine:
+            other = [m for m in running_mounts() if m.mountpoint == mountpoint]
+            who = f" (pid {other[0].pid}: bucket {other[0].bucket} of {other[0].cluster})" if other else ""
+            raise MountFailed(f"{mountpoint} is an r2fs mount of another cluster or bucket{who}; "
+                              f"unmount it first: {r2fs_command()} umount {shlex.quote(mountpoint)}")
+        _say(f"mount     {mountpoint} is already an r2fs mount (pid {mine[0].pid}); using it")
     else:
         os.makedirs(mountpoint, exist_ok=True)
+        check_mount_point(mountpoint, nonempty=False)
+        clean_leftovers(os.path.join(cluster_path(args), "cache"))
         try:
             pid, log = start_background(cluster_path(args), DEMO_BUCKET, mountpoint)
         except MountFailed as exc:
@@ -130,25 +147,23 @@ def mount_step(args: argparse.Namespace) -> str:
     return mountpoint
 
 
-def _mounted_cluster(pid: int | None) -> str | None:
-    """The cluster directory a running demo mount daemon serves (from its command line)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
-        i = argv.index("--cluster")
-        if argv[i + 2] != "mount" or argv[i + 3] != DEMO_BUCKET:
-            return None
-        return os.path.abspath(argv[i + 1])
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
+def _stop_command(args: argparse.Namespace) -> str:
+    """The command that undoes this demo, as it can be pasted."""
+    cmd = [r2fs_command()]
+    if args.cluster:
+        cmd += ["--cluster", shlex.quote(os.path.abspath(args.cluster))]
+    cmd += ["demo", "--stop", "--mountpoint", shlex.quote(os.path.abspath(args.mountpoint))]
+    return " ".join(cmd)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.stop:
+        return stop_demo(args)
     existed = os.path.exists(os.path.join(cluster_path(args), "cluster.toml"))
     with open_cluster(args) as cluster:
         run(engine_step, cluster, args, existed)
     if args.no_mount:
-        _say(f"done; try: r2fs get {DEMO_BUCKET}/{DEMO_KEY} -")
+        _say(f"done; try: {r2fs_command()} get {DEMO_BUCKET}/{DEMO_KEY} -")
         return 0
     mountpoint = mount_step(args)
     with open_cluster(args) as cluster:
@@ -157,9 +172,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
          f"{len(back)} bytes read back through the engine")
     _say("")
     _say(f"The bucket '{DEMO_BUCKET}' is mounted at {mountpoint}: use it like any folder")
-    _say(f"(ls, cp, rsync, tar, git, sqlite...). Unmount with:  r2fs umount {mountpoint}")
+    _say("(ls, cp, rsync, tar, git, sqlite...). Unmount with:")
+    _say(f"  {r2fs_command()} umount {shlex.quote(mountpoint)}")
     if not args.no_gateway:
         gateway_step(args)
+    _say("")
+    _say(f"Stop the demo (unmount{'' if args.no_gateway else ', stop the gateway'}) with:")
+    _say(f"  {_stop_command(args)}")
     return 0
 
 
@@ -176,7 +195,38 @@ def gateway_step(args: argparse.Namespace) -> None:
     _say(f"  export AWS_ACCESS_KEY_ID={key.id}")
     _say(f"  export AWS_SECRET_ACCESS_KEY={key.secret}")
     _say(f"  aws --endpoint-url {gw.endpoint} --region auto s3 ls s3://{DEMO_BUCKET}/")
-    _say(f"Stop it with:  kill {gw.pid}")
+
+
+def stop_demo(args: argparse.Namespace) -> int:
+    """`demo --stop`: unmount the demo's folder and stop the gateway it started."""
+    mountpoint = os.path.abspath(args.mountpoint)
+    did = False
+    if clear_dead_mount(mountpoint):
+        _say(f"cleared the dead mount at {mountpoint}")
+        did = True
+    elif is_r2fs_mount(mountpoint):
+        unmount(mountpoint)
+        _say(f"unmounted {mountpoint}")
+        did = True
+    pidfile = os.path.join(cluster_path(args), GATEWAY_PID)
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pid = None
+    gateways = [g for g in running_gateways(cluster_path(args)) if g.pid == pid]
+    if gateways:
+        os.kill(pid, signal.SIGTERM)
+        if not wait_for_exit(pid, 30):
+            raise DemoFailed(f"the demo's S3 gateway (pid {pid}) did not stop within 30 s")
+        _say(f"stopped the S3 gateway at http://{gateways[0].listen} (pid {pid})")
+        did = True
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+    if not did:
+        _say(f"nothing to stop: no r2fs mount at {mountpoint}, no demo gateway running")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -190,4 +240,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-gateway", action="store_true", help="do not start the S3 gateway")
     p.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT",
                    help="where the demo's S3 gateway listens (default 127.0.0.1:9000)")
+    p.add_argument("--stop", action="store_true",
+                   help="unmount the demo's folder and stop the S3 gateway the demo started")
     p.set_defaults(func=cmd_demo)

@@ -37,18 +37,18 @@ import stat as stat_mod
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, BinaryIO, Awaitable, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Awaitable, Callable, Iterator, TypeVar
 
-import trio
-
-from ..engine.config import validate_layout
-from ..engine.errors import ClusterExists, InvalidClusterConfig, NoSuchKey
-from ..engine.store import Bucket, Cluster
-from ..engine.types import MiB, ClusterStatus, GcReport, ObjectInfo
-from . import UsageError, cluster_path
+from ..engine.errors import ClusterExists, ClusterNotFound, InvalidClusterConfig, NoSuchKey
+from . import UsageError, cluster_path, default_cluster_location
 from .progress import Progress, format_size
 
+if TYPE_CHECKING:  # imported where used: `r2fs --help` and `r2fs ls` start fast
+    from ..engine.store import Bucket, Cluster
+    from ..engine.types import ClusterStatus, GcReport, ObjectInfo
+
 T = TypeVar("T")
+MiB = 1024 * 1024
 
 #: Bytes read from a local file or stdin per step of `put`: bounded memory,
 #: and large enough that the per-piece overhead is negligible.
@@ -131,16 +131,58 @@ def format_utc(ts: float) -> str:
 
 @contextlib.contextmanager
 def open_cluster(args: argparse.Namespace) -> Iterator[Cluster]:
-    """The cluster of `--cluster`, created with the embedded defaults on first use."""
-    cluster = Cluster.open(cluster_path(args), create=True)
+    """The cluster of `--cluster` (or $R2FS_CLUSTER, or the default location).
+
+    Only the default location (~/.local/share/r2fs) is created, with the
+    embedded defaults, on first use. Any other directory must already be a
+    cluster: a mistyped --cluster or $R2FS_CLUSTER must not quietly become a
+    new, empty cluster with a master key of its own.
+    """
+    from ..engine.store import Cluster
+
+    path = cluster_path(args)
+    create = not os.path.exists(os.path.join(path, "cluster.toml")) and _may_create(path)
+    cluster = Cluster.open(path, create=create)
     try:
         yield cluster
     finally:
         cluster.close()
 
 
+def _may_create(path: str) -> bool:
+    """Whether `path` may become a cluster by itself (else ClusterNotFound, saying why)."""
+    if os.path.realpath(path) == os.path.realpath(default_cluster_location()):
+        if not os.path.isdir(path) or not os.listdir(path):
+            return True
+        raise ClusterNotFound(f"{path} is not an r2fs cluster (no cluster.toml) and is not empty; "
+                              f"nothing was created (move its contents away, or: r2fs init)")
+    init = "r2fs init" if os.environ.get("R2FS_CLUSTER") == path else f"r2fs --cluster {path} init"
+    inside = _enclosing_cluster(path)
+    if inside:
+        why = f"it is inside the cluster at {inside}"
+    elif os.path.exists(path) and not os.path.isdir(path):
+        why = "it is not a directory"
+    elif os.path.isdir(path):
+        why = "no cluster.toml in it"
+    else:
+        why = "no such directory"
+    raise ClusterNotFound(f"{path} is not an r2fs cluster ({why}); to create one there: {init}")
+
+
+def _enclosing_cluster(path: str) -> str | None:
+    """The cluster directory `path` lies inside (its nodes/, meta/...), if any."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent != os.path.dirname(parent):
+        if os.path.exists(os.path.join(parent, "cluster.toml")):
+            return parent
+        parent = os.path.dirname(parent)
+    return None
+
+
 def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Every command's async body runs here, one trio run per process."""
+    import trio
+
     return trio.run(fn, *args)
 
 
@@ -181,6 +223,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise InvalidClusterConfig(f"--regions list {total} nodes but --nodes is {nodes}")
         nodes = total
     nodes = 6 if nodes is None else nodes
+    from ..engine.config import validate_layout
+    from ..engine.store import Cluster
+
     validate_layout(nodes, args.k, args.m, args.chunk_size, spell=lambda name: f"--{name}")
     if os.path.exists(os.path.join(path, "cluster.toml")):
         raise ClusterExists(f"a cluster already exists at {path}")
@@ -228,6 +273,8 @@ async def _bucket_list(cluster: Cluster, args: argparse.Namespace) -> None:
 
 async def _read_pieces(source: BinaryIO, progress: Progress) -> AsyncIterator[bytes]:
     """The local file as pieces of PIECE_SIZE, read off the trio loop."""
+    import trio
+
     while True:
         piece = await trio.to_thread.run_sync(source.read, PIECE_SIZE)
         if not piece:
@@ -331,6 +378,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 async def _get(cluster: Cluster, bucket: str, key: str, dest: str) -> tuple[int, str]:
+    import trio
+
     body = await cluster.bucket(bucket).get(key)  # NoSuchKey before any file is created
     try:
         sink = _LocalSink(dest, key)
@@ -473,7 +522,9 @@ def status_lines(st: ClusterStatus) -> list[str]:
 
 
 async def _status(cluster: Cluster, args: argparse.Namespace) -> None:
-    for line in status_lines(await cluster.status()):
+    from .running import running_lines
+
+    for line in status_lines(await cluster.status()) + running_lines(cluster.path):
         print(line)
 
 
@@ -521,42 +572,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     group = bucket_group(subparsers)
     p = group.add_parser("create", help="create a bucket")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.add_argument("--location", metavar="REGION", default=None, help="location hint")
     p.set_defaults(func=_with_cluster(_bucket_create))
     p = group.add_parser("delete", help="delete an empty bucket")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.set_defaults(func=_with_cluster(_bucket_delete))
     p = group.add_parser("list", help="list buckets")
     p.set_defaults(func=_with_cluster(_bucket_list))
 
-    p = subparsers.add_parser("put", help="upload a file (or - for stdin) to BUCKET/KEY")
+    p = subparsers.add_parser(
+        "put", help="upload a file (or - for stdin) to BUCKET/KEY",
+        description="Upload LOCAL_FILE, or standard input with -, as the object BUCKET/KEY, "
+                    "streamed in 1 MiB pieces (memory stays bounded for any size). The content "
+                    "type is guessed from the file name. Atomic: readers see the old object or "
+                    "the new one. A progress bar is drawn on stderr when it is a terminal.")
     p.add_argument("source", metavar="LOCAL_FILE|-")
     p.add_argument("target", metavar="BUCKET/KEY", type=object_path)
     p.set_defaults(func=cmd_put)
 
-    p = subparsers.add_parser("get", help="download BUCKET/KEY to a file (or - for stdout)")
+    p = subparsers.add_parser(
+        "get", help="download BUCKET/KEY to a file (or - for stdout)",
+        description="Download the object BUCKET/KEY to LOCAL_FILE, or standard output with -. "
+                    "A file is written under a temporary name and renamed when complete, so a "
+                    "failed download never leaves a truncated file; into an existing directory, "
+                    "the file takes the key's base name.")
     p.add_argument("source", metavar="BUCKET/KEY", type=object_path)
     p.add_argument("dest", metavar="LOCAL_FILE|-")
     p.set_defaults(func=cmd_get)
 
-    p = subparsers.add_parser("ls", help="list objects and prefixes")
+    p = subparsers.add_parser(
+        "ls", help="list objects and prefixes",
+        description="List a bucket like `aws s3 ls`: `PRE name/` for common prefixes, then date, "
+                    "size and name of each object, names relative to the prefix's directory. "
+                    "--recursive lists every key under the prefix in full.")
     p.add_argument("path", metavar="BUCKET[/PREFIX]", type=prefix_path)
     p.add_argument("--recursive", "-r", action="store_true", help="every key, no PRE grouping")
     p.set_defaults(func=_with_cluster(_ls))
 
-    p = subparsers.add_parser("rm", help="delete an object")
+    p = subparsers.add_parser(
+        "rm", help="delete an object",
+        description="Delete the object BUCKET/KEY (an error if it does not exist). Its chunks "
+                    "are freed by `r2fs gc`.")
     p.add_argument("path", metavar="BUCKET/KEY", type=object_path)
     p.set_defaults(func=_with_cluster(_rm))
 
-    p = subparsers.add_parser("stat", help="show an object's manifest")
+    p = subparsers.add_parser(
+        "stat", help="show an object's manifest",
+        description="Show the manifest of BUCKET/KEY: size, ETag, upload time, version, chunk "
+                    "count (or inline), HTTP and custom metadata, checksums.")
     p.add_argument("path", metavar="BUCKET/KEY", type=object_path)
     p.set_defaults(func=_with_cluster(_stat))
 
-    p = subparsers.add_parser("status", help="nodes, buckets, objects and space used")
+    p = subparsers.add_parser(
+        "status", help="nodes, buckets, objects and space used",
+        description="The cluster at a glance: coding (k, m, chunk size), every node (region, "
+                    "up/down, free space, shards), counts of buckets, objects and chunks, bytes "
+                    "logical, unique and stored, the mounts and gateways running on this "
+                    "machine, and the sections other subsystems add.")
     p.set_defaults(func=_with_cluster(_status))
 
-    p = subparsers.add_parser("gc", help="remove shards of unreferenced chunks")
+    p = subparsers.add_parser(
+        "gc", help="remove shards of unreferenced chunks",
+        description="Remove the shards of chunks no object references (for at least --grace "
+                    "seconds) and orphaned shard files; prints what it removed.")
     p.add_argument("--grace", type=_grace, default=60.0, metavar="SECONDS",
                    help="keep chunks unreferenced for less than this (default 60)")
     p.set_defaults(func=_with_cluster(_gc))

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..engine import metasnap
 from ..engine.errors import DataUnavailable
-from ..engine.store import Cluster
 from . import cluster_path
 from .progress import format_size
 
@@ -37,6 +35,9 @@ def _when(ts: float) -> str:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from ..engine import metasnap
+    from ..engine.store import Cluster
+
     with Cluster.open(cluster_path(args)) as cluster:
         info = metasnap.take_snapshot(cluster, keep=args.keep)
     assert info is not None  # wait=True: never skipped
@@ -47,6 +48,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from ..engine import metasnap
+
     listing = metasnap.list_snapshots(cluster_path(args))
     if listing.snapshots:
         print(f"{'ID':<26} {'CREATED (UTC)':<19} {'SEQ':>8} {'METADATA':>10} {'STORED':>10} "
@@ -62,6 +65,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..engine import metasnap
+
     listing = metasnap.verify(cluster_path(args), args.snapshot)
     damaged = failed = 0
     for r in listing.reports:
@@ -90,6 +95,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from ..engine import metasnap
+
     report = metasnap.restore(cluster_path(args), snapshot_id=args.snapshot, force=args.force,
                               check=not args.no_check)
     s = report.snapshot
@@ -126,8 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("snapshot", help="snapshot the metadata onto the nodes now")
     s.add_argument("--keep", type=_keep, default=None, metavar="N",
-                   help=f"snapshots to keep, this one included (default: [meta_snapshots] keep "
-                        f"in cluster.toml, else {metasnap.DEFAULT_KEEP})")
+                   help="snapshots to keep, this one included (default: [meta_snapshots] keep "
+                        "in cluster.toml, else 3)")
     s.set_defaults(func=cmd_snapshot)
 
     ls = sub.add_parser("snapshots", help="list the metadata snapshots on the nodes")

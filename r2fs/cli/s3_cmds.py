@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ..engine.errors import R2fsError
-from ..engine.store import Cluster
 from . import UsageError
 from .cache_cmds import add_cache_arguments, apply_cache_arguments
 from .engine_cmds import bucket_group, open_cluster, run
 from .uploads_cmds import add_write_arguments, apply_write_arguments
+
+if TYPE_CHECKING:
+    from ..engine.store import Cluster
 
 
 class NoSuchAccessKey(R2fsError):
@@ -108,11 +111,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_runner(_keys_create))
     ks.add_parser("list", help="list access keys (without secrets)").set_defaults(func=_runner(_keys_list))
     d = ks.add_parser("delete", help="delete an access key")
-    d.add_argument("id", help="access key id")
+    d.add_argument("id", metavar="ID", help="access key id")
     d.set_defaults(func=_runner(_keys_delete))
 
     pub = bucket_group(subparsers).add_parser(
         "public", help="allow or stop anonymous read-only access (like r2.dev)")
-    pub.add_argument("name", help="bucket name")
+    pub.add_argument("name", metavar="NAME", help="bucket name")
     pub.add_argument("state", choices=("on", "off"))
     pub.set_defaults(func=_runner(_bucket_public))

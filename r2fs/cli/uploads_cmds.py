@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import trio
-
-from ..engine.replicator import (Backlog, Replicator, backlog, live_replicators, replicate_all)
-from ..engine.store import Cluster
-from ..engine.writer import WRITE_MODES
 from . import UsageError, cluster_path
 from .progress import format_size
+
+if TYPE_CHECKING:
+    from ..engine.replicator import Backlog
+    from ..engine.store import Cluster
 
 EXIT_STUCK = 1
 
@@ -27,11 +27,19 @@ def add_write_arguments(parser: argparse.ArgumentParser) -> None:
     """`--region` and `--write-mode`, for `mount` and `serve`."""
     parser.add_argument("--region", metavar="REGION", default=None,
                         help="the region this process runs in (default: the bucket's home)")
-    parser.add_argument("--write-mode", choices=WRITE_MODES, default=None,
+    parser.add_argument("--write-mode", type=_write_mode, metavar="sync|local", default=None,
                         help="sync: acknowledge once all shards are on the nodes; local: once "
                              "the chunk is durable in local staging, replicated in the "
                              "background (default: sync at the bucket's home region, local "
                              "elsewhere)")
+
+
+def _write_mode(text: str) -> str:
+    from ..engine.writer import WRITE_MODES
+
+    if text not in WRITE_MODES:
+        raise argparse.ArgumentTypeError(f"invalid write mode {text!r}: use {' or '.join(WRITE_MODES)}")
+    return text
 
 
 def apply_write_arguments(cluster: Cluster, args: argparse.Namespace) -> None:
@@ -52,11 +60,19 @@ def apply_write_arguments(cluster: Cluster, args: argparse.Namespace) -> None:
 # --- r2fs replicate ---------------------------------------------------------------------------
 
 def cmd_replicate(args: argparse.Namespace) -> int:
+    import trio
+
+    from ..engine.store import Cluster
+
     with Cluster.open(cluster_path(args)) as cluster:
         return trio.run(_replicate, cluster, args)
 
 
 async def _replicate(cluster: Cluster, args: argparse.Namespace) -> int:
+    import trio
+
+    from ..engine.replicator import backlog, replicate_all
+
     before = await trio.to_thread.run_sync(backlog, cluster, args.bucket)
     if before.chunks == 0:
         print("nothing to replicate: the backlog is empty")
@@ -81,6 +97,10 @@ async def _replicate(cluster: Cluster, args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
+    import trio
+
+    from ..engine.store import Cluster
+
     with Cluster.open(cluster_path(args)) as cluster:
         if args.bucket is not None:
             trio.run(cluster.head_bucket, args.bucket)  # NoSuchBucket: one line, exit 1
@@ -89,6 +109,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 async def _sync(cluster: Cluster, args: argparse.Namespace) -> int:
     """Wait for the backlog to drain; replicate here when no running process does."""
+    import trio
+
+    from ..engine.replicator import Replicator, backlog, live_replicators, replicate_all
+
     what = f"bucket {args.bucket}" if args.bucket else "the cluster"
     rep = Replicator(cluster)
     current = await trio.to_thread.run_sync(backlog, cluster, args.bucket)

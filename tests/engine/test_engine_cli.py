@@ -92,13 +92,43 @@ def test_init_layout_and_status(tmp_path: Path) -> None:
     assert "buckets:  0" in status and "objects:  0" in status
 
 
-def test_default_cluster_from_env_is_created_on_first_use(tmp_path: Path) -> None:
+def test_cluster_from_env_is_used_never_created(tmp_path: Path) -> None:
     path = tmp_path / "envcluster"
     env = cli_env(R2FS_CLUSTER=str(path))
+    msg = one_line_error(r2fs(None, "bucket", "create", "first", env=env))
+    assert str(path) in msg and "r2fs init" in msg and not path.exists()
+    ok(r2fs(None, "init", env=env))
     ok(r2fs(None, "bucket", "create", "first", env=env))
     assert sorted(p.name for p in (path / "nodes").iterdir()) == [f"n{i}" for i in range(6)]
     status = ok(r2fs(None, "status", env=env))
     assert "k=4 m=2" in status and "chunk size 4.0 MiB" in status and "buckets:  1" in status
+
+
+def test_mistyped_cluster_is_never_created(tmp_path: Path, cli_cluster: Path) -> None:
+    """Only the default location is created on first use: one line naming the path otherwise."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    for path, why in ((tmp_path / "typo", "no such directory"), (notes, "no cluster.toml in it"),
+                      (a_file, "it is not a directory"),
+                      (cli_cluster / "nodes" / "n0", f"it is inside the cluster at {cli_cluster}")):
+        before = sorted(os.listdir(path)) if path.is_dir() else None
+        for args in (("status",), ("ls", "data"), ("bucket", "list"), ("put", "-", "data/k")):
+            proc = r2fs(path, *args, input=b"")
+            msg = one_line_error(proc)
+            assert proc.returncode == 1
+            assert msg == (f"r2fs: {path} is not an r2fs cluster ({why}); "
+                           f"to create one there: r2fs --cluster {path} init"), msg
+        assert (sorted(os.listdir(path)) if path.is_dir() else None) == before
+    assert not (tmp_path / "typo").exists() and a_file.read_text() == "root:x:0:0\n"
+    # the default location, when it holds something else: not taken over either
+    home = tmp_path / "home"
+    (home / ".local" / "share" / "r2fs").mkdir(parents=True)
+    (home / ".local" / "share" / "r2fs" / "mine").write_text("x")
+    msg = one_line_error(r2fs(None, "status", env=cli_env(HOME=str(home))))
+    assert "not empty" in msg and "nothing was created" in msg
 
 
 def test_default_cluster_under_home(tmp_path: Path) -> None:
@@ -259,11 +289,12 @@ def test_status_counts_and_gc(tmp_path: Path, big_file: Path) -> None:
 
 def test_demo_engine_part(tmp_path: Path) -> None:
     """`demo --no-mount`: the engine walk-through alone (tests/fuse/test_demo.py mounts)."""
-    path = tmp_path / "c"
-    out = ok(r2fs(path, "demo", "--no-mount", "--mountpoint", tmp_path / "mnt"))
+    env = cli_env(HOME=str(tmp_path))  # the default cluster: the one created on first use
+    path = tmp_path / ".local" / "share" / "r2fs"
+    out = ok(r2fs(None, "demo", "--no-mount", "--mountpoint", tmp_path / "mnt", env=env))
     assert "created with the embedded defaults" in out and "bucket    demo created" in out
     assert "identical" in out and "hello.txt" in out
-    out = ok(r2fs(path, "demo", "--no-mount", "--mountpoint", tmp_path / "mnt"))
+    out = ok(r2fs(None, "demo", "--no-mount", "--mountpoint", tmp_path / "mnt", env=env))
     assert "(opened)" in out and "already exists" in out  # reuses the cluster and the bucket
     assert not (tmp_path / "mnt").exists()
     assert b"Hello from r2fs" in r2fs(path, "get", "demo/hello.txt", "-").stdout
