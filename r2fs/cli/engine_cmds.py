@@ -522,9 +522,11 @@ def status_lines(st: ClusterStatus) -> list[str]:
 
 
 async def _status(cluster: Cluster, args: argparse.Namespace) -> None:
-    from .running import running_lines
+    from .running import running_section
 
-    for line in status_lines(await cluster.status()) + running_lines(cluster.path):
+    st = await cluster.status()
+    st.extra["running here"] = running_section(cluster.path)
+    for line in status_lines(st):
         print(line)
 
 

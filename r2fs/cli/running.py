@@ -172,14 +172,11 @@ def _same(a: str, b: str | None) -> bool:
     return b is None or os.path.realpath(a) == os.path.realpath(b)
 
 
-def running_lines(cluster: str) -> list[str]:
-    """The `running here:` section of `r2fs status`."""
-    mounts, gateways = running_mounts(cluster), running_gateways(cluster)
-    if not mounts and not gateways:
-        return ["running here: no mounts or gateways of this cluster"]
-    lines = ["running here:"]
-    for m in sorted(mounts, key=lambda m: m.mountpoint):
-        lines.append(f"  mount    {m.mountpoint}  bucket {m.bucket}  pid {m.pid}  log {m.log}")
-    for g in sorted(gateways, key=lambda g: g.listen):
-        lines.append(f"  gateway  http://{g.listen}  pid {g.pid}  log {g.log}")
-    return lines
+def running_section(cluster: str) -> dict[str, list[dict[str, object]]]:
+    """The `running here` section of `r2fs status` (ClusterStatus.extra): the mount
+    daemons and gateways of `cluster` on this machine, with where each one logs."""
+    mounts = [{"mount point": m.mountpoint, "bucket": m.bucket, "pid": m.pid, "log": m.log}
+              for m in sorted(running_mounts(cluster), key=lambda m: m.mountpoint)]
+    gateways = [{"endpoint": f"http://{g.listen}", "pid": g.pid, "log": g.log}
+                for g in sorted(running_gateways(cluster), key=lambda g: g.listen)]
+    return {"mounts": mounts, "gateways": gateways}
