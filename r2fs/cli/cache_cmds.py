@@ -49,11 +49,13 @@ def _listen(text: str) -> str:
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
-    """The read-cache flags, described once for `mount` and `serve`."""
+    """The read-cache flags, described once for `mount` and `serve` (a `--cache-dir`
+    the command already has is kept)."""
     group = parser.add_argument_group("read cache")
-    group.add_argument("--cache-dir", metavar="DIR", default=None,
-                       help="local directory for the read cache (L1) and, for a mount, the "
-                            "staging of open files (default: CLUSTER/cache)")
+    if "--cache-dir" not in parser._option_string_actions:  # noqa: SLF001 - argparse has no API
+        group.add_argument("--cache-dir", metavar="DIR", default=None,
+                           help="local directory for the read cache (L1) and, for a mount, the "
+                                "staging of open files (default: CLUSTER/cache)")
     group.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=None,
                        help="read cache bound, e.g. 512MiB; 0 = no local cache "
                             "(default: 2GiB at most, leaving the disk >= 10%% free)")
