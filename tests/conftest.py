@@ -25,3 +25,56 @@ def cluster(cluster_dir):
 async def bucket(cluster):
     await cluster.create_bucket("test-bucket")
     return cluster.bucket("test-bucket")
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+# A server for the whole session, started on first use; one fresh database per test.
+# R2FS_TEST_META=postgresql runs the suite against it: every Cluster.init (and every
+# `r2fs init` subprocess, through R2FS_META_URL) gets a new database.
+
+import os  # noqa: E402
+
+PG_MODE = os.environ.get("R2FS_TEST_META", "") in ("postgresql", "pg")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from pgserver import PgServer, pg_bindir
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (make system-deps installs it)")
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    return pg_server.new_database()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not PG_MODE:
+        return
+    skip = pytest.mark.skip(reason="LMDB-specific (R2FS_TEST_META=postgresql run)")
+    for item in items:
+        if item.get_closest_marker("lmdb_only"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _meta_engine_under_test(request, monkeypatch):
+    if not PG_MODE or request.node.get_closest_marker("lmdb_only"):
+        yield
+        return
+    server = request.getfixturevalue("pg_server")
+    original = Cluster.init.__func__
+
+    def init(cls, path, **kw):
+        kw.setdefault("meta_url", server.new_database())
+        return original(cls, path, **kw)
+
+    monkeypatch.setattr(Cluster, "init", classmethod(init))
+    monkeypatch.setenv("R2FS_META_URL", server.new_database())
+    yield

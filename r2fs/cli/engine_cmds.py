@@ -230,11 +230,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(path, "cluster.toml")):
         raise ClusterExists(f"a cluster already exists at {path}")
     cluster = Cluster.init(path, nodes=nodes, k=args.k, m=args.m, chunk_size=args.chunk_size,
-                           regions=args.regions)
+                           regions=args.regions, meta_url=args.meta)
+    meta = cluster.meta.describe()
     cluster.close()
     where = ", ".join(f"{r}: {n}" for r, n in args.regions.items()) if args.regions else ""
     print(f"initialised cluster at {path}: {nodes} nodes{f' ({where})' if where else ''}, "
-          f"k={args.k}, m={args.m}, chunk size {format_size(args.chunk_size)}")
+          f"k={args.k}, m={args.m}, chunk size {format_size(args.chunk_size)}, metadata: {meta}")
     return 0
 
 
@@ -568,6 +569,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="regions of the nodes, e.g. east:3,west:3 (default: one region)")
     p.add_argument("--k", type=int, default=4, help="data shards per chunk (default 4)")
     p.add_argument("--m", type=int, default=2, help="parity shards per chunk (default 2)")
+    p.add_argument("--meta", default=os.environ.get("R2FS_META_URL") or None,
+                   metavar="postgresql://...",
+                   help="keep the metadata in this PostgreSQL database (an empty one) so that "
+                        "hosts can share the cluster (default: $R2FS_META_URL, else the "
+                        "embedded LMDB in meta/)")
     p.add_argument("--chunk-size", type=parse_size, default=4 * MiB, metavar="SIZE",
                    help="chunk size, e.g. 4MiB (default)")
     p.set_defaults(func=cmd_init)

@@ -37,6 +37,8 @@ class ClusterConfig:
     key_check: str
     stripe_size: int = 256 * KiB
     inline_threshold: int = 128 * KiB
+    #: `[meta] url`: the metadata engine (None: the embedded LMDB environment in meta/)
+    meta_url: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)  # the whole parsed file, for other subsystems
 
     @property
@@ -84,10 +86,25 @@ def render(cfg: ClusterConfig, root: str) -> str:
         f"key_check = {_quote(cfg.key_check)}",
         "",
     ]
+    if cfg.meta_url:
+        lines += ["[meta]", f"url = {_quote(cfg.meta_url)}", ""]
     for n in cfg.nodes:
         rel = os.path.relpath(n.path, root)
         lines += [f"[nodes.{n.id}]", f"path = {_quote(rel)}", f"region = {_quote(n.region)}", ""]
     return "\n".join(lines)
+
+
+META_SCHEMES = ("postgresql", "postgres")
+
+
+def check_meta_url(url: str, where: str = "--meta") -> str:
+    """A metadata engine URL we can use (postgresql://...), or InvalidClusterConfig."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in META_SCHEMES:
+        raise InvalidClusterConfig(f"{where}: {url.split('@')[-1]!r} is not a metadata engine URL "
+                                   "(use postgresql://[user[:password]@]host[:port]/database; "
+                                   "without it the metadata is the embedded LMDB in meta/)")
+    return url
 
 
 def new_config(root: str, *, nodes: int, k: int, m: int, chunk_size: int,
@@ -104,6 +121,15 @@ def new_config(root: str, *, nodes: int, k: int, m: int, chunk_size: int,
                  for i in range(nodes)]
     return ClusterConfig(k=k, m=m, chunk_size=chunk_size, nodes=node_cfgs,
                          cluster_id=uuid.uuid4().hex, key_check=key_check)
+
+
+def _meta_url(raw: dict[str, Any], path: str) -> str | None:
+    table = raw.get("meta")
+    if table is None:
+        return None
+    if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+        raise InvalidClusterConfig(f"{path}: [meta] must be a table with url = \"postgresql://...\"")
+    return check_meta_url(table["url"], f"{path} [meta] url")
 
 
 def load(root: str) -> ClusterConfig:
@@ -127,7 +153,8 @@ def load(root: str) -> ClusterConfig:
                             nodes=nodes, cluster_id=str(raw["cluster_id"]),
                             key_check=str(raw["key_check"]),
                             stripe_size=int(raw.get("stripe_size", 256 * KiB)),
-                            inline_threshold=int(raw.get("inline_threshold", 128 * KiB)), raw=raw)
+                            inline_threshold=int(raw.get("inline_threshold", 128 * KiB)),
+                            meta_url=_meta_url(raw, path), raw=raw)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidClusterConfig(f"{path} is incomplete or malformed ({exc})") from None
     validate_layout(len(cfg.nodes), cfg.k, cfg.m, cfg.chunk_size)

@@ -58,6 +58,11 @@ class Core:
     def change_seq(self) -> int:
         return self.meta.change_seq()
 
+    async def wait_for_change(self, timeout: float) -> None:
+        """Sleep until a metadata change may have been committed (by any process on any
+        host), at most `timeout` seconds: what a change poller waits on between polls."""
+        await self.meta.wait_for_change(timeout)
+
     # --- placement -----------------------------------------------------------------
 
     def home_region(self, txn: Txn, bucket: str | None) -> str | None:

@@ -35,6 +35,11 @@ class WrongMasterKey(ClusterError):
     """The master key does not belong to this cluster; nothing was decrypted."""
 
 
+class MetadataUnavailable(ClusterError):
+    """The metadata engine cannot be reached (PostgreSQL down or unreachable); nothing was
+    changed unless the message says the outcome of a commit is unknown."""
+
+
 class UnsupportedFormat(ClusterError):
     """An on-disk format version this build does not know (newer, or unknown)."""
 

@@ -573,6 +573,22 @@ class _Copier:
             raise ClusterError(f"copying the metadata failed: {self.error}") from None
 
 
+def snapshots_apply(cluster: Core) -> bool:
+    """Does this cluster's metadata engine use these snapshots? (the embedded LMDB does)"""
+    return cluster.meta.url_scheme == "lmdb"
+
+
+def require_lmdb(cluster: Core) -> None:
+    """Refuse, saying what to use instead, where the metadata is not in LMDB."""
+    if not snapshots_apply(cluster):
+        raise ClusterError(
+            f"the metadata of this cluster is in {cluster.meta.describe()}, not in meta/: "
+            "`r2fs meta snapshot` covers the embedded LMDB engine only. Back PostgreSQL up with "
+            "its own tools: `pg_dump -Fc DATABASE` for a logical copy, or pg_basebackup with "
+            "WAL archiving for point-in-time recovery (and a standby for failover); take them "
+            "with the same care as the node data, since the master key decrypts both")
+
+
 def take_snapshot(cluster: Core, *, keep: int | None = None, wait: bool = True,
                   piece_size: int = PIECE_SIZE) -> SnapshotInfo | None:
     """Snapshot the metadata onto the nodes; prune to the newest `keep` afterwards.
@@ -583,6 +599,7 @@ def take_snapshot(cluster: Core, *, keep: int | None = None, wait: bool = True,
     like a chunk, a snapshot is never stored with less redundancy than the
     cluster promises.
     """
+    require_lmdb(cluster)
     site = Site.of(cluster)
     _, default_keep = settings(cluster.config)
     keep = default_keep if keep is None else keep
@@ -707,6 +724,8 @@ def gc_horizon(cluster: Core) -> float | None:
     by the newest snapshot; keeping it until a newer snapshot exists makes a
     restore from the newest snapshot lose no data (see the report/docs).
     """
+    if not snapshots_apply(cluster):
+        return None  # no snapshots of ours to keep consistent (the database's backups are its own)
     newest = next(iter(Site.of(cluster).list().snapshots), None)
     return None if newest is None else newest.created
 
@@ -752,6 +771,10 @@ async def run_snapshotter(cluster: Core, stop_event: trio.Event, *,
     except InvalidClusterConfig as e:  # the mount still serves; snapshots use the defaults
         log.error("%s; using interval %gs", e, DEFAULT_INTERVAL)
         every = DEFAULT_INTERVAL
+    if not snapshots_apply(cluster):
+        log.info("no automatic metadata snapshots: the metadata is in %s (back it up with "
+                 "its own tools)", cluster.meta.describe())
+        return
     every = every if interval is None else interval
     poll = min(every, 60.0) if poll is None else poll
     while True:

@@ -950,9 +950,14 @@ class Cluster(Core):
 
     @classmethod
     def init(cls, path: str, *, nodes: int = 6, k: int = 4, m: int = 2,
-             chunk_size: int = 4 * MiB, regions: dict[str, int] | None = None) -> "Cluster":
+             chunk_size: int = 4 * MiB, regions: dict[str, int] | None = None,
+             meta_url: str | None = None) -> "Cluster":
+        """Create a cluster at `path`; its metadata in `meta_url` (postgresql://...) if
+        given, else in the embedded LMDB environment `path`/meta."""
         path = os.path.abspath(path)
         cfgmod.validate_layout(nodes, k, m, chunk_size)
+        if meta_url is not None:
+            cfgmod.check_meta_url(meta_url)
         if os.path.exists(os.path.join(path, cfgmod.CONFIG_FILE)):
             raise ClusterExists(f"a cluster already exists at {path}")
         os.makedirs(path, exist_ok=True)
@@ -963,11 +968,16 @@ class Cluster(Core):
         master = MasterKey.create(key_path)
         cfg = cfgmod.new_config(path, nodes=nodes, k=k, m=m, chunk_size=chunk_size,
                                 regions=regions, key_check=master.check_value())
+        cfg.meta_url = meta_url
         for n in cfg.nodes:
             os.makedirs(n.path, exist_ok=True)
         for sub in ("staging", "cache"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        create_engine(path).close()
+        try:
+            create_engine(path, cfg).close()
+        except BaseException:
+            os.unlink(key_path)  # nothing was made: `init` may be run again
+            raise
         tmp = os.path.join(path, cfgmod.CONFIG_FILE + ".tmp")
         with open(tmp, "w") as f:
             f.write(cfgmod.render(cfg, path))
@@ -992,7 +1002,7 @@ class Cluster(Core):
         if master.check_value() != cfg.key_check:
             raise WrongMasterKey(f"{os.path.join(path, 'master.key')} is not the master key of "
                                  f"the cluster at {path}; nothing was decrypted")
-        meta = open_engine(path)
+        meta = open_engine(path, cfg)
         try:
             return cls(path, cfg, master, meta)
         except BaseException:

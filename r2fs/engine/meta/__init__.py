@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ..config import ClusterConfig
 from ..errors import ClusterError
 from .interface import (CHANGE_HISTORY, CHUNK_DELETING, CHUNK_LIVE, TABLES, MetaEngine,
                         ObjectIndex, Txn, pack, u64, unpack)
@@ -24,14 +25,20 @@ def lmdb_dir(cluster_path: str) -> str:
     return os.path.join(cluster_path, "meta")
 
 
-def create_engine(cluster_path: str) -> MetaEngine:
+def create_engine(cluster_path: str, config: ClusterConfig) -> MetaEngine:
     """A new, empty metadata store for a cluster being initialised."""
+    if config.meta_url:
+        from .postgresql import PgMeta
+        return PgMeta(config.meta_url, cluster_id=config.cluster_id, create=True)
     from .lmdb import LmdbMeta
     return LmdbMeta(lmdb_dir(cluster_path))
 
 
-def open_engine(cluster_path: str) -> MetaEngine:
+def open_engine(cluster_path: str, config: ClusterConfig) -> MetaEngine:
     """The metadata of an existing cluster; refuses to start an empty one over its data."""
+    if config.meta_url:
+        from .postgresql import PgMeta
+        return PgMeta(config.meta_url, cluster_id=config.cluster_id)
     from .lmdb import LmdbMeta
     meta_dir = lmdb_dir(cluster_path)
     if not os.path.exists(os.path.join(meta_dir, "data.mdb")):

@@ -36,6 +36,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, TypeVar
 
 import msgpack
+import trio
 
 T = TypeVar("T")
 
@@ -157,6 +158,13 @@ class MetaEngine(ABC):
     @abstractmethod
     def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
         """(oldest kept seq, up to `limit` changes (seq, bucket, key) after `seq`)."""
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return soon after a change is committed, or after `timeout` seconds (async).
+
+        For change pollers: an engine that can push (PostgreSQL's NOTIFY) wakes
+        them at once; this default just waits, and the poller looks anyway."""
+        await trio.sleep(timeout)
 
     # --- shared helpers ------------------------------------------------------------
 

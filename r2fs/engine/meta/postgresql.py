@@ -1,0 +1,702 @@
+"""The PostgreSQL metadata engine: one database shared by every host of a cluster.
+
+Why PostgreSQL: it is strongly consistent, replicated and backed up by tools
+people already run, and every r2fs process on every host can reach it; that
+is what lets mounts and gateways on many machines share one cluster.
+
+Transactions: every `write` runs SERIALIZABLE, so what R2 gets from one
+Durable Object per key (each operation sees and changes a key as if alone)
+holds across hosts. A transaction that loses a race fails with SQLSTATE 40001
+(serialization failure) or 40P01 (deadlock) and is run again from the start,
+with backoff and jitter; that is why transaction functions must be safe to
+rerun (see `interface.py`). Reads (`read`) are REPEATABLE READ READ ONLY: one
+snapshot for the whole `with` block, on the primary.
+
+Round trips are what a networked engine costs, so a write transaction buffers
+its puts and deletes (reads see them) and sends them at commit as batched
+statements (executemany, which psycopg pipelines), followed by COMMIT; a
+group of functions (`write_many`, the mount publishing a burst of small files)
+shares one transaction, each function with its own buffer layer so that one
+that raises is dropped alone.
+
+Keys are `bytea`: the primary-key index order is byte order, which is S3's
+listing order for UTF-8 keys, so a listing is an index range scan.
+
+Change feed without a hot row: each change row carries the id of the
+transaction that wrote it (`pg_current_xact_id()`) and its ordinal within
+it; a reader takes only rows whose transaction id is below its snapshot's
+xmin (every transaction below xmin has finished, so no row can still appear
+there). The position of a change is xid * 2**24 + ordinal, increasing in
+the order rows become final; nothing every commit updates in common. Commits
+that record changes `NOTIFY r2fs_changes`; `wait_for_change` LISTENs on its
+own connection (the socket watched with trio.lowlevel.wait_readable) to wake a
+mount's change poller at once; the table stays the source of truth.
+
+Schema (version `SCHEMA_VERSION`, in r2fs_schema; older versions are migrated
+at open by `MIGRATIONS`, newer ones refused):
+
+  r2fs_schema   (version, cluster_id)             one row
+  r2fs_kv       (tbl smallint, k bytea, v bytea)  every table of interface.TABLES but
+                                                  objects and changes; tbl = index in TABLES
+  r2fs_objects  (bucket bytea, k bytea, v bytea)  manifests, key = UTF-8 object key
+  r2fs_changes  (xid xid8, ord int, bucket, key)  the change feed
+  r2fs_feed     (pruned bigint)                   feed position up to which rows were pruned
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import psycopg
+import trio
+from psycopg import errors as pgerrors
+
+from ..errors import ClusterError, MetadataUnavailable, UnsupportedFormat
+from .interface import CHANGE_HISTORY, TABLES, MetaEngine, ObjectIndex, pack, unpack
+
+T = TypeVar("T")
+log = logging.getLogger("r2fs.meta.postgresql")
+
+SCHEMA_VERSION = 1
+ORD_BITS = 24
+CHANNEL = "r2fs_changes"
+#: Attempts at a transaction that keeps losing serialization races before giving up.
+MAX_ATTEMPTS = 30
+#: Connections kept per process (at least the worker threads that run transactions at once).
+POOL_SIZE = 16
+CONNECT_TIMEOUT = 5
+#: Prune the change feed after about this many recorded changes by this process.
+PRUNE_EVERY = 2000
+
+_TBL = {name: i for i, name in enumerate(TABLES)}
+
+_CREATE = [
+    "CREATE TABLE r2fs_schema (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+    "version integer NOT NULL, cluster_id text NOT NULL)",
+    "CREATE TABLE r2fs_kv (tbl smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL, "
+    "PRIMARY KEY (tbl, k))",
+    "CREATE TABLE r2fs_objects (bucket bytea NOT NULL, k bytea NOT NULL, v bytea NOT NULL, "
+    "PRIMARY KEY (bucket, k))",
+    "CREATE TABLE r2fs_changes (xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
+    "ord integer NOT NULL, bucket text NOT NULL, key text NOT NULL, PRIMARY KEY (xid, ord))",
+    "CREATE TABLE r2fs_feed (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+    "pruned bigint NOT NULL)",
+]
+
+#: version -> statements that bring a database from that version to the next.
+MIGRATIONS: dict[int, list[str]] = {}
+
+_RETRY = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix` (None: none)."""
+    p = prefix.rstrip(b"\xff")
+    if not p:
+        return None
+    return p[:-1] + bytes([p[-1] + 1])
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+class Pool:
+    """A small pool of autocommit connections, made on demand, at most `size` at once.
+
+    Why not psycopg_pool: a stat costs a few hundred microseconds and a
+    pool round of its checks costs a noticeable share of that; this one hands
+    back the last idle connection under one lock. A connection that failed
+    (server restarted) is dropped, and the next caller connects anew.
+    """
+
+    def __init__(self, url: str, size: int) -> None:
+        self.url = url
+        self.size = size
+        self._idle: list[psycopg.Connection] = []
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                                   keepalives_count=3, application_name="r2fs")
+        except psycopg.OperationalError as e:
+            raise MetadataUnavailable(f"cannot reach the metadata database (PostgreSQL at {redact(self.url)}): "
+                                      f"{_first_line(e)}") from None
+        conn.prepare_threshold = 2
+        return conn
+
+    def get(self) -> psycopg.Connection:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ClusterError("the metadata engine is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._count < self.size:
+                    self._count += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def put(self, conn: psycopg.Connection, *, broken: bool = False) -> None:
+        if not broken and (conn.closed or conn.info.transaction_status
+                           != psycopg.pq.TransactionStatus.IDLE):
+            broken = True
+        with self._cond:
+            if broken or self._closed:
+                self._count -= 1
+            else:
+                self._idle.append(conn)
+                conn = None  # type: ignore[assignment]
+            self._cond.notify()
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is being dropped anyway
+                pass
+
+    def drop_idle(self) -> None:
+        """Forget every idle connection (after one failed: the others are likely dead too)."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for c in idle:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+        self.drop_idle()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --- transactions ----------------------------------------------------------------------------
+
+_DELETED = object()
+
+
+class _Layer:
+    """Buffered writes of one transaction function: (space, key) -> value bytes or _DELETED.
+
+    space is a kv table index, or ("o", bucket) for objects."""
+
+    __slots__ = ("writes", "changes", "parent")
+
+    def __init__(self, parent: "_Layer | None") -> None:
+        self.writes: dict[tuple[Any, bytes], Any] = {}
+        self.changes: list[tuple[str, str]] = []
+        self.parent = parent
+
+    def lookup(self, space: Any, key: bytes) -> Any:
+        layer: _Layer | None = self
+        while layer is not None:
+            v = layer.writes.get((space, key), None)
+            if v is not None:
+                return v
+            layer = layer.parent
+        return None
+
+    def merge_into_parent(self) -> None:
+        assert self.parent is not None
+        self.parent.writes.update(self.writes)
+        self.parent.changes.extend(self.changes)
+
+    def pending(self, space: Any, lo: bytes, hi: bytes | None) -> dict[bytes, Any]:
+        """Buffered entries of `space` with lo <= key < hi, innermost layer winning."""
+        layers = []
+        layer: _Layer | None = self
+        while layer is not None:
+            layers.append(layer)
+            layer = layer.parent
+        out: dict[bytes, Any] = {}
+        for layer in reversed(layers):
+            for (sp, k), v in layer.writes.items():
+                if sp == space and k >= lo and (hi is None or k < hi):
+                    out[k] = v
+        return out
+
+
+class PgTxn:
+    """One transaction on one connection: reads go to the server (cached), writes are buffered."""
+
+    def __init__(self, conn: psycopg.Connection, write: bool) -> None:
+        self.conn = conn
+        self.cur = conn.cursor()
+        self.write = write
+        self.layer = _Layer(None)
+        self._seen: dict[tuple[Any, bytes], bytes | None] = {}
+
+    # reads --------------------------------------------------------------------------------
+
+    def fetch(self, space: Any, key: bytes) -> bytes | None:
+        v = self.layer.lookup(space, key)
+        if v is not None:
+            return None if v is _DELETED else v
+        ck = (space, key)
+        if ck in self._seen:
+            return self._seen[ck]
+        if isinstance(space, tuple):
+            self.cur.execute("SELECT v FROM r2fs_objects WHERE bucket = %s AND k = %s",
+                             (space[1], key))
+        else:
+            self.cur.execute("SELECT v FROM r2fs_kv WHERE tbl = %s AND k = %s", (space, key))
+        row = self.cur.fetchone()
+        value = None if row is None else row[0]
+        self._seen[ck] = value
+        return value
+
+    def range(self, space: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) with lo <= key < hi in key order: the server's rows merged with
+        this transaction's buffered writes. Pages through the server in key order."""
+        pending = self.layer.pending(space, lo, hi) if self.write else {}
+        extra = sorted(pending.items())
+        i = 0
+        page = 64
+        start, inclusive = lo, True
+        while True:
+            rows = self._page(space, start, inclusive, hi, page)
+            for k, v in rows:
+                k = bytes(k)
+                while i < len(extra) and extra[i][0] < k:
+                    if extra[i][1] is not _DELETED:
+                        yield extra[i]
+                    i += 1
+                if i < len(extra) and extra[i][0] == k:
+                    if extra[i][1] is not _DELETED:
+                        yield extra[i]
+                    i += 1
+                    continue
+                yield k, v
+            if len(rows) < page:
+                break
+            start, inclusive = bytes(rows[-1][0]), False
+            page = min(page * 4, 2048)
+        while i < len(extra):
+            if extra[i][1] is not _DELETED:
+                yield extra[i]
+            i += 1
+
+    def _page(self, space: Any, start: bytes, inclusive: bool, hi: bytes | None,
+              limit: int) -> list[tuple[bytes, bytes]]:
+        op = ">=" if inclusive else ">"
+        if isinstance(space, tuple):
+            where, args = "bucket = %s", [space[1]]
+            table = "r2fs_objects"
+        else:
+            where, args = "tbl = %s", [space]
+            table = "r2fs_kv"
+        sql = f"SELECT k, v FROM {table} WHERE {where} AND k {op} %s"
+        args.append(start)
+        if hi is not None:
+            sql += " AND k < %s"
+            args.append(hi)
+        sql += " ORDER BY k LIMIT %s"
+        args.append(limit)
+        self.cur.execute(sql, args)
+        return self.cur.fetchall()
+
+    # writes -------------------------------------------------------------------------------
+
+    def store(self, space: Any, key: bytes, value: bytes | None) -> None:
+        if not self.write:
+            raise ClusterError("a metadata change inside a read-only transaction")
+        self.layer.writes[(space, key)] = _DELETED if value is None else value
+
+    def flush(self) -> None:
+        """Send the buffered writes and changes (batched), then COMMIT."""
+        layer = self.layer
+        kv_put, kv_del, obj_put, obj_del = [], [], [], []
+        for (space, key), v in layer.writes.items():
+            if isinstance(space, tuple):
+                (obj_del.append((space[1], key)) if v is _DELETED
+                 else obj_put.append((space[1], key, v)))
+            else:
+                kv_del.append((space, key)) if v is _DELETED else kv_put.append((space, key, v))
+        cur = self.cur
+        if kv_del:
+            cur.executemany("DELETE FROM r2fs_kv WHERE tbl = %s AND k = %s", kv_del)
+        if kv_put:
+            cur.executemany("INSERT INTO r2fs_kv (tbl, k, v) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v", kv_put)
+        if obj_del:
+            cur.executemany("DELETE FROM r2fs_objects WHERE bucket = %s AND k = %s", obj_del)
+        if obj_put:
+            cur.executemany("INSERT INTO r2fs_objects (bucket, k, v) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v", obj_put)
+        if layer.changes:
+            cur.executemany("INSERT INTO r2fs_changes (ord, bucket, key) VALUES (%s, %s, %s)",
+                            [(i, b, k) for i, (b, k) in enumerate(layer.changes)])
+            cur.execute(f"NOTIFY {CHANNEL}")
+        cur.execute("COMMIT")
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+
+class PgObjects(ObjectIndex):
+    """Object manifests in r2fs_objects: (bucket, UTF-8 key) -> manifest."""
+
+    def get(self, txn: PgTxn, bucket: str, key: str) -> dict | None:
+        raw = txn.fetch(("o", bucket.encode()), key.encode("utf-8"))
+        return None if raw is None else unpack(raw)
+
+    def put(self, txn: PgTxn, bucket: str, key: str, manifest: dict) -> None:
+        txn.store(("o", bucket.encode()), key.encode("utf-8"), pack(manifest))
+
+    def delete(self, txn: PgTxn, bucket: str, key: str) -> dict | None:
+        old = self.get(txn, bucket, key)
+        if old is not None:
+            txn.store(("o", bucket.encode()), key.encode("utf-8"), None)
+        return old
+
+    def scan(self, txn: PgTxn, bucket: str, prefix: str = "",
+             after: bytes | None = None) -> Iterator[tuple[str, dict]]:
+        pbytes = prefix.encode("utf-8")
+        lo = pbytes if after is None or after < pbytes else after + b"\0"
+        for k, v in txn.range(("o", bucket.encode()), lo, _successor(pbytes)):
+            yield k.decode("utf-8"), unpack(v)
+
+    def scan_all(self, txn: PgTxn) -> Iterator[tuple[str, str, dict]]:
+        buckets = [bytes(r[0]) for r in txn.cur.execute(
+            "SELECT DISTINCT bucket FROM r2fs_objects ORDER BY bucket").fetchall()]
+        for b in buckets:
+            name = b.decode()
+            for k, v in txn.range(("o", b), b"", None):
+                yield name, k.decode("utf-8"), unpack(v)
+
+
+class PgMeta(MetaEngine):
+    """Cluster metadata in a PostgreSQL database (see the module doc)."""
+
+    url_scheme = "postgresql"
+
+    def __init__(self, url: str, *, cluster_id: str, create: bool = False,
+                 pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.cluster_id = cluster_id
+        self.pool = Pool(url, pool_size)
+        self.objects = PgObjects()
+        self._recorded = 0
+        self._listen: psycopg.Connection | None = None
+        self._listen_lock = threading.Lock()
+        try:
+            self._prepare(create)
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def describe(self) -> str:
+        return f"PostgreSQL at {redact(self.url)}"
+
+    def close(self) -> None:
+        self.pool.close()
+        with self._listen_lock:
+            if self._listen is not None:
+                self._listen.close()
+                self._listen = None
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _prepare(self, create: bool) -> None:
+        """Create the schema (create=True, on an empty database) or check and migrate it."""
+        conn = self.pool.get()
+        ok = False
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(724551)")  # one preparer at a time
+                exists = conn.execute("SELECT to_regclass('r2fs_schema') IS NOT NULL").fetchone()[0]
+                if not exists:
+                    if not create:
+                        raise ClusterError(f"{self.describe()} holds no r2fs metadata (the database "
+                                           "is empty); refusing to start an empty cluster over "
+                                           "existing data")
+                    for stmt in _CREATE:
+                        conn.execute(stmt)
+                    conn.execute("INSERT INTO r2fs_schema (version, cluster_id) VALUES (%s, %s)",
+                                 (SCHEMA_VERSION, self.cluster_id))
+                    conn.execute("INSERT INTO r2fs_feed (pruned) VALUES (0)")
+                else:
+                    version, cid = conn.execute("SELECT version, cluster_id FROM r2fs_schema").fetchone()
+                    if cid != self.cluster_id:
+                        raise ClusterError(f"{self.describe()} holds the metadata of another "
+                                           f"r2fs cluster ({cid}, this one is {self.cluster_id})"
+                                           + ("; use an empty database" if create else ""))
+                    if create:
+                        raise ClusterError(f"{self.describe()} already holds this cluster's "
+                                           "metadata")
+                    if version > SCHEMA_VERSION:
+                        raise UnsupportedFormat(
+                            f"metadata schema version {version} in {self.describe()} is not "
+                            f"supported by this r2fs (it reads version {SCHEMA_VERSION}); "
+                            "refusing to open")
+                    while version < SCHEMA_VERSION:
+                        for stmt in MIGRATIONS[version]:
+                            conn.execute(stmt)
+                        version += 1
+                        conn.execute("UPDATE r2fs_schema SET version = %s", (version,))
+            ok = True
+        except psycopg.OperationalError as e:
+            raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
+        finally:
+            self.pool.put(conn, broken=not ok and conn.closed)
+
+    # --- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[PgTxn]:
+        conn = self._conn()
+        ok = False
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            txn = PgTxn(conn, write=False)
+            try:
+                yield txn
+            except psycopg.OperationalError as e:
+                raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
+            conn.execute("COMMIT")
+            ok = True
+        except psycopg.OperationalError as e:
+            raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
+        finally:
+            self._release(conn, ok)
+
+    def _conn(self) -> psycopg.Connection:
+        return self.pool.get()
+
+    def _release(self, conn: psycopg.Connection, ok: bool) -> None:
+        if not ok and not conn.closed:
+            try:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+        broken = conn.closed or conn.broken
+        self.pool.put(conn, broken=broken)
+        if broken:
+            self.pool.drop_idle()
+
+    def write(self, fn: Callable[[PgTxn], T]) -> T:
+        (item,) = self._run([fn])
+        if isinstance(item, _Failed):
+            raise item.error
+        return item
+
+    def write_many(self, fns: list[Callable[[PgTxn], Any]]) -> list[Any]:
+        return [i.error if isinstance(i, _Failed) else i for i in self._run(fns)]
+
+    def _run(self, fns: list[Callable[[PgTxn], Any]]) -> list[Any]:
+        """Run `fns` in one SERIALIZABLE transaction, rerunning all of them on 40001/40P01."""
+        attempt = 0
+        reconnected = False
+        while True:
+            attempt += 1
+            conn = self._conn()
+            ok = committing = False
+            try:
+                conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                txn = PgTxn(conn, write=True)
+                results = [self._apply(txn, fn) for fn in fns]
+                if all(isinstance(r, _Failed) for r in results):
+                    conn.execute("ROLLBACK")
+                else:
+                    committing = True
+                    txn.flush()
+                ok = True
+            except _RETRY as e:
+                if attempt >= MAX_ATTEMPTS:
+                    raise ClusterError(f"a metadata transaction lost {attempt} serialization races "
+                                       f"in a row ({_first_line(e)}); try again") from None
+                time.sleep(random.uniform(0, min(0.2, 0.001 * 2 ** min(attempt, 8))))
+                continue
+            except psycopg.OperationalError as e:
+                if not committing and not reconnected:
+                    reconnected = True  # a stale pooled connection (server restarted): once more
+                    continue
+                what = ("the commit's outcome is unknown (it may or may not have been applied)"
+                        if committing else "nothing was changed")
+                raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}; {what}") from None
+            except psycopg.Error as e:
+                raise ClusterError(f"{self.describe()}: {_first_line(e)}") from None
+            finally:
+                self._release(conn, ok)
+            if committing and txn.layer.changes:
+                self._note_recorded(len(txn.layer.changes))
+            return results
+
+    @staticmethod
+    def _apply(txn: PgTxn, fn: Callable[[PgTxn], Any]) -> Any:
+        """Run one function in a buffer layer of its own; its result, or _Failed(its error)."""
+        parent = txn.layer
+        child = _Layer(parent)
+        txn.layer = child
+        try:
+            result = fn(txn)
+        except (psycopg.Error, MetadataUnavailable):
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to its own caller
+            return _Failed(exc)
+        finally:
+            txn.layer = parent
+        child.merge_into_parent()
+        return result
+
+    # --- table access inside transactions --------------------------------------------------------
+
+    def get(self, txn: PgTxn, table: str, key: bytes) -> Any:
+        raw = txn.fetch(_TBL[table], key)
+        return None if raw is None else unpack(raw)
+
+    def put(self, txn: PgTxn, table: str, key: bytes, value: Any) -> None:
+        txn.store(_TBL[table], key, pack(value))
+
+    def delete(self, txn: PgTxn, table: str, key: bytes) -> bool:
+        if txn.fetch(_TBL[table], key) is None:
+            return False
+        txn.store(_TBL[table], key, None)
+        return True
+
+    def scan(self, txn: PgTxn, table: str, prefix: bytes = b"",
+             start: bytes | None = None) -> Iterator[tuple[bytes, Any]]:
+        lo = start if start is not None and start > prefix else prefix
+        for k, v in txn.range(_TBL[table], lo, _successor(prefix)):
+            if k.startswith(prefix):
+                yield k, unpack(v)
+
+    def count(self, txn: PgTxn, table: str) -> int:
+        if txn.write:
+            return sum(1 for _ in self.scan(txn, table))
+        return txn.cur.execute("SELECT count(*) FROM r2fs_kv WHERE tbl = %s",
+                               (_TBL[table],)).fetchone()[0]
+
+    # --- change feed -------------------------------------------------------------------------------
+
+    def record_change(self, txn: PgTxn, bucket: str, key: str) -> None:
+        txn.layer.changes.append((bucket, key))
+
+    def _note_recorded(self, n: int) -> None:
+        self._recorded += n
+        if self._recorded >= PRUNE_EVERY:
+            self._recorded = 0
+            try:
+                self.prune_changes()
+            except (psycopg.Error, MetadataUnavailable) as e:
+                log.warning("pruning the change feed failed (retried later): %s", e)
+
+    def prune_changes(self, keep: int = CHANGE_HISTORY) -> int:
+        """Delete all but the newest `keep` changes; remember how far (for `changes_since`)."""
+        conn = self._conn()
+        ok = False
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT xid::text, ord FROM r2fs_changes ORDER BY xid DESC, ord DESC "
+                    "OFFSET %s LIMIT 1", (keep,)).fetchone()
+                n = 0
+                if row is not None:
+                    cur = conn.execute("DELETE FROM r2fs_changes "
+                                       "WHERE (xid, ord) <= (%s::xid8, %s)", row)
+                    n = cur.rowcount
+                    pos = (int(row[0]) << ORD_BITS) + row[1]
+                    conn.execute("UPDATE r2fs_feed SET pruned = greatest(pruned, %s)", (pos,))
+            ok = True
+            return n
+        finally:
+            self._release(conn, ok)
+
+    def change_seq(self) -> int:
+        with self.read() as txn:
+            row = txn.cur.execute(
+                "SELECT xid::text::bigint, ord FROM r2fs_changes "
+                "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
+                "ORDER BY xid DESC, ord DESC LIMIT 1").fetchone()
+            if row is not None:
+                return (row[0] << ORD_BITS) + row[1]
+            return txn.cur.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
+
+    def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
+        xid, ord_ = seq >> ORD_BITS, seq & ((1 << ORD_BITS) - 1)
+        with self.read() as txn:
+            rows = txn.cur.execute(
+                "SELECT xid::text::bigint, ord, bucket, key FROM r2fs_changes "
+                "WHERE (xid, ord) > (%s::text::xid8, %s) "
+                "AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
+                "ORDER BY xid, ord LIMIT %s", (str(xid), ord_, limit)).fetchall()
+            pruned = txn.cur.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
+        return pruned + 1, [((x << ORD_BITS) + o, b, k) for x, o, b, k in rows]
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when a change was committed (NOTIFY), or after `timeout` seconds."""
+        conn = await trio.to_thread.run_sync(self._listener)
+        if conn is None:
+            await trio.sleep(timeout)
+            return
+        with trio.move_on_after(timeout):
+            while True:
+                if await trio.to_thread.run_sync(self._drain, conn):
+                    return
+                await trio.lowlevel.wait_readable(conn.pgconn.socket)
+
+    def _listener(self) -> psycopg.Connection | None:
+        with self._listen_lock:
+            if self._listen is not None and not self._listen.closed:
+                return self._listen
+            try:
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                       application_name="r2fs-listen")
+                conn.execute(f"LISTEN {CHANNEL}")
+            except psycopg.Error as e:
+                log.warning("cannot LISTEN for metadata changes (polling instead): %s", e)
+                return None
+            self._listen = conn
+            return conn
+
+    def _drain(self, conn: psycopg.Connection) -> bool:
+        """Read what arrived on the listening connection; True if it held a notification."""
+        pg = conn.pgconn
+        try:
+            pg.consume_input()
+        except psycopg.Error:
+            with self._listen_lock:
+                if self._listen is conn:
+                    self._listen = None
+            conn.close()
+            return True  # cannot tell what was missed: let the poller look
+        got = False
+        while pg.notifies() is not None:
+            got = True
+        return got
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
