@@ -570,8 +570,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=4, help="data shards per chunk (default 4)")
     p.add_argument("--m", type=int, default=2, help="parity shards per chunk (default 2)")
     p.add_argument("--meta", default=os.environ.get("R2FS_META_URL") or None,
-                   metavar="postgresql://...",
-                   help="keep the metadata in this PostgreSQL database (an empty one) so that "
+                   metavar="URL",
+                   help="keep the metadata in the PostgreSQL database URL (postgresql://..., an empty one) so that "
                         "hosts can share the cluster (default: $R2FS_META_URL, else the "
                         "embedded LMDB in meta/)")
     p.add_argument("--chunk-size", type=parse_size, default=4 * MiB, metavar="SIZE",
