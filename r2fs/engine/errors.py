@@ -76,6 +76,10 @@ class NoSuchKey(R2fsError):
     pass
 
 
+class NotLinkable(R2fsError):
+    """A hard link was asked of something that cannot have two names (a directory)."""
+
+
 class KeyExists(R2fsError):
     """A no-replace rename or create found its target already there."""
 

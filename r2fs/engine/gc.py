@@ -34,7 +34,7 @@ from .meta import CHUNK_DELETING
 from .nodes import TEMP_SUFFIX, NodeUnavailable
 from .replicator import sweep_staging
 from .types import GcReport
-from .writer import LOC_STAGING
+from .writer import LOC_META, LOC_STAGING
 
 if TYPE_CHECKING:
     from .core import Core
@@ -72,7 +72,9 @@ async def collect_garbage(c: "Core", *, grace: float, orphan_grace: float) -> Gc
     deleted = []
     for cid, rec in doomed:
         try:
-            if rec.get("loc") == LOC_STAGING:
+            if rec.get("loc") == LOC_META:
+                freed = rec["l"]  # a slice kept in its record: forgetting it frees it
+            elif rec.get("loc") == LOC_STAGING:
                 freed = await trio.to_thread.run_sync(_unstage, c, cid, rec["g"])
             else:
                 n, freed = await trio.to_thread.run_sync(c.chunks.delete_shards, cid, rec["g"],

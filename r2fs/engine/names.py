@@ -7,6 +7,9 @@ import re
 from .errors import InvalidBucketName, InvalidKey, KeyTooLong
 
 MAX_KEY_BYTES = 1024
+#: Keys a mount may create: PATH_MAX (4,096 bytes) paths; S3 clients can list them
+#: but not name them in a request (S3's own limit is MAX_KEY_BYTES).
+MAX_MOUNT_KEY_BYTES = 4096
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _IP_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
@@ -19,14 +22,14 @@ def check_bucket_name(name: str) -> str:
     return name
 
 
-def check_key(key: str) -> bytes:
-    """The key's UTF-8 bytes; InvalidKey / KeyTooLong otherwise."""
+def check_key(key: str, limit: int = MAX_KEY_BYTES) -> bytes:
+    """The key's UTF-8 bytes; InvalidKey / KeyTooLong (longer than `limit`) otherwise."""
     if not isinstance(key, str) or not key:
         raise InvalidKey("object key must be a non-empty string")
     try:
         raw = key.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidKey(f"object key {key!r} is not valid UTF-8") from None
-    if len(raw) > MAX_KEY_BYTES:
-        raise KeyTooLong(f"object key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
+    if len(raw) > limit:
+        raise KeyTooLong(f"object key is {len(raw)} bytes; the limit is {limit}")
     return raw

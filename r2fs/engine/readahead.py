@@ -48,6 +48,8 @@ STREAMS = 512
 #: (the kernel sends a mount's sequential reads slightly out of order); a read
 #: of n bytes is allowed 2n of reordering (the kernel has several in flight).
 SEQUENTIAL_SLACK = 128 * 1024
+#: A hole is streamed as zero pieces of at most this size (bounded memory).
+HOLE_PIECE = 1 * MiB
 
 Fetch = Callable[[ChunkRef, str], Awaitable[bytes]]
 
@@ -129,7 +131,7 @@ class ReadAhead:
         if not self.enabled:
             return
         for ref in refs:
-            if ref.size and self._reserve(ref):
+            if ref.size and not ref.hole and self._reserve(ref):
                 trio.lowlevel.spawn_system_task(self._one, ref, context, name="r2fs-readahead")
 
     async def _one(self, ref: ChunkRef, context: str) -> None:
@@ -213,7 +215,8 @@ class ReadAhead:
                 stream[1] = upto - 1
             if self._hint is not None:
                 self._give_hint([refs[j].id for j in range(
-                    i + 1 + self.window, min(max(plan.ahead, plan.hint_end), i + 1 + 2 * self.window))])
+                    i + 1 + self.window, min(max(plan.ahead, plan.hint_end), i + 1 + 2 * self.window))
+                    if not refs[j].hole])
         ref = refs[i]
         tail = end >= plan.starts[i] + ref.size  # this read reaches the chunk's end
         if tail and plan.offset <= plan.starts[i]:
@@ -236,8 +239,20 @@ class ReadAhead:
         """
         plan = self._plan(info, offset, end)
         for i in range(plan.first, plan.last):
-            if plan.refs[i].size:
-                yield plan.starts[i], await self._chunk(plan, i, end, read, context)
+            ref, start = plan.refs[i], plan.starts[i]
+            if not ref.size:
+                continue
+            if ref.hole:  # zeros in bounded pieces, however large the hole
+                pos, stop = max(offset, start), min(end, start + ref.size)
+                while pos < stop:
+                    n = min(HOLE_PIECE, stop - pos)
+                    yield pos, bytes(n)
+                    pos += n
+                continue
+            data = await self._chunk(plan, i, end, read, context)
+            if ref.offset or len(data) != ref.size:  # a slice of the chunk
+                data = memoryview(data)[ref.offset:ref.offset + ref.size]
+            yield start, data
 
     async def read(self, info: ObjectInfo, offset: int, end: int, read: Fetch,
                    context: str, *, view: bool = False) -> bytes | memoryview:
@@ -251,12 +266,16 @@ class ReadAhead:
         plan = self._plan(info, offset, end)
         pieces = []
         for i in range(plan.first, plan.last):
-            if not plan.refs[i].size:
+            ref = plan.refs[i]
+            if not ref.size:
                 continue
             start = plan.starts[i]
+            lo, hi = max(offset, start) - start, min(end, start + ref.size) - start
+            if ref.hole:
+                pieces.append(memoryview(bytes(hi - lo)))
+                continue
             data = await self._chunk(plan, i, end, read, context)
-            lo, hi = max(offset, start) - start, min(end, start + len(data)) - start
-            pieces.append(memoryview(data)[lo:hi])
+            pieces.append(memoryview(data)[ref.offset + lo:ref.offset + hi])
         if len(pieces) == 1:
             out: bytes | memoryview = pieces[0] if view else bytes(pieces[0])
         else:

@@ -36,7 +36,7 @@ from .errors import ChunkCorrupt, DataUnavailable
 from .peers import PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
 from .readahead import ReadAhead
 from .types import ChunkRef, ObjectInfo
-from .writer import LOC_STAGING
+from .writer import LOC_META, LOC_STAGING
 
 if TYPE_CHECKING:
     from .core import Core
@@ -276,6 +276,11 @@ class ChunkReader:
                 return data
             self.stats.miss("l1")
         rec = self._record(cid, context)
+        if rec.get("loc") == LOC_META:  # a small slice: sealed in its record, not on nodes
+            sealed = rec["d"]
+            if len(sealed) <= 65536:
+                return self._open(cid, sealed, context)
+            return await trio.to_thread.run_sync(self._open, cid, sealed, context)
         if rec.get("loc") == LOC_STAGING:
             data = await trio.to_thread.run_sync(self._from_staging, cid, context)
             if data is not None:

@@ -29,7 +29,7 @@ from typing import (Any, AsyncIterable, AsyncIterator, BinaryIO, Callable, Itera
 
 import trio
 
-from . import conditions, config as cfgmod
+from . import conditions, config as cfgmod, extents as X, inodes
 from .chunks import ChunkStore, borrow, give_back
 from .errors import (
     BadDigest,
@@ -46,6 +46,7 @@ from .errors import (
     InvalidRange,
     KeyExists,
     NoSuchBucket,
+    NotLinkable,
     NoSuchKey,
     NoSuchUpload,
     R2fsError,
@@ -57,7 +58,8 @@ from .core import Core
 from .meta import CHUNK_LIVE, MetaEngine, create_engine, open_engine
 from .reader import ChunkReader
 from .writer import ChunkBatch, ChunkWriter, _test_hook_kill_after
-from .names import check_bucket_name, check_key
+from .names import MAX_KEY_BYTES, check_bucket_name, check_key
+from .slices import Merger, ReadFn, update as _update
 from .types import (
     MiB,
     BucketInfo,
@@ -86,6 +88,7 @@ class PutItem:
     http_metadata: dict[str, str] | None = None
     custom_metadata: dict[str, str] | None = None
     only_if: Conditional | None = None
+    keep_links: bool = False  # a write through the mount: all names of a link change
 
 
 #: Plaintext bytes of one put in flight at once (hashed, sealed, encoded,
@@ -130,8 +133,8 @@ def _info(bucket: str, key: str, m: dict) -> ObjectInfo:
         http_metadata=dict(m.get("h") or {}), custom_metadata=dict(m.get("c") or {}),
         checksums=dict(m.get("ck") or {}),
         parts=tuple(m["p"]) if m.get("p") else None,
-        chunks=tuple(ChunkRef(bytes(c[0]), c[1]) for c in m.get("ch") or ()),
-        inline_data=m.get("in"),
+        chunks=X.from_manifest(m.get("ch")),
+        inline_data=m.get("in"), ino=m.get("i", 0), nlink=m.get("nl", 1),
     )
 
 
@@ -142,14 +145,16 @@ def _manifest(*, size: int, etag: str, chunks: Iterable[ChunkRef], http: dict | 
         "s": size, "e": etag, "u": time.time() if uploaded is None else uploaded,
         "ver": uuid.uuid4().hex, "h": dict(http or {}), "c": dict(custom or {}),
         "ck": dict(checksums or {}), "p": list(parts) if parts else None,
-        "ch": [[c.id, c.size] for c in chunks], "in": inline,
+        "ch": X.to_manifest(chunks), "in": inline,
     }
 
 
 def _refs(m: dict | None) -> list[ChunkRef]:
+    """The chunk references a manifest holds: one per extent naming a chunk (holes name
+    none; a link's stub holds none -- its inode record does)."""
     if not m:
         return []
-    return [ChunkRef(bytes(c[0]), c[1]) for c in m.get("ch") or ()]
+    return [r for r in X.from_manifest(m.get("ch")) if not r.hole]
 
 
 def _chunk_etag(chunks: list[ChunkRef]) -> str:
@@ -326,9 +331,11 @@ class ObjectBody:
 class Bucket:
     """A handle on one bucket; cheap to make. Operations raise NoSuchBucket."""
 
-    def __init__(self, cluster: "Cluster", name: str) -> None:
+    def __init__(self, cluster: "Cluster", name: str, *, max_key: int = MAX_KEY_BYTES) -> None:
         self.cluster = cluster
         self.name = name
+        #: longest key this handle writes: S3's 1,024 bytes, or PATH_MAX for a mount
+        self.max_key = max_key
 
     def __repr__(self) -> str:
         return f"<Bucket {self.name}>"
@@ -344,27 +351,66 @@ class Bucket:
             raise NoSuchBucket(f"no such bucket: {self.name}")
         return rec
 
+    def _check_key(self, key: str) -> bytes:
+        return check_key(key, self.max_key)
+
+    def _get(self, txn: Any, key: str) -> dict | None:
+        """The manifest `key` stands for (a hard link's resolved through its inode)."""
+        meta = self.cluster.meta
+        return inodes.effective(meta, txn, meta.objects.get(txn, self.name, key))
+
     def _replace_object(self, txn: Any, key: str, manifest: dict, *, bucket: str | None = None,
-                        ref_new: bool = True) -> dict | None:
-        """Install `manifest` at key; moves refcounts (new +1 unless ref_new=False, old -1)."""
+                        ref_new: bool = True, keep_links: bool = False) -> dict | None:
+        """Install `manifest` at key; moves refcounts (new +1 unless ref_new=False, old -1).
+
+        Inode numbers: a manifest without one keeps the number of the object it
+        replaces, or gets a new one. A hard link at `key` is replaced by the new
+        object (its other names keep the old content) -- unless `keep_links`: a
+        write through the mount changes the content all names share.
+        """
         c = self.cluster
         b = bucket or self.name
+        manifest = dict(manifest)  # (a transaction may be run again: the caller's stays as it is)
         if ref_new:
             c._ref(txn, _refs(manifest), context=f"{b}/{key}")
         old = c.meta.objects.get(txn, b, key)
-        if old is not None:
+        if inodes.is_stub(old):
+            if keep_links and not inodes.is_stub(manifest):
+                c._unref(txn, _refs(inodes.replace_content(c.meta, txn, b, old, manifest)))
+                return old
+            gone = inodes.drop_name(c.meta, txn, b, key, old)
+            c._unref(txn, _refs(gone))
+            if "i" not in manifest:
+                manifest["i"] = inodes.allocate(c.meta, txn)  # a new file at this name
+        elif old is not None:
             c._unref(txn, _refs(old))
+        if "i" not in manifest:
+            manifest["i"] = old["i"] if old is not None and "i" in old else \
+                inodes.allocate(c.meta, txn)
         c.meta.objects.put(txn, b, key, manifest)
         c.meta.record_change(txn, b, key)
+        return old
+
+    def _drop(self, txn: Any, key: str) -> dict | None:
+        """Remove the name `key`; its entry, or None. Releases what nothing names any more."""
+        c = self.cluster
+        old = c.meta.objects.delete(txn, self.name, key)
+        if old is None:
+            return None
+        if inodes.is_stub(old):
+            c._unref(txn, _refs(inodes.drop_name(c.meta, txn, self.name, key, old)))
+        else:
+            c._unref(txn, _refs(old))
+        c.meta.record_change(txn, self.name, key)
         return old
 
     # --- reads ---------------------------------------------------------------------
 
     async def head(self, key: str) -> ObjectInfo:
-        check_key(key)
+        self._check_key(key)
         with self.cluster.meta.read() as txn:
             self._require_bucket(txn)
-            m = self.cluster.meta.objects.get(txn, self.name, key)
+            m = self._get(txn, key)
         if m is None:
             raise NoSuchKey(f"no such key: {self._what(key)}")
         return _info(self.name, key, m)
@@ -430,6 +476,7 @@ class Bucket:
             while True:
                 restart = None
                 for key, m in meta.objects.scan(txn, self.name, prefix, after):
+                    m = inodes.effective(meta, txn, m) or m
                     if len(objects) + len(prefixes) >= limit:
                         truncated = True
                         break
@@ -514,7 +561,8 @@ class Bucket:
                   custom_metadata: dict[str, str] | None = None,
                   only_if: Conditional | None = None,
                   content_md5: bytes | None = None,
-                  checksums: dict[str, str] | None = None) -> ObjectInfo:
+                  checksums: dict[str, str] | None = None,
+                  keep_links: bool = False) -> ObjectInfo:
         """Store a whole object; atomic: readers see the old or the new version.
 
         `value` may be bytes, an async iterable of bytes (a streamed HTTP body:
@@ -523,13 +571,16 @@ class Bucket:
         stored as given; the dict is read only at commit time, after the body
         was consumed, so a caller may fill it from a trailer at the stream's
         end. `only_if` is checked again inside the commit transaction.
+        A put to one name of a hard-linked file gives that name a new object
+        (the other names keep theirs), as S3 PUT replaces what a key names;
+        `keep_links` (the mount's writes) changes the content all names share.
         """
-        check_key(key)
+        self._check_key(key)
         what = self._what(key)
         with self.cluster.meta.read() as txn:  # fail fast, before storing any data
             self._require_bucket(txn)
             if only_if is not None:
-                cur = self.cluster.meta.objects.get(txn, self.name, key)
+                cur = self._get(txn, key)
                 conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
         got = await self._ingest(value, allow_inline=True)
         try:
@@ -540,7 +591,7 @@ class Bucket:
             manifest = _manifest(size=got.size, etag=digest.hex(), chunks=got.chunks,
                                  http=http_metadata, custom=custom_metadata, checksums=checksums,
                                  inline=got.inline)
-            return await self._commit(key, manifest, only_if, got.batch)
+            return await self._commit(key, manifest, only_if, got.batch, keep_links)
         except BaseException:
             await self.cluster.writer.discard(got.batch)
             raise
@@ -563,7 +614,7 @@ class Bucket:
         small: list[int] = []
         for i, it in enumerate(items):
             try:
-                check_key(it.key)
+                self._check_key(it.key)
             except R2fsError as exc:
                 results[i] = exc
                 continue
@@ -572,7 +623,8 @@ class Bucket:
                 continue
             try:
                 results[i] = await self.put(it.key, it.data, http_metadata=it.http_metadata,
-                                            custom_metadata=it.custom_metadata, only_if=it.only_if)
+                                            custom_metadata=it.custom_metadata, only_if=it.only_if,
+                                            keep_links=it.keep_links)
             except R2fsError as exc:
                 results[i] = exc
         if small:
@@ -584,7 +636,8 @@ class Bucket:
                     manifest = _manifest(size=len(data), etag=hashlib.md5(data).hexdigest(),
                                          chunks=(), http=it.http_metadata, custom=it.custom_metadata,
                                          inline=c._seal_inline_now(data))
-                    staged.append((manifest, self._commit_fn(it.key, manifest, it.only_if)))
+                    staged.append((manifest, self._commit_fn(it.key, manifest, it.only_if,
+                                                             keep_links=it.keep_links)))
                 _test_hook_kill_after("stored")
                 outcomes = c.meta.write_many([fn for _, fn in staged])
                 _test_hook_kill_after("committed")
@@ -596,61 +649,74 @@ class Bucket:
                         raise out
                     results[i] = out
                 else:
-                    results[i] = _info(self.name, items[i].key, manifest)
+                    results[i] = _info(self.name, items[i].key, out)
         return results  # type: ignore[return-value]
 
     def _commit_fn(self, key: str, manifest: dict, only_if: Conditional | None,
-                   batch: ChunkBatch | None = None) -> Callable[[Any], None]:
+                   batch: ChunkBatch | None = None, keep_links: bool = False
+                   ) -> Callable[[Any], dict]:
         """The commit transaction of a put: bucket, condition, chunk records, manifest, change."""
         what = self._what(key)
         writer = self.cluster.writer
 
-        def txn_fn(txn: Any) -> None:
+        def txn_fn(txn: Any) -> dict:
             self._require_bucket(txn)
             if only_if is not None:
-                cur = self.cluster.meta.objects.get(txn, self.name, key)
+                cur = self._get(txn, key)
                 conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
             if batch is not None:
                 writer.install(txn, batch)
-            self._replace_object(txn, key, manifest)
+            self._replace_object(txn, key, manifest, keep_links=keep_links)
+            return self._get(txn, key)  # type: ignore[return-value]
 
         return txn_fn
 
     async def _commit(self, key: str, manifest: dict, only_if: Conditional | None,
-                      batch: ChunkBatch | None = None) -> ObjectInfo:
+                      batch: ChunkBatch | None = None, keep_links: bool = False) -> ObjectInfo:
         """One transaction: the batch's chunk records, refcounts, the manifest, a change."""
-        await self.cluster.writer.commit(batch, self._commit_fn(key, manifest, only_if, batch))
-        return _info(self.name, key, manifest)
+        fn = self._commit_fn(key, manifest, only_if, batch, keep_links)
+        return _info(self.name, key, await self.cluster.writer.commit(batch, fn))
 
     async def put_chunks(self, key: str, chunks: list[ChunkRef], *, etag: str | None = None,
                          http_metadata: dict[str, str] | None = None,
                          custom_metadata: dict[str, str] | None = None,
-                         only_if: Conditional | None = None) -> ObjectInfo:
-        check_key(key)
-        chunks = list(chunks)
-        manifest = _manifest(size=sum(c.size for c in chunks), etag=etag or _chunk_etag(chunks),
-                             chunks=chunks, http=http_metadata, custom=custom_metadata)
-        return await self._commit(key, manifest, only_if)
+                         only_if: Conditional | None = None,
+                         keep_links: bool = False) -> ObjectInfo:
+        """An object made of stored extents (whole chunks, slices of chunks, holes)."""
+        self._check_key(key)
+        chunks = X.normalise(chunks)
+        size = X.total(chunks)
+        X.check_size(size, self._what(key))
+        if etag is None:
+            etag = X.layout_etag(chunks) if X.is_layered(chunks) else _chunk_etag(chunks)
+        manifest = _manifest(size=size, etag=etag, chunks=chunks, http=http_metadata,
+                             custom=custom_metadata)
+        return await self._commit(key, manifest, only_if, keep_links=keep_links)
 
     async def update_metadata(self, key: str, *, http_metadata: dict[str, str] | None = None,
                               custom_metadata: dict[str, str] | None = None,
                               only_if: Conditional | None = None) -> ObjectInfo:
-        check_key(key)
+        self._check_key(key)
         what = self._what(key)
         meta = self.cluster.meta
 
         def txn_fn(txn: Any) -> dict:
             self._require_bucket(txn)
-            cur = meta.objects.get(txn, self.name, key)
+            raw = meta.objects.get(txn, self.name, key)
+            cur = inodes.effective(meta, txn, raw)
             if cur is None:
                 raise NoSuchKey(f"no such key: {what}")
             conditions.check_write(_info(self.name, key, cur), only_if, what)
             new = dict(cur)
+            new.pop("nl", None)
             new["ver"] = uuid.uuid4().hex
             if http_metadata is not None:
                 new["h"] = dict(http_metadata)
             if custom_metadata is not None:
                 new["c"] = dict(custom_metadata)
+            if inodes.is_stub(raw):  # a hard link: the attributes all names share
+                inodes.replace_content(meta, txn, self.name, raw, new)
+                return self._get(txn, key)
             meta.objects.put(txn, self.name, key, new)
             meta.record_change(txn, self.name, key)
             return new
@@ -660,19 +726,12 @@ class Bucket:
     async def delete(self, keys: str | Iterable[str]) -> list[str]:
         keys = [keys] if isinstance(keys, str) else list(keys)
         for k in keys:
-            check_key(k)
+            self._check_key(k)
         c = self.cluster
 
         def txn_fn(txn: Any) -> list[str]:
             self._require_bucket(txn)
-            gone = []
-            for k in keys:
-                old = c.meta.objects.delete(txn, self.name, k)
-                if old is not None:
-                    c._unref(txn, _refs(old))
-                    c.meta.record_change(txn, self.name, k)
-                    gone.append(k)
-            return gone
+            return [k for k in keys if self._drop(txn, k) is not None]
 
         return await self.cluster.transact(txn_fn)
 
@@ -680,8 +739,8 @@ class Bucket:
                    http_metadata: dict[str, str] | None = None,
                    custom_metadata: dict[str, str] | None = None,
                    only_if: Conditional | None = None) -> ObjectInfo:
-        check_key(src_key)
-        check_key(dst_key)
+        self._check_key(src_key)
+        self._check_key(dst_key)
         dst = dst_bucket or self.name
         target = self.cluster.bucket(dst)
         meta = self.cluster.meta
@@ -689,11 +748,13 @@ class Bucket:
         def txn_fn(txn: Any) -> dict:
             self._require_bucket(txn)
             target._require_bucket(txn)
-            src = meta.objects.get(txn, self.name, src_key)
+            src = self._get(txn, src_key)
             if src is None:
                 raise NoSuchKey(f"no such key: {self._what(src_key)}")
             conditions.check_write(_info(self.name, src_key, src), only_if, self._what(src_key))
             new = dict(src)
+            for field in ("i", "nl", "lk"):  # a copy is a new file
+                new.pop(field, None)
             new["ver"] = uuid.uuid4().hex
             new["u"] = time.time()
             if http_metadata is not None:
@@ -701,13 +762,13 @@ class Bucket:
             if custom_metadata is not None:
                 new["c"] = dict(custom_metadata)
             target._replace_object(txn, dst_key, new)
-            return new
+            return target._get(txn, dst_key)
 
         return _info(dst, dst_key, await self.cluster.transact(txn_fn))
 
     async def rename(self, src_key: str, dst_key: str, *, replace: bool = True) -> ObjectInfo:
-        check_key(src_key)
-        check_key(dst_key)
+        self._check_key(src_key)
+        self._check_key(dst_key)
         meta = self.cluster.meta
 
         def txn_fn(txn: Any) -> dict:
@@ -716,13 +777,69 @@ class Bucket:
             if src is None:
                 raise NoSuchKey(f"no such key: {self._what(src_key)}")
             if src_key == dst_key:
-                return src
-            if not replace and meta.objects.get(txn, self.name, dst_key) is not None:
+                return self._get(txn, src_key)
+            dst = meta.objects.get(txn, self.name, dst_key)
+            if not replace and dst is not None:
                 raise KeyExists(f"{self._what(dst_key)} already exists")
-            meta.objects.delete(txn, self.name, src_key)
-            meta.record_change(txn, self.name, src_key)
-            self._replace_object(txn, dst_key, src, ref_new=False)
-            return src
+            if inodes.is_stub(src) and inodes.is_stub(dst) and src["i"] == dst["i"]:
+                return self._get(txn, src_key)  # two names of one file: POSIX does nothing
+            self._move(txn, src_key, dst_key, src)
+            return self._get(txn, dst_key)
+
+        return _info(self.name, dst_key, await self.cluster.transact(txn_fn))
+
+    async def update(self, key: str, *, base: ObjectInfo | None, size: int,
+                     writes: Sequence[tuple[int, int]], read: ReadFn, limit: int | None = None,
+                     custom_metadata: dict[str, str] | None = None,
+                     http_metadata: dict[str, str] | None = None,
+                     only_if: Conditional | None = None, keep_links: bool = True) -> ObjectInfo:
+        """Commit the version `base` changed in place, storing only what was written.
+
+        `writes`: (offset, length) ranges whose new bytes `read(offset, length)`
+        returns; base bytes at or past `limit` (default: base's size) read as
+        zeros; the new size is `size` (up to extents.MAX_FILE_SIZE, else
+        EntityTooLarge) -- a truncate is an update with no writes and costs the
+        same whatever the size. Small ranges become slices in the metadata,
+        merged into whole chunks in the background (slices.py).
+        """
+        self._check_key(key)
+        lim = (base.size if base is not None else 0) if limit is None else limit
+        return await _update(self, key, base=base, limit=lim, size=size, writes=writes,
+                             read=read, custom_metadata=custom_metadata,
+                             http_metadata=http_metadata, only_if=only_if, keep_links=keep_links)
+
+    def _move(self, txn: Any, src_key: str, dst_key: str, src: dict) -> None:
+        """The entry `src` at src_key now is at dst_key (replacing what was there)."""
+        meta = self.cluster.meta
+        meta.objects.delete(txn, self.name, src_key)
+        meta.record_change(txn, self.name, src_key)
+        if inodes.is_stub(src):
+            inodes.rename_name(meta, txn, src, src_key, dst_key)
+        self._replace_object(txn, dst_key, src, ref_new=False)
+
+    async def link(self, src_key: str, dst_key: str, *,
+                   custom_metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """A hard link: dst_key becomes another name of the file at src_key.
+
+        Both names then share content and metadata (`custom_metadata`, if
+        given, replaces the shared custom metadata in the same commit: the
+        mount's new ctime). A GET of either returns the content. Only files:
+        a directory marker cannot be linked (NotLinkable).
+        """
+        self._check_key(src_key)
+        self._check_key(dst_key)
+        meta = self.cluster.meta
+        if src_key.endswith("/") or dst_key.endswith("/"):
+            raise NotLinkable(f"{self._what(src_key)}: directories cannot be hard-linked")
+
+        def txn_fn(txn: Any) -> dict:
+            self._require_bucket(txn)
+            src = meta.objects.get(txn, self.name, src_key)
+            if src is None:
+                raise NoSuchKey(f"no such key: {self._what(src_key)}")
+            if meta.objects.get(txn, self.name, dst_key) is not None:
+                raise KeyExists(f"{self._what(dst_key)} already exists")
+            return inodes.make_link(meta, txn, self.name, src_key, src, dst_key, custom_metadata)
 
         return _info(self.name, dst_key, await self.cluster.transact(txn_fn))
 
@@ -741,20 +858,19 @@ class Bucket:
             plan = []
             for k, m in moving:
                 dk = dst_prefix + k[len(src_prefix):]
-                check_key(dk)
+                self._check_key(dk)
                 if dk not in src_keys and dk not in replaceable and \
                         meta.objects.get(txn, self.name, dk) is not None:
                     raise KeyExists(f"{self._what(dk)} already exists")
                 plan.append((k, dk, m))
             for k in replaceable:
-                old = meta.objects.delete(txn, self.name, k)
-                if old is not None:
-                    c._unref(txn, _refs(old))
-                    meta.record_change(txn, self.name, k)
+                self._drop(txn, k)
             for k, _, _ in plan:
                 meta.objects.delete(txn, self.name, k)
                 meta.record_change(txn, self.name, k)
-            for _, dk, m in plan:
+            for k, dk, m in plan:
+                if inodes.is_stub(m):
+                    inodes.rename_name(meta, txn, m, k, dk)
                 self._replace_object(txn, dk, m, ref_new=False)
             return len(plan)
 
@@ -774,7 +890,7 @@ class Bucket:
 
     async def create_multipart_upload(self, key: str, *, http_metadata: dict[str, str] | None = None,
                                       custom_metadata: dict[str, str] | None = None) -> str:
-        check_key(key)
+        self._check_key(key)
         upload_id = uuid.uuid4().hex
         meta = self.cluster.meta
 
@@ -818,7 +934,7 @@ class Bucket:
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, value: PutValue, *,
                           content_md5: bytes | None = None) -> PartInfo:
-        check_key(key)
+        self._check_key(key)
         self._check_part_number(part_number)
         with self.cluster.meta.read() as txn:
             self._require_bucket(txn)
@@ -832,7 +948,7 @@ class Bucket:
     async def upload_part_copy(self, key: str, upload_id: str, part_number: int,
                                src_bucket: str, src_key: str, *, range: Range | None = None,
                                only_if: Conditional | None = None) -> PartInfo:
-        check_key(key)
+        self._check_key(key)
         self._check_part_number(part_number)
         with self.cluster.meta.read() as txn:
             self._require_bucket(txn)
@@ -848,7 +964,7 @@ class Bucket:
     async def complete_multipart_upload(self, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,
                                         only_if: Conditional | None = None) -> ObjectInfo:
-        check_key(key)
+        self._check_key(key)
         meta = self.cluster.meta
         c = self.cluster
         what = self._what(key)
@@ -859,7 +975,7 @@ class Bucket:
             if not parts:
                 raise InvalidPart(f"{what}: a multipart upload needs at least one part")
             if only_if is not None:
-                cur = meta.objects.get(txn, self.name, key)
+                cur = self._get(txn, key)
                 conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
             prev = 0
             chosen = []
@@ -945,6 +1061,7 @@ class Cluster(Core):
         super().__init__(path, config, master, meta)
         self.writer = ChunkWriter(self)
         self.reader = ChunkReader(self)
+        self.merger = Merger(self)  # background merge of slices (slices.py)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -1004,6 +1121,7 @@ class Cluster(Core):
                                  f"the cluster at {path}; nothing was decrypted")
         meta = open_engine(path, cfg)
         try:
+            inodes.upgrade(meta)
             return cls(path, cfg, master, meta)
         except BaseException:
             meta.close()
@@ -1023,8 +1141,10 @@ class Cluster(Core):
 
     # --- buckets -----------------------------------------------------------------------
 
-    def bucket(self, name: str) -> Bucket:
-        return Bucket(self, name)
+    def bucket(self, name: str, *, max_key: int = MAX_KEY_BYTES) -> Bucket:
+        """A handle on bucket `name`; `max_key` is the longest key it may write
+        (a mount passes names.MAX_MOUNT_KEY_BYTES for PATH_MAX paths)."""
+        return Bucket(self, name, max_key=max_key)
 
     @staticmethod
     def _bucket_info(name: str, rec: dict) -> BucketInfo:
@@ -1185,7 +1305,8 @@ class Cluster(Core):
                 objects = logical = 0
                 for _, _, m in self.meta.objects.scan_all(txn):
                     objects += 1
-                    logical += m["s"]
+                    logical += m.get("s", 0)  # (a hard link's stub: counted below)
+                logical += sum(inodes.sizes(self.meta, txn))
                 chunks = unique = 0
                 for _, rec in self.meta.scan(txn, "chunks"):
                     chunks += 1

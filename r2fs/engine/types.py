@@ -14,6 +14,7 @@ from typing import Any
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+TiB = 1024 * GiB
 
 #: HTTP metadata keys the store keeps (lowercase header names).
 HTTP_METADATA_KEYS = (
@@ -26,16 +27,29 @@ HTTP_METADATA_KEYS = (
 )
 
 
+#: The id of a hole extent: `size` zero bytes, no chunk behind them.
+HOLE = b""
+
+
 @dataclass(frozen=True)
 class ChunkRef:
-    """One immutable, content-addressed piece of an object."""
+    """One extent of an object: bytes [offset, offset+size) of an immutable,
+    content-addressed chunk -- or, with id HOLE, `size` zero bytes (a hole of a
+    sparse file, stored as nothing). Plain objects use whole chunks (offset 0);
+    slices and holes come from in-place updates (see `r2fs/engine/extents.py`).
+    """
 
-    id: bytes  # 32-byte keyed BLAKE2b of the plaintext
-    size: int  # plaintext length
+    id: bytes  # 32-byte keyed BLAKE2b of the chunk's plaintext, or HOLE
+    size: int  # bytes of this extent
+    offset: int = 0  # where the extent starts inside the chunk
 
     @property
     def hex(self) -> str:
         return self.id.hex()
+
+    @property
+    def hole(self) -> bool:
+        return not self.id
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,10 @@ class ObjectInfo:
     chunks: tuple[ChunkRef, ...] = ()
     #: sealed (encrypted) content kept in the manifest itself (small objects)
     inline_data: bytes | None = field(default=None, repr=False, compare=False)
+    #: persistent inode number (kept across rename and overwrite; 0: none yet)
+    ino: int = 0
+    #: names of this content (hard links); 1 for an object with one name
+    nlink: int = 1
 
     @property
     def inline(self) -> bool:

@@ -58,6 +58,10 @@ WRITE_MODES = ("sync", "local")
 T = TypeVar("T")
 LOC_NODES = "nodes"
 LOC_STAGING = "staging"
+#: A small slice (an in-place update smaller than SLICE_INLINE_MAX): its sealed
+#: bytes live in the chunk record itself ("d"), committed with the manifest that
+#: references it; nothing on the nodes (p=[]). See slices.py.
+LOC_META = "meta"
 
 
 #: TEST HOOK ONLY: "stored", "synced" or "committed"; a put SIGKILLs its own process
@@ -144,7 +148,7 @@ class ChunkWriter:
         return rec if rec is not None and rec["s"] == CHUNK_LIVE else None
 
     async def write(self, data: bytes, *, bucket: str | None = None,
-                    batch: "ChunkBatch | None" = None) -> ChunkRef:
+                    batch: "ChunkBatch | None" = None, in_meta: bool = False) -> ChunkRef:
         """Store one chunk; dedup against live chunks (and the batch's own).
 
         Without `batch` the chunk's record is committed before this returns
@@ -162,8 +166,11 @@ class ChunkWriter:
         local = self.mode_for(home) == "local"
         # one worker-thread hop for hash + dedup check + seal + encode/stage (+ record):
         # the acknowledged latency is what local mode is about
-        cid, rec, new = await trio.to_thread.run_sync(
-            self._store, data, home, bucket, local, batch is None, batch)
+        if in_meta:  # a small slice: sealed into its record, no thread hop, no files
+            cid, rec, new = self._store_in_meta(data, batch is None, batch)
+        else:
+            cid, rec, new = await trio.to_thread.run_sync(
+                self._store, data, home, bucket, local, batch is None, batch)
         if new is not None:
             if batch is None:
                 if local:
@@ -226,10 +233,30 @@ class ChunkWriter:
             return cid, None, None
         return cid, None, (record, journal, None)
 
+    def _store_in_meta(self, data: bytes, record_now: bool, pending: "ChunkBatch | None"
+                       ) -> tuple[bytes, dict | None, tuple[dict, dict | None, DirSync | None] | None]:
+        """`_store` for a small slice kept in the metadata (LOC_META)."""
+        c = self.core
+        cid = c.master.chunk_id(data)
+        if pending is not None and cid in pending:
+            return cid, None, None
+        rec = self._live(cid)
+        if rec is not None:
+            return cid, rec, None
+        sealed = bytes(c.chunks.seal(cid, data))
+        record = {"r": 0, "n": len(data), "l": len(sealed), "g": secrets.randbits(31), "p": [],
+                  "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_META, "d": sealed}
+        if record_now:
+            if not c.meta.write(lambda txn: self._create(txn, cid, record, None)):
+                return cid, None, None
+        return cid, None, (record, None, None)
+
     def _delete_files(self, cid: bytes, record: dict) -> None:
         """Remove a stored chunk's files that no committed record names (best effort:
         what stays behind is an orphan for gc's scan or the staging sweep)."""
         try:
+            if record.get("loc") == LOC_META:
+                return  # its bytes were only ever in the record
             if record.get("loc") == LOC_STAGING:
                 self.staging.delete(cid, record["g"])
             else:
@@ -352,9 +379,10 @@ class ChunkBatch:
     def __contains__(self, cid: bytes) -> bool:
         return cid in self.records or cid in self.committing
 
-    def add(self, cid: bytes, record: dict, journal: dict | None, sync: DirSync) -> None:
+    def add(self, cid: bytes, record: dict, journal: dict | None, sync: DirSync | None) -> None:
         self.records[cid] = (record, journal)
-        self.syncs.append(sync)
+        if sync is not None:  # (a slice kept in the metadata has no files to sync)
+            self.syncs.append(sync)
         if self.oldest is None:
             self.oldest = time.monotonic()
 

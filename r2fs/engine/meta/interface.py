@@ -25,6 +25,8 @@ Tables (values are msgpack, see `pack`):
   records   namespace NUL name -> value       (access keys, settings of other layers)
   counters  bucket NUL name -> int            (operation metering)
   journal   chunk id -> {...}                 (replication journal, local uploads)
+  inodes    u64 BE inode number -> {m: manifest, n: [names], b: bucket}
+                                              (hard-linked files; see inodes.py)
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ T = TypeVar("T")
 Txn = Any
 
 TABLES = ("info", "buckets", "objects", "chunks", "gcq", "uploads", "parts",
-          "changes", "records", "counters", "journal")
+          "changes", "records", "counters", "journal", "inodes")
 
 #: Changes kept in the feed; a poller further behind is told to refresh everything.
 CHANGE_HISTORY = 100_000

@@ -31,7 +31,9 @@ import lmdb
 from ..errors import ClusterError, UnsupportedFormat
 from .interface import CHANGE_HISTORY, TABLES, MetaEngine, ObjectIndex, pack, u64, unpack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: inode numbers, hard links (inodes), slices and holes (see inodes.py)
+#: Older schemas this build opens and migrates (`inodes.upgrade`, run by Cluster.open).
+MIGRATABLE = (1,)
 KEY_PREFIX = 400  # bytes of an object key used in the LMDB key (+ bucket + NUL <= 511)
 MAP_SIZE = 64 << 30
 
@@ -99,7 +101,7 @@ class LmdbMeta(MetaEngine):
                 txn.put(b"seq", pack(0), db=self.db["info"])
                 return
             version = unpack(raw)
-            if version != SCHEMA_VERSION:
+            if version != SCHEMA_VERSION and version not in MIGRATABLE:
                 raise UnsupportedFormat(
                     f"metadata schema version {version} at {self.path} is not supported "
                     f"by this r2fs (it reads version {SCHEMA_VERSION}); refusing to open")

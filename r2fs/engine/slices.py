@@ -1,0 +1,286 @@
+"""In-place updates that cost what was written: slices over older chunks, merged later.
+
+Why: a mount committed an update by re-storing every chunk-sized slot it
+touched, so an fsync after one 4 KiB database page wrote a 4 MiB chunk
+RS-coded into 6 shards (sqlite: 67 ms per commit). As in JuiceFS's
+chunk/slice/block model, an update now stores only the bytes written, as
+slices the manifest layers over the older chunks (`extents.overlay`):
+
+* a written range of at most SLICE_INLINE_MAX bytes becomes a small chunk
+  kept in the metadata (writer.LOC_META: its sealed bytes are in its chunk
+  record, committed in the same transaction as the manifest -- one LMDB
+  commit, nothing on the nodes);
+* a larger range is cut on the chunk grid and stored as ordinary chunks (a
+  whole slot becomes a whole chunk again; edges below SLICE_INLINE_MAX go
+  to the metadata);
+* a truncate cuts the extent list or appends a hole: it costs nothing
+  whatever the new size (up to extents.MAX_FILE_SIZE).
+
+`Merger` then re-stores fragmented chunk slots as whole chunks in the
+background (after MERGE_DELAY of quiet on that object, or at once when it
+has more than MERGE_EXTENTS extents), committed only if the object is
+unchanged meanwhile; the content, and so the ETag, stay the same. All
+references go through the usual refcounts, so gc, dedup and snapshots
+need nothing special.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+
+import trio
+
+from . import extents as X, inodes
+from .errors import ChunkMissing, R2fsError
+from .types import ChunkRef, Conditional, ObjectInfo
+from .writer import ChunkBatch
+
+if TYPE_CHECKING:
+    from .store import Bucket, Cluster
+
+log = logging.getLogger(__name__)
+
+#: Written ranges up to this size are stored in the metadata, not on the nodes.
+SLICE_INLINE_MAX = 64 * 1024
+#: Chunks an update stores concurrently.
+UPDATE_INFLIGHT = 3
+#: An object is merged once it was left alone this long after an update...
+MERGE_DELAY = 2.0
+#: ...or at once when its manifest holds more extents than this.
+MERGE_EXTENTS = 256
+
+ReadFn = Callable[[int, int], Awaitable[bytes | memoryview]]
+
+
+async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: int, size: int,
+                 writes: Sequence[tuple[int, int]], read: ReadFn,
+                 custom_metadata: dict[str, str] | None, http_metadata: dict[str, str] | None,
+                 only_if: Conditional | None, keep_links: bool = True) -> ObjectInfo:
+    """Commit `base` changed in place: bytes of `base` at or past `limit` are gone
+    (zeros), the size is `size`, and each (offset, length) of `writes` holds the
+    bytes `read(offset, length)` returns. Stores only the written bytes."""
+    c = bucket.cluster
+    cs = c.config.chunk_size
+    what = bucket._what(key)
+    X.check_size(size, what)
+    writes = [(o, min(n, size - o)) for o, n in writes if o < size and n > 0]
+    if size <= c.config.inline_threshold and size < cs:  # small: one inline object
+        data = bytearray(size)
+        if base is not None and limit > 0:
+            old = await bucket.read_range(base, 0, min(limit, size))
+            data[:len(old)] = old
+        for o, n in writes:
+            data[o:o + n] = await read(o, n)
+        return await bucket.put(key, bytes(data), custom_metadata=custom_metadata,
+                                http_metadata=http_metadata, only_if=only_if,
+                                keep_links=keep_links)
+    base_refs = list(base.chunks) if base is not None and not base.inline else []
+    if base is not None and base.inline and limit > 0:  # grows out of its manifest: its
+        old = bytes(await bucket.read_range(base, 0, min(limit, base.size, size)))  # bytes
+        read = _over(old, writes, read)  # are written again, with the new ones over them
+        writes = [(0, len(old)), *writes]
+    batch = ChunkBatch()
+    try:
+        slices = await _store(bucket, batch, writes, read, cs)
+        while True:
+            refs = X.resize(X.resize(base_refs, min(limit, X.total(base_refs))), size)
+            for off, piece in slices:
+                refs = X.overlay(refs, off, piece)
+            etag = X.layout_etag(refs) if X.is_layered(refs) else None
+            manifest = _manifest_of(bucket, refs, etag, custom_metadata, http_metadata)
+            try:
+                info = await bucket._commit(key, manifest, only_if, batch, keep_links)
+                break
+            except ChunkMissing:
+                # the merge replaced base's chunks and gc took them: the same content
+                # (same ETag) under the new layout is as good a base
+                if base is None:
+                    raise
+                now = await bucket.head(key)
+                if now.etag != base.etag or now.inline:
+                    raise
+                base, base_refs = now, list(now.chunks)
+    except BaseException:
+        await c.writer.discard(batch)
+        raise
+    if X.is_layered(info.chunks):
+        c.merger.schedule(bucket, key, len(info.chunks))
+    return info
+
+
+def _manifest_of(bucket: "Bucket", refs: list[ChunkRef], etag: str | None,
+                 custom: dict[str, str] | None, http: dict[str, str] | None) -> dict:
+    from .store import _chunk_etag, _manifest
+    return _manifest(size=X.total(refs), etag=etag or _chunk_etag(refs), chunks=refs,
+                     http=http, custom=custom)
+
+
+def _over(old: bytes, writes: Sequence[tuple[int, int]], read: ReadFn) -> ReadFn:
+    """A read of the new content where `old` is what lies under the `writes`."""
+    spans = list(writes)
+
+    async def reader(offset: int, length: int) -> bytes | memoryview:
+        buf = bytearray(old[offset:offset + length])
+        buf.extend(bytes(length - len(buf)))
+        for wo, wn in spans:
+            a, b = max(offset, wo), min(offset + length, wo + wn)
+            if a < b:
+                buf[a - offset:b - offset] = await read(a, b - a)
+        return bytes(buf)
+    return reader
+
+
+async def _store(bucket: "Bucket", batch: ChunkBatch, writes: Sequence[tuple[int, int]],
+                 read: ReadFn, cs: int) -> list[tuple[int, list[ChunkRef]]]:
+    """Store the written ranges; (offset, extents) of each piece, in order."""
+    pieces: list[tuple[int, int]] = []
+    for off, n in writes:
+        pos, end = off, off + n
+        while pos < end:  # cut on the chunk grid: whole slots become whole chunks
+            stop = min(end, (pos // cs + 1) * cs)
+            pieces.append((pos, stop - pos))
+            pos = stop
+    out: list[tuple[int, list[ChunkRef]] | None] = [None] * len(pieces)
+    limit = trio.Semaphore(UPDATE_INFLIGHT)
+    writer = bucket.cluster.writer
+
+    async def one(i: int, off: int, n: int) -> None:
+        try:
+            data = bytes(await read(off, n))
+            ref = await writer.write(data, bucket=bucket.name, batch=batch,
+                                     in_meta=n <= SLICE_INLINE_MAX)
+            out[i] = (off, [ref])
+        finally:
+            limit.release()
+
+    async with trio.open_nursery() as nursery:
+        for i, (off, n) in enumerate(pieces):
+            await limit.acquire()
+            nursery.start_soon(one, i, off, n)
+    return out  # type: ignore[return-value]
+
+
+# --- the background merge ----------------------------------------------------------------------
+
+
+def fragmented_slots(refs: Sequence[ChunkRef], cs: int) -> list[int]:
+    """Chunk-grid slots a merge re-stores whole: those with more than one extent
+    naming a chunk, or with a piece from inside another chunk (offset > 0).
+    Only slots with data are looked at (a sparse file's holes cost nothing)."""
+    data: dict[int, list[ChunkRef]] = {}
+    pos = 0
+    for r in refs:
+        if not r.hole:
+            for slot in range(pos // cs, (pos + r.size - 1) // cs + 1):
+                lo, hi = max(pos, slot * cs), min(pos + r.size, (slot + 1) * cs)
+                data.setdefault(slot, []).append(ChunkRef(r.id, hi - lo, r.offset + lo - pos))
+        pos += r.size
+    return sorted(slot for slot, items in data.items()
+                  if len(items) > 1 or any(r.offset for r in items))
+
+
+class _Changed(R2fsError):
+    """The object changed while it was being merged: the merge is dropped."""
+
+
+async def merge(bucket: "Bucket", key: str) -> bool:
+    """Re-store the fragmented slots of `key` as whole chunks (same content, same
+    ETag). False if there was nothing to do or the object changed meanwhile."""
+    c = bucket.cluster
+    cs = c.config.chunk_size
+    try:
+        info = await bucket.head(key)
+    except R2fsError:
+        return False
+    if info.inline:
+        return False
+    todo = fragmented_slots(info.chunks, cs)
+    if not todo:
+        return False
+    batch = ChunkBatch()
+    refs = list(info.chunks)
+    try:
+        for slot in todo:
+            start = slot * cs
+            end = min(start + cs, info.size)
+            data = bytes(await bucket.read_range(info, start, end - start))
+            ref = await c.writer.write(data, bucket=bucket.name, batch=batch)
+            refs = X.overlay(refs, start, [ref])
+        meta = c.meta
+
+        def txn_fn(txn: Any) -> None:
+            cur = bucket._get(txn, key)
+            if cur is None or cur["ver"] != info.version:
+                raise _Changed(f"{bucket._what(key)} changed while it was merged")
+            c.writer.install(txn, batch)
+            new = dict(cur)
+            new.pop("nl", None)
+            new["ch"] = X.to_manifest(refs)
+            new["ver"] = uuid.uuid4().hex  # (the layout changed: caches keyed by version)
+            raw = meta.objects.get(txn, bucket.name, key)
+            if inodes.is_stub(raw):
+                c._ref(txn, [r for r in refs if not r.hole], context=bucket._what(key))
+                old = inodes.replace_content(meta, txn, bucket.name, raw, new)
+                c._unref(txn, [r for r in X.from_manifest(old.get("ch")) if not r.hole])
+            else:
+                bucket._replace_object(txn, key, new)
+
+        await c.writer.commit(batch, txn_fn)
+        return True
+    except (_Changed, ChunkMissing):
+        await c.writer.discard(batch)
+        return False
+    except BaseException:
+        await c.writer.discard(batch)
+        raise
+
+
+class Merger:
+    """Runs `merge` in the background for objects updated in place by this process."""
+
+    def __init__(self, cluster: "Cluster") -> None:
+        self.cluster = cluster
+        self._due: dict[tuple[str, str], float] = {}
+        self._wake: trio.Event | None = None
+        self._token: Any = None
+        self.merged = 0
+
+    def schedule(self, bucket: "Bucket", key: str, extents: int) -> None:
+        now = trio.current_time()
+        self._due[(bucket.name, key)] = now if extents > MERGE_EXTENTS else now + MERGE_DELAY
+        token = trio.lowlevel.current_trio_token()
+        if self._token is not token:  # first use in this trio run: start the task
+            self._token = token
+            self._wake = trio.Event()
+            trio.lowlevel.spawn_system_task(self._run, name="r2fs-slice-merge")
+        elif self._wake is not None:
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._due)
+
+    async def _run(self) -> None:
+        while True:
+            now = trio.current_time()
+            ready = [k for k, t in self._due.items() if t <= now]
+            for name, key in ready:
+                self._due.pop((name, key), None)
+                try:
+                    if await merge(self.cluster.bucket(name, max_key=1 << 30), key):
+                        self.merged += 1
+                except Exception as exc:  # noqa: BLE001 - the next update schedules it again
+                    log.warning("merging the slices of %s/%s failed: %s", name, key, exc)
+            nxt = min(self._due.values(), default=math.inf)
+            self._wake = trio.Event()
+            with trio.move_on_at(nxt):
+                await self._wake.wait()
+
+    async def drain(self) -> None:
+        """Merge everything scheduled now (tests, shutdown)."""
+        for name, key in list(self._due):
+            self._due.pop((name, key), None)
+            if await merge(self.cluster.bucket(name, max_key=1 << 30), key):
+                self.merged += 1
