@@ -35,7 +35,7 @@ import trio
 
 from . import extents as X, inodes
 from .errors import ChunkMissing, R2fsError
-from .types import ChunkRef, Conditional, ObjectInfo
+from .types import ChunkRef, Conditional, DirTouch, ObjectInfo
 from .writer import ChunkBatch
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ ReadFn = Callable[[int, int], Awaitable[bytes | memoryview]]
 async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: int, size: int,
                  writes: Sequence[tuple[int, int]], read: ReadFn,
                  custom_metadata: dict[str, str] | None, http_metadata: dict[str, str] | None,
-                 only_if: Conditional | None, keep_links: bool = True) -> ObjectInfo:
+                 only_if: Conditional | None, keep_links: bool = True,
+                 touch: Sequence[DirTouch] = ()) -> ObjectInfo:
     """Commit `base` changed in place: bytes of `base` at or past `limit` are gone
     (zeros), the size is `size`, and each (offset, length) of `writes` holds the
     bytes `read(offset, length)` returns. Stores only the written bytes."""
@@ -76,7 +77,7 @@ async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: 
             data[o:o + n] = await read(o, n)
         return await bucket.put(key, bytes(data), custom_metadata=custom_metadata,
                                 http_metadata=http_metadata, only_if=only_if,
-                                keep_links=keep_links)
+                                keep_links=keep_links, touch=touch)
     base_refs = list(base.chunks) if base is not None and not base.inline else []
     if base is not None and base.inline and limit > 0:  # grows out of its manifest: its
         old = bytes(await bucket.read_range(base, 0, min(limit, base.size, size)))  # bytes
@@ -92,7 +93,7 @@ async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: 
             etag = X.layout_etag(refs) if X.is_layered(refs) else None
             manifest = _manifest_of(bucket, refs, etag, custom_metadata, http_metadata)
             try:
-                info = await bucket._commit(key, manifest, only_if, batch, keep_links)
+                info = await bucket._commit(key, manifest, only_if, batch, keep_links, touch)
                 break
             except ChunkMissing:
                 # the merge replaced base's chunks and gc took them: the same content

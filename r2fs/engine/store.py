@@ -63,6 +63,7 @@ from .slices import Merger, ReadFn, update as _update
 from .types import (
     MiB,
     BucketInfo,
+    DirTouch,
     Change,
     ChunkRef,
     ClusterStatus,
@@ -89,6 +90,7 @@ class PutItem:
     custom_metadata: dict[str, str] | None = None
     only_if: Conditional | None = None
     keep_links: bool = False  # a write through the mount: all names of a link change
+    touch: tuple["DirTouch", ...] = ()  # directory markers changed in the same commit
 
 
 #: Plaintext bytes of one put in flight at once (hashed, sealed, encoded,
@@ -406,6 +408,33 @@ class Bucket:
 
     # --- reads ---------------------------------------------------------------------
 
+    def _touch(self, txn: Any, touches: Sequence[DirTouch]) -> None:
+        """Inside a change's transaction: set the given custom-metadata entries on
+        directory markers (the parent's mtime/ctime), creating a missing one
+        (an implicit directory) when the touch says how."""
+        meta = self.cluster.meta
+        for t in touches:
+            self._check_key(t.key)
+            raw = meta.objects.get(txn, self.name, t.key)
+            if raw is None:
+                if t.create is None:
+                    continue
+                marker = _manifest(size=0, etag=hashlib.md5(b"").hexdigest(), chunks=(),
+                                   http=None, custom={**t.create, **t.entries},
+                                   inline=self.cluster._seal_inline_now(b""))
+                self._replace_object(txn, t.key, marker)
+                continue
+            cur = inodes.effective(meta, txn, raw) or raw
+            new = dict(cur)
+            new.pop("nl", None)
+            new["c"] = {**(cur.get("c") or {}), **t.entries}
+            new["ver"] = uuid.uuid4().hex
+            if inodes.is_stub(raw):
+                inodes.replace_content(meta, txn, self.name, raw, new)
+            else:
+                meta.objects.put(txn, self.name, t.key, new)
+                meta.record_change(txn, self.name, t.key)
+
     async def head(self, key: str) -> ObjectInfo:
         self._check_key(key)
         with self.cluster.meta.read() as txn:
@@ -562,7 +591,7 @@ class Bucket:
                   only_if: Conditional | None = None,
                   content_md5: bytes | None = None,
                   checksums: dict[str, str] | None = None,
-                  keep_links: bool = False) -> ObjectInfo:
+                  keep_links: bool = False, touch: Sequence[DirTouch] = ()) -> ObjectInfo:
         """Store a whole object; atomic: readers see the old or the new version.
 
         `value` may be bytes, an async iterable of bytes (a streamed HTTP body:
@@ -574,6 +603,7 @@ class Bucket:
         A put to one name of a hard-linked file gives that name a new object
         (the other names keep theirs), as S3 PUT replaces what a key names;
         `keep_links` (the mount's writes) changes the content all names share.
+        `touch`: directory markers whose times change in the same commit.
         """
         self._check_key(key)
         what = self._what(key)
@@ -591,7 +621,7 @@ class Bucket:
             manifest = _manifest(size=got.size, etag=digest.hex(), chunks=got.chunks,
                                  http=http_metadata, custom=custom_metadata, checksums=checksums,
                                  inline=got.inline)
-            return await self._commit(key, manifest, only_if, got.batch, keep_links)
+            return await self._commit(key, manifest, only_if, got.batch, keep_links, touch)
         except BaseException:
             await self.cluster.writer.discard(got.batch)
             raise
@@ -624,7 +654,7 @@ class Bucket:
             try:
                 results[i] = await self.put(it.key, it.data, http_metadata=it.http_metadata,
                                             custom_metadata=it.custom_metadata, only_if=it.only_if,
-                                            keep_links=it.keep_links)
+                                            keep_links=it.keep_links, touch=it.touch)
             except R2fsError as exc:
                 results[i] = exc
         if small:
@@ -637,7 +667,8 @@ class Bucket:
                                          chunks=(), http=it.http_metadata, custom=it.custom_metadata,
                                          inline=c._seal_inline_now(data))
                     staged.append((manifest, self._commit_fn(it.key, manifest, it.only_if,
-                                                             keep_links=it.keep_links)))
+                                                             keep_links=it.keep_links,
+                                                             touch=it.touch)))
                 _test_hook_kill_after("stored")
                 outcomes = c.meta.write_many([fn for _, fn in staged])
                 _test_hook_kill_after("committed")
@@ -653,8 +684,8 @@ class Bucket:
         return results  # type: ignore[return-value]
 
     def _commit_fn(self, key: str, manifest: dict, only_if: Conditional | None,
-                   batch: ChunkBatch | None = None, keep_links: bool = False
-                   ) -> Callable[[Any], dict]:
+                   batch: ChunkBatch | None = None, keep_links: bool = False,
+                   touch: Sequence[DirTouch] = ()) -> Callable[[Any], dict]:
         """The commit transaction of a put: bucket, condition, chunk records, manifest, change."""
         what = self._what(key)
         writer = self.cluster.writer
@@ -667,21 +698,23 @@ class Bucket:
             if batch is not None:
                 writer.install(txn, batch)
             self._replace_object(txn, key, manifest, keep_links=keep_links)
+            self._touch(txn, touch)
             return self._get(txn, key)  # type: ignore[return-value]
 
         return txn_fn
 
     async def _commit(self, key: str, manifest: dict, only_if: Conditional | None,
-                      batch: ChunkBatch | None = None, keep_links: bool = False) -> ObjectInfo:
+                      batch: ChunkBatch | None = None, keep_links: bool = False,
+                      touch: Sequence[DirTouch] = ()) -> ObjectInfo:
         """One transaction: the batch's chunk records, refcounts, the manifest, a change."""
-        fn = self._commit_fn(key, manifest, only_if, batch, keep_links)
+        fn = self._commit_fn(key, manifest, only_if, batch, keep_links, touch)
         return _info(self.name, key, await self.cluster.writer.commit(batch, fn))
 
     async def put_chunks(self, key: str, chunks: list[ChunkRef], *, etag: str | None = None,
                          http_metadata: dict[str, str] | None = None,
                          custom_metadata: dict[str, str] | None = None,
                          only_if: Conditional | None = None,
-                         keep_links: bool = False) -> ObjectInfo:
+                         keep_links: bool = False, touch: Sequence[DirTouch] = ()) -> ObjectInfo:
         """An object made of stored extents (whole chunks, slices of chunks, holes)."""
         self._check_key(key)
         chunks = X.normalise(chunks)
@@ -691,7 +724,7 @@ class Bucket:
             etag = X.layout_etag(chunks) if X.is_layered(chunks) else _chunk_etag(chunks)
         manifest = _manifest(size=size, etag=etag, chunks=chunks, http=http_metadata,
                              custom=custom_metadata)
-        return await self._commit(key, manifest, only_if, keep_links=keep_links)
+        return await self._commit(key, manifest, only_if, keep_links=keep_links, touch=touch)
 
     async def update_metadata(self, key: str, *, http_metadata: dict[str, str] | None = None,
                               custom_metadata: dict[str, str] | None = None,
@@ -723,7 +756,8 @@ class Bucket:
 
         return _info(self.name, key, await self.cluster.transact(txn_fn))
 
-    async def delete(self, keys: str | Iterable[str]) -> list[str]:
+    async def delete(self, keys: str | Iterable[str], *,
+                     touch: Sequence[DirTouch] = ()) -> list[str]:
         keys = [keys] if isinstance(keys, str) else list(keys)
         for k in keys:
             self._check_key(k)
@@ -731,7 +765,10 @@ class Bucket:
 
         def txn_fn(txn: Any) -> list[str]:
             self._require_bucket(txn)
-            return [k for k in keys if self._drop(txn, k) is not None]
+            gone = [k for k in keys if self._drop(txn, k) is not None]
+            if gone:
+                self._touch(txn, touch)
+            return gone
 
         return await self.cluster.transact(txn_fn)
 
@@ -766,7 +803,8 @@ class Bucket:
 
         return _info(dst, dst_key, await self.cluster.transact(txn_fn))
 
-    async def rename(self, src_key: str, dst_key: str, *, replace: bool = True) -> ObjectInfo:
+    async def rename(self, src_key: str, dst_key: str, *, replace: bool = True,
+                     touch: Sequence[DirTouch] = ()) -> ObjectInfo:
         self._check_key(src_key)
         self._check_key(dst_key)
         meta = self.cluster.meta
@@ -784,6 +822,7 @@ class Bucket:
             if inodes.is_stub(src) and inodes.is_stub(dst) and src["i"] == dst["i"]:
                 return self._get(txn, src_key)  # two names of one file: POSIX does nothing
             self._move(txn, src_key, dst_key, src)
+            self._touch(txn, touch)
             return self._get(txn, dst_key)
 
         return _info(self.name, dst_key, await self.cluster.transact(txn_fn))
@@ -792,7 +831,8 @@ class Bucket:
                      writes: Sequence[tuple[int, int]], read: ReadFn, limit: int | None = None,
                      custom_metadata: dict[str, str] | None = None,
                      http_metadata: dict[str, str] | None = None,
-                     only_if: Conditional | None = None, keep_links: bool = True) -> ObjectInfo:
+                     only_if: Conditional | None = None, keep_links: bool = True,
+                     touch: Sequence[DirTouch] = ()) -> ObjectInfo:
         """Commit the version `base` changed in place, storing only what was written.
 
         `writes`: (offset, length) ranges whose new bytes `read(offset, length)`
@@ -806,7 +846,8 @@ class Bucket:
         lim = (base.size if base is not None else 0) if limit is None else limit
         return await _update(self, key, base=base, limit=lim, size=size, writes=writes,
                              read=read, custom_metadata=custom_metadata,
-                             http_metadata=http_metadata, only_if=only_if, keep_links=keep_links)
+                             http_metadata=http_metadata, only_if=only_if, keep_links=keep_links,
+                             touch=touch)
 
     def _move(self, txn: Any, src_key: str, dst_key: str, src: dict) -> None:
         """The entry `src` at src_key now is at dst_key (replacing what was there)."""
@@ -818,7 +859,8 @@ class Bucket:
         self._replace_object(txn, dst_key, src, ref_new=False)
 
     async def link(self, src_key: str, dst_key: str, *,
-                   custom_metadata: dict[str, str] | None = None) -> ObjectInfo:
+                   custom_metadata: dict[str, str] | None = None,
+                   touch: Sequence[DirTouch] = ()) -> ObjectInfo:
         """A hard link: dst_key becomes another name of the file at src_key.
 
         Both names then share content and metadata (`custom_metadata`, if
@@ -839,12 +881,15 @@ class Bucket:
                 raise NoSuchKey(f"no such key: {self._what(src_key)}")
             if meta.objects.get(txn, self.name, dst_key) is not None:
                 raise KeyExists(f"{self._what(dst_key)} already exists")
-            return inodes.make_link(meta, txn, self.name, src_key, src, dst_key, custom_metadata)
+            out = inodes.make_link(meta, txn, self.name, src_key, src, dst_key, custom_metadata)
+            self._touch(txn, touch)
+            return out
 
         return _info(self.name, dst_key, await self.cluster.transact(txn_fn))
 
     async def rename_prefix(self, src_prefix: str, dst_prefix: str, *,
-                            replace_keys: Iterable[str] = ()) -> int:
+                            replace_keys: Iterable[str] = (),
+                            touch: Sequence[DirTouch] = ()) -> int:
         if not src_prefix or not dst_prefix:
             raise InvalidRange("rename_prefix needs non-empty prefixes")
         replaceable = set(replace_keys)
@@ -872,6 +917,7 @@ class Bucket:
                 if inodes.is_stub(m):
                     inodes.rename_name(meta, txn, m, k, dk)
                 self._replace_object(txn, dk, m, ref_new=False)
+            self._touch(txn, touch)
             return len(plan)
 
         return await self.cluster.transact(txn_fn)

@@ -97,6 +97,20 @@ class Range:
 
 
 @dataclass(frozen=True)
+class DirTouch:
+    """Custom-metadata entries to set on a directory marker in the same commit as a
+    change inside that directory (the mount's parent mtime/ctime, POSIX).
+
+    `create`: the marker's custom metadata if it does not exist (an implicit
+    directory gets a marker then); None: a missing marker is left alone.
+    """
+
+    key: str  # the marker's key, ending in "/"
+    entries: dict[str, str]
+    create: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class Conditional:
     """R2's `onlyIf`: S3's If-Match / If-None-Match / If-(Un)Modified-Since.
 

@@ -17,7 +17,7 @@ from r2fs.engine.errors import (EntityTooLarge, KeyExists, KeyTooLong, NoSuchKey
 from r2fs.engine.extents import MAX_FILE_SIZE
 from r2fs.engine.names import MAX_MOUNT_KEY_BYTES
 from r2fs.engine.store import Cluster
-from r2fs.engine.types import MiB, Range
+from r2fs.engine.types import DirTouch, MiB, Range
 
 from helpers import rand, shard_files
 
@@ -267,3 +267,30 @@ async def test_merge_is_dropped_when_the_object_changed(cluster, bucket):
     await bucket.put("f", b"replaced")
     assert not await slices.merge(bucket, "f")
     assert await body(bucket, "f") == b"replaced"
+
+
+# --- directory times in the same commit ------------------------------------------------------
+
+
+async def test_changes_touch_their_directories_in_the_same_commit(cluster, bucket):
+    await bucket.put("d/", b"", custom_metadata={"mode": "16877", "mtime": "1.0"})
+    t = DirTouch("d/", {"mtime": "2.0", "ctime": "2.0"})
+    seq = cluster.change_seq()
+    await bucket.put("d/f", b"x", touch=[t])
+    assert (await bucket.head("d/")).custom_metadata == {"mode": "16877", "mtime": "2.0",
+                                                        "ctime": "2.0"}
+    assert {c.key for c in cluster.changes_since(seq)} == {"d/f", "d/"}
+    await bucket.link("d/f", "d/g", touch=[DirTouch("d/", {"mtime": "3.0"})])
+    assert (await bucket.head("d/")).custom_metadata["mtime"] == "3.0"
+    await bucket.rename("d/g", "e/g", touch=[DirTouch("d/", {"mtime": "4.0"}),
+                                             DirTouch("e/", {"mtime": "4.0"}, create={"mode": "16877"})])
+    assert (await bucket.head("d/")).custom_metadata["mtime"] == "4.0"
+    assert (await bucket.head("e/")).custom_metadata == {"mode": "16877", "mtime": "4.0"}
+    content = bytearray(b"y" * 10)
+    await bucket.update("e/g", base=await bucket.head("e/g"), size=10, writes=[(0, 10)],
+                        read=reader_of(content), touch=[DirTouch("e/", {"mtime": "5.0"})])
+    assert (await bucket.head("e/")).custom_metadata["mtime"] == "5.0"
+    await bucket.delete("e/g", touch=[DirTouch("e/", {"mtime": "6.0"})])
+    assert (await bucket.head("e/")).custom_metadata["mtime"] == "6.0"
+    await bucket.delete("nothing", touch=[DirTouch("e/", {"mtime": "7.0"})])  # nothing deleted
+    assert (await bucket.head("e/")).custom_metadata["mtime"] == "6.0"
