@@ -195,12 +195,9 @@ class ChunkWriter:
         for the batch, whose commit waits for them.
         """
         c = self.core
-        cid = c.master.chunk_id(data)
-        if pending is not None and cid in pending:
-            return cid, None, None
-        rec = self._live(cid)
-        if rec is not None:
-            return cid, rec, None
+        cid, known = self._dedup(data, pending)
+        if known:
+            return cid, self._live(cid), None
         gen = secrets.randbits(31)
         placement = c.place(cid, home)
         dirs: list[str] = []
@@ -233,16 +230,18 @@ class ChunkWriter:
             return cid, None, None
         return cid, None, (record, journal, None)
 
+    def _dedup(self, data: bytes, pending: "ChunkBatch | None") -> tuple[bytes, bool]:
+        """(chunk id, whether it is stored already: live, or in this batch)."""
+        cid = self.core.master.chunk_id(data)
+        return cid, (pending is not None and cid in pending) or self._live(cid) is not None
+
     def _store_in_meta(self, data: bytes, record_now: bool, pending: "ChunkBatch | None"
                        ) -> tuple[bytes, dict | None, tuple[dict, dict | None, DirSync | None] | None]:
         """`_store` for a small slice kept in the metadata (LOC_META)."""
         c = self.core
-        cid = c.master.chunk_id(data)
-        if pending is not None and cid in pending:
-            return cid, None, None
-        rec = self._live(cid)
-        if rec is not None:
-            return cid, rec, None
+        cid, known = self._dedup(data, pending)
+        if known:
+            return cid, self._live(cid), None
         sealed = bytes(c.chunks.seal(cid, data))
         record = {"r": 0, "n": len(data), "l": len(sealed), "g": secrets.randbits(31), "p": [],
                   "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_META, "d": sealed}
