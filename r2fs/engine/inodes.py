@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INO_KEY = b"ino"  # info: the last inode number handed out
+FILE_MODEL_KEY = b"file-model"  # info: FILE_MODEL_VERSION once every object has a number
+FILE_MODEL_VERSION = 2
 FIRST_INO = 2  # 1 is a mount's root directory
 TABLE = "inodes"
 MIGRATE_BATCH = 5000
@@ -154,22 +156,22 @@ def sizes(meta: "Meta", txn: Any) -> Iterable[int]:
 
 
 def upgrade(meta: "Meta") -> None:
-    """Bring metadata of schema 1 to SCHEMA_VERSION 2 (blocking; run when a cluster opens).
+    """Number the objects of metadata made before inode numbers (blocking; run at open).
 
-    Schema 1 had no inode numbers, links, slices or holes. Every object gets an
-    inode number, MIGRATE_BATCH per transaction (a kill in between resumes
-    where it stopped: objects that have a number keep it); then the schema
-    entry says 2, and older r2fs builds refuse the cluster instead of misreading
-    links and holes. Meta refuses versions it does not know.
+    `info` b"file-model" says the numbering is done. Without it, every object
+    lacking "i" gets one, MIGRATE_BATCH per transaction (a kill in between
+    resumes where it stopped: objects that have a number keep it); then the
+    entry is written, and an LMDB environment of schema 1 is marked schema 2
+    so that older r2fs builds refuse it instead of misreading links and holes
+    (Meta refuses versions it does not know). Works on any metadata engine.
     """
     with meta.read() as txn:
+        if meta.get(txn, "info", FILE_MODEL_KEY) == FILE_MODEL_VERSION:
+            return
         version = meta.get(txn, "info", b"schema")
-    if version != 1:
-        return
+        buckets = [k.decode() for k, _ in meta.scan(txn, "buckets")]
     started = time.monotonic()
     moved = 0
-    with meta.read() as txn:
-        buckets = [k.decode() for k, _ in meta.scan(txn, "buckets")]
     for bucket in buckets:
         after: bytes | None = None
         while True:
@@ -188,6 +190,13 @@ def upgrade(meta: "Meta") -> None:
             moved += n
             if after is None:
                 break
-    meta.write(lambda txn: meta.put(txn, "info", b"schema", SCHEMA_VERSION))
-    log.info("metadata at %s migrated to schema %d: %d objects numbered in %.1f s",
-             meta.describe(), SCHEMA_VERSION, moved, time.monotonic() - started)
+
+    def finish(txn: Any) -> None:
+        meta.put(txn, "info", FILE_MODEL_KEY, FILE_MODEL_VERSION)
+        if version == 1:  # an LMDB environment of schema 1
+            meta.put(txn, "info", b"schema", SCHEMA_VERSION)
+
+    meta.write(finish)
+    if moved:
+        log.info("metadata at %s: %d objects given inode numbers in %.1f s",
+                 meta.describe(), moved, time.monotonic() - started)

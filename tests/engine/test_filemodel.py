@@ -62,7 +62,7 @@ async def test_inode_numbers_are_persistent_and_follow_renames(cluster_dir, buck
         assert (await again.bucket("test-bucket").head("elsewhere/c")).ino == b.ino
 
 
-async def test_schema_1_is_migrated_and_newer_refused(cluster_dir, cluster):
+async def test_objects_without_numbers_are_numbered_at_open(cluster_dir, cluster):
     await cluster.create_bucket("old-one")
     bk = cluster.bucket("old-one")
     for i in range(7):
@@ -73,7 +73,7 @@ async def test_schema_1_is_migrated_and_newer_refused(cluster_dir, cluster):
         for key, m in list(meta.objects.scan(txn, "old-one")):
             m.pop("i")
             meta.objects.put(txn, "old-one", key, m)
-        meta.put(txn, "info", b"schema", 1)
+        meta.delete(txn, "info", inodes.FILE_MODEL_KEY)
         meta.delete(txn, "info", inodes.INO_KEY)
     meta.write(downgrade)
     cluster.close()
@@ -82,6 +82,17 @@ async def test_schema_1_is_migrated_and_newer_refused(cluster_dir, cluster):
         assert len({i.ino for i in infos}) == 7 and all(i.ino >= inodes.FIRST_INO for i in infos)
         fresh = await c.bucket("old-one").put("new", b"n")
         assert fresh.ino not in {i.ino for i in infos}
+
+
+@pytest.mark.lmdb_only
+async def test_lmdb_schema_1_becomes_2_and_newer_is_refused(cluster_dir, cluster):
+    meta = cluster.meta
+    meta.write(lambda txn: (meta.put(txn, "info", b"schema", 1),
+                            meta.delete(txn, "info", inodes.FILE_MODEL_KEY)))
+    cluster.close()
+    with Cluster.open(cluster_dir) as c:
+        with c.meta.read() as txn:
+            assert c.meta.get(txn, "info", b"schema") == 2
         c.meta.write(lambda txn: c.meta.put(txn, "info", b"schema", 99))
     with pytest.raises(UnsupportedFormat, match="schema version 99"):
         Cluster.open(cluster_dir)
