@@ -8,8 +8,6 @@ command runs.
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 
 #: name -> module it comes from (every error class comes from r2fs.engine.errors)
@@ -17,7 +15,7 @@ _API = {"Bucket": "store", "Cluster": "store", "ObjectBody": "store",
         "Conditional": "types", "ObjectInfo": "types", "ObjectList": "types", "Range": "types"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     import importlib
 
     module = _API.get(name)

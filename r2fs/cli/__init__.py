@@ -25,11 +25,28 @@ unwrapped here to the one error that caused them.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import os
 import sys
-from typing import NoReturn
+
+
+def _interrupted_while_starting(kind, value, tb) -> None:  # noqa: ANN001 - sys.excepthook
+    """Ctrl-C while the command line is still being imported: the same one line as later."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.stderr.write("r2fs: interrupted\n")
+    else:
+        _excepthook(kind, value, tb)
+
+
+# Until this module is imported, a Ctrl-C would end the `r2fs` script with a
+# KeyboardInterrupt traceback. The hook is only left in place if that happens.
+_excepthook, sys.excepthook = sys.excepthook, _interrupted_while_starting
+try:
+    import argparse
+    import importlib
+    import os
+except KeyboardInterrupt:
+    raise
+else:
+    sys.excepthook = _excepthook
 
 #: Modules that contribute subcommands, in help order. Missing ones are skipped.
 COMMAND_MODULES = ("engine_cmds", "demo_cmds", "fuse_cmds", "s3_cmds", "cache_cmds", "uploads_cmds",
@@ -58,7 +75,7 @@ def default_cluster_path() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
+    def error(self, message: str) -> "NoReturn":  # noqa: F821 - typing not imported (start-up)
         # argparse prints usage + message; keep it to one line.
         self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
 
@@ -119,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(exc: BaseException) -> int:
     """The one stderr line and the exit status for an error that ended a command."""
-    exc = _cause(exc)
+    exc = root_cause(exc)
     if isinstance(exc, SystemExit):
         raise exc
     if isinstance(exc, UsageError):
@@ -150,7 +167,7 @@ def _report(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def _cause(exc: BaseException) -> BaseException:
+def root_cause(exc: BaseException) -> BaseException:
     """The error that matters in an ExceptionGroup (trio nurseries wrap every error).
 
     Cancellations are side effects of the real error, so they are dropped; of

@@ -91,7 +91,7 @@ def is_dead_mount(mountpoint: str) -> bool:
     if not is_r2fs_mount(mountpoint):
         return False
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # always asks the daemon (a stat may be answered from cache)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

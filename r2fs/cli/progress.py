@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import TextIO
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+#: characters of the widest `format_size` result below a PiB ("1023.9 MiB")
+SIZE_WIDTH = 10
 
 
 def format_size(n: float) -> str:
@@ -82,12 +84,16 @@ class Progress:
         self.enabled = False
 
     def render(self, now: float, width: int) -> str:
-        """The line for the current state, at most `width` characters."""
+        """The line for the current state, at most `width` characters.
+
+        Every number has a fixed width (`1023.9 MiB` is the widest size), so
+        the line never changes length as they grow: the bar does not jitter.
+        """
         elapsed = max(now - self._start, 1e-6)
-        rate = f"{format_size(self.done / elapsed)}/s"
+        rate = f"{format_size(self.done / elapsed):>{SIZE_WIDTH}}/s"
         if self.total:
             frac = min(self.done / self.total, 1.0)
-            counts = f"{format_size(self.done)}/{format_size(self.total)}"
+            counts = f"{format_size(self.done):>{SIZE_WIDTH}}/{format_size(self.total)}"
             tail = f" {frac * 100:3.0f}% {counts} {rate}"
             bar_width = width - len(self.label) - len(tail) - 4
             if bar_width >= 10:
@@ -95,7 +101,7 @@ class Progress:
                 bar = "#" * filled + " " * (bar_width - filled)
                 return f"{self.label} [{bar}]{tail}"[:width]
             return f"{self.label}{tail}"[:width]
-        return f"{self.label} {format_size(self.done)} {rate}"[:width]
+        return f"{self.label} {format_size(self.done):>{SIZE_WIDTH}} {rate}"[:width]
 
     def _draw(self, now: float) -> None:
         width = shutil.get_terminal_size((80, 24)).columns - 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import time
 from functools import partial
 from typing import TYPE_CHECKING
 
 from ..engine.errors import R2fsError
-from . import UsageError
+from . import UsageError, root_cause
 from .cache_cmds import add_cache_arguments, apply_cache_arguments
 from .engine_cmds import bucket_group, open_cluster, run
 from .uploads_cmds import add_write_arguments, apply_write_arguments
@@ -19,6 +21,14 @@ if TYPE_CHECKING:
 
 class NoSuchAccessKey(R2fsError):
     """`keys delete` named a key that does not exist."""
+
+
+class CannotListen(R2fsError):
+    """`serve` could not bind its address (in use, not on this machine, privileged port)."""
+
+
+#: bind() errors that are the user's to fix, not internal errors
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 def _listen(text: str) -> str:
@@ -43,8 +53,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         apply_write_arguments(cluster, args)
         scheme = "https" if args.certfile else "http"
         apply_cache_arguments(cluster, args, self_url=f"{scheme}://{args.listen}")
-        run(partial(server.serve, cluster, args.listen, virtual_hosts=(args.domain,),
-                    certfile=args.certfile, keyfile=args.keyfile, on_ready=ready))
+        try:
+            run(partial(server.serve, cluster, args.listen, virtual_hosts=(args.domain,),
+                        certfile=args.certfile, keyfile=args.keyfile, on_ready=ready))
+        except BaseException as exc:
+            cause = root_cause(exc)  # hypercorn binds inside a nursery: an ExceptionGroup
+            if isinstance(cause, OSError) and cause.errno in _BIND_ERRORS:
+                raise CannotListen(f"cannot listen on {args.listen}: "
+                                   f"{os.strerror(cause.errno).lower()}") from None
+            raise
     return 0
 
 

@@ -477,13 +477,20 @@ def test_progress_render() -> None:
         bar.update(MiB)
         line = bar.render(bar._start + 1.0, 60)
         assert len(line) <= 60 and line.startswith("put b/k [")
-        assert " 25% 1.0 MiB/4.0 MiB 1.0 MiB/s" in line
+        assert " 25%    1.0 MiB/4.0 MiB    1.0 MiB/s" in line
+        # the numbers keep their width as they grow: the line (and the bar) never jitters
+        shapes = set()
+        for done, seconds in ((1, 1.0), (MiB, 1.0), (3 * MiB + 999_999, 0.01), (4 * MiB, 0.001)):
+            bar.done = done
+            drawn = bar.render(bar._start + seconds, 70)
+            shapes.add((len(drawn), drawn.index("]"), drawn.index("%")))
+        assert len(shapes) == 1, shapes
         bar.update(3 * MiB)
     assert stream.getvalue().endswith("\n") and "100%" in stream.getvalue()
 
     unknown = Progress("put b/k", None, stream=_FakeTty())
     unknown.update(2048)
-    assert unknown.render(unknown._start + 2.0, 80) == "put b/k 2.0 KiB 1.0 KiB/s"
+    assert unknown.render(unknown._start + 2.0, 80) == "put b/k    2.0 KiB    1.0 KiB/s"
 
     piped = io.StringIO()
     with Progress("put b/k", 10, stream=piped) as bar:

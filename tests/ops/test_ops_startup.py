@@ -72,3 +72,29 @@ def test_cache_dir_is_described_the_same_for_mount_and_serve():
 
 def test_modules_listed():
     assert "engine_cmds" in COMMAND_MODULES and "fuse_cmds" in COMMAND_MODULES
+
+
+def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
+    """`timeout -s INT 0.5 r2fs get ...` and the moments around it: never a traceback."""
+    from opshelp import clean_env
+    env = clean_env(tmp_path)
+    cluster = tmp_path / ".local" / "share" / "r2fs"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(24 << 20))
+    subprocess.run([sys.executable, "-m", "r2fs", "bucket", "create", "ctrlc"], env=env, check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "r2fs", "put", str(big), "ctrlc/big"], env=env, check=True,
+                   capture_output=True)
+    script = os.path.join(os.path.dirname(sys.executable), "r2fs")
+    for delay in ("0.03", "0.1", "0.2", "0.3", "0.5"):
+        for args in (("get", "ctrlc/big", str(tmp_path / "out")), ("ls", "ctrlc"), ("status",)):
+            proc = subprocess.run(["timeout", "-s", "INT", delay, script, *args], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            err = proc.stderr.strip()
+            if "init_import_site" in err:
+                continue  # the interpreter's own start-up (site), before any r2fs code runs
+            assert "Traceback" not in err and "Exception ignored" not in err, (delay, args, err)
+            assert err in ("", "r2fs: interrupted"), (delay, args, err)
+            assert proc.returncode in (0, 124), (delay, args, proc.returncode)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]  # no half-written temp
+    assert cluster.is_dir()
