@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from r2fs.engine.store import Cluster
@@ -78,3 +82,21 @@ def _meta_engine_under_test(request, monkeypatch):
     monkeypatch.setattr(Cluster, "init", classmethod(init))
     monkeypatch.setenv("R2FS_META_URL", server.new_database())
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir():
+    """Mount daemons keep their pid files and logs in $XDG_RUNTIME_DIR/r2fs-UID
+    (else /tmp/r2fs-UID): a private one for the test session, removed at its
+    end, so the suite leaves no mount-*.log files behind (nor reads stale ones)."""
+    path = tempfile.mkdtemp(prefix="r2fs-test-runtime-")
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = path
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = old
+        shutil.rmtree(path, ignore_errors=True)
