@@ -341,10 +341,15 @@ class _LocalSink:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, shown) from None
-        self.temp = temp
-        self.file = os.fdopen(fd, "wb")
-        with contextlib.suppress(FileNotFoundError):  # overwriting: keep the file's mode, like cp
-            os.chmod(fd, stat_mod.S_IMODE(os.stat(dest).st_mode))
+        try:  # from here on, whatever happens (Ctrl-C included) leaves no temporary file
+            self.temp = temp
+            self.file = os.fdopen(fd, "wb")
+            with contextlib.suppress(FileNotFoundError):  # overwriting: keep the mode, like cp
+                os.chmod(fd, stat_mod.S_IMODE(os.stat(dest).st_mode))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
 
     @property
     def shown_name(self) -> str:
@@ -384,9 +389,9 @@ async def _get(cluster: Cluster, bucket: str, key: str, dest: str) -> tuple[int,
     body = await cluster.bucket(bucket).get(key)  # NoSuchKey before any file is created
     try:
         sink = _LocalSink(dest, key)
-        # Data and bar on the same terminal would garble each other.
-        quiet = sink.is_stdout and sys.stdout.isatty()
         try:
+            # Data and bar on the same terminal would garble each other.
+            quiet = sink.is_stdout and sys.stdout.isatty()
             with Progress(f"get {bucket}/{key}", body.length, enabled=False if quiet else None) as progress:
                 async for piece in body:
                     await trio.to_thread.run_sync(sink.file.write, piece)
