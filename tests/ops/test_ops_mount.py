@@ -20,23 +20,16 @@ from r2fs.cli.fuse_cmds import cache_base, is_r2fs_mount, pid_file, runtime_dir,
 
 
 @pytest.fixture
-def mount_factory(tmp_path):
-    """Mounts of one fresh cluster, always unmounted at the end."""
-    made: list[Mount] = []
-    cluster = str(tmp_path / "cluster")
-    make_cluster(cluster)
-
-    def factory(options: str | None = None, name: str = "mnt") -> Mount:
-        (tmp_path / name).mkdir(exist_ok=True)
-        m = Mount(cluster, BUCKET, str(tmp_path / name), options)
-        made.append(m)
-        m.start()
-        return m
+def mounted(tmp_path):
+    """A fresh cluster's bucket mounted at tmp_path/mnt, always unmounted at the end."""
+    make_cluster(str(tmp_path / "cluster"))
+    (tmp_path / "mnt").mkdir()
+    m = Mount(str(tmp_path / "cluster"), BUCKET, str(tmp_path / "mnt"))
     try:
-        yield factory
+        m.start()
+        yield m
     finally:
-        for m in made:
-            m.stop()
+        m.stop()
 
 
 def _one_line(proc) -> str:
@@ -46,8 +39,8 @@ def _one_line(proc) -> str:
     return lines[0]
 
 
-def test_dead_mount_is_cleared_and_remounted(mount_factory):
-    m: Mount = mount_factory()
+def test_dead_mount_is_cleared_and_remounted(mounted):
+    m: Mount = mounted
     with open(m.p("kept.txt"), "w") as f:
         f.write("closed before the kill")
     f = open(m.p("open-at-kill.txt"), "w")  # a staging copy exists for this one
@@ -130,8 +123,8 @@ def test_bad_options_are_named_on_the_terminal(tmp_path):
     assert not is_r2fs_mount(str(mp))
 
 
-def test_status_lists_running_mounts_and_gateways(mount_factory, tmp_path):
-    m: Mount = mount_factory()
+def test_status_lists_running_mounts_and_gateways(mounted, tmp_path):
+    m: Mount = mounted
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
