@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import NotModified, PreconditionFailed
+from .errors import IfMatchOnMissingKey, NotModified, PreconditionFailed
 from .types import Conditional, ObjectInfo
 
 
@@ -49,7 +49,9 @@ def check_write(current: ObjectInfo | None, cond: Conditional | None, what: str)
     if cond is None:
         return
     if cond.etag_matches is not None:
-        if current is None or not etag_matches(cond.etag_matches, current.etag):
+        if current is None:
+            raise IfMatchOnMissingKey(f"{what}: If-Match names a key that does not exist")
+        if not etag_matches(cond.etag_matches, current.etag):
             raise PreconditionFailed(f"{what}: If-Match not satisfied")
     if cond.etag_does_not_match is not None and current is not None:
         if etag_matches(cond.etag_does_not_match, current.etag):

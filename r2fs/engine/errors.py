@@ -88,6 +88,10 @@ class PreconditionFailed(R2fsError):
     """An only_if condition (If-Match, If-None-Match, dates) was not met."""
 
 
+class IfMatchOnMissingKey(PreconditionFailed):
+    """If-Match named a key that has no current object (S3 answers 404 NoSuchKey)."""
+
+
 class NotModified(R2fsError):
     """A GET condition says the client's copy is current (S3 304)."""
 

@@ -10,15 +10,24 @@ MAX_KEY_BYTES = 1024
 #: Keys a mount may create: PATH_MAX (4,096 bytes) paths; S3 clients can list them
 #: but not name them in a request (S3's own limit is MAX_KEY_BYTES).
 MAX_MOUNT_KEY_BYTES = 4096
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+#: S3's further rules: no empty or hyphen-edged DNS labels, no reserved prefixes/suffixes.
+_BAD_PARTS = ("..", ".-", "-.")
+_RESERVED_PREFIXES = ("xn--", "sthree-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3")
 
 
 def check_bucket_name(name: str) -> str:
-    if not isinstance(name, str) or not _BUCKET_RE.match(name) or _IP_RE.match(name):
+    """S3's bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens,
+    starting and ending with a letter or digit, no adjacent dots (nor a dot next
+    to a hyphen), not shaped like an IPv4 address, no reserved prefix/suffix."""
+    if (not isinstance(name, str) or not _BUCKET_RE.match(name) or _IP_RE.match(name)
+            or any(p in name for p in _BAD_PARTS) or name.startswith(_RESERVED_PREFIXES)
+            or name.endswith(_RESERVED_SUFFIXES)):
         raise InvalidBucketName(
-            f"invalid bucket name {name!r}: use 3-63 lowercase letters, digits and hyphens, "
-            "starting and ending with a letter or digit")
+            f"invalid bucket name {name!r}: use 3-63 lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit, without adjacent dots, not like an IP address")
     return name
 
 

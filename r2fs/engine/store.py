@@ -151,6 +151,10 @@ def _manifest(*, size: int, etag: str, chunks: Iterable[ChunkRef], http: dict | 
     }
 
 
+def _upload_info(upload_id: str, rec: dict) -> UploadInfo:
+    return UploadInfo(rec["key"], upload_id, rec["initiated"], rec["h"], rec["c"], rec.get("ca"))
+
+
 def _refs(m: dict | None) -> list[ChunkRef]:
     """The chunk references a manifest holds: one per extent naming a chunk (holes name
     none; a link's stub holds none -- its inode record does)."""
@@ -935,7 +939,10 @@ class Bucket:
         return upload_id.encode() + part_number.to_bytes(4, "big")
 
     async def create_multipart_upload(self, key: str, *, http_metadata: dict[str, str] | None = None,
-                                      custom_metadata: dict[str, str] | None = None) -> str:
+                                      custom_metadata: dict[str, str] | None = None,
+                                      checksum_algorithm: str | None = None) -> str:
+        """A new upload id. `checksum_algorithm` (S3's x-amz-checksum-algorithm) is
+        kept with the upload so the gateway can build the object's composite checksum."""
         self._check_key(key)
         upload_id = uuid.uuid4().hex
         meta = self.cluster.meta
@@ -944,17 +951,25 @@ class Bucket:
             self._require_bucket(txn)
             meta.put(txn, "uploads", upload_id.encode(), {
                 "bucket": self.name, "key": key, "initiated": time.time(),
-                "h": dict(http_metadata or {}), "c": dict(custom_metadata or {})})
+                "h": dict(http_metadata or {}), "c": dict(custom_metadata or {}),
+                "ca": checksum_algorithm})
 
         await self.cluster.transact(txn_fn)
         return upload_id
 
+    async def upload_info(self, key: str, upload_id: str) -> UploadInfo:
+        """One in-progress upload (NoSuchUpload if it is not, or no longer, in progress)."""
+        with self.cluster.meta.read() as txn:
+            self._require_bucket(txn)
+            return _upload_info(upload_id, self._require_upload(txn, key, upload_id))
+
     async def _commit_part(self, key: str, upload_id: str, part_number: int,
-                           got: _Ingested) -> PartInfo:
+                           got: _Ingested, checksums: dict[str, str] | None = None) -> PartInfo:
         meta = self.cluster.meta
         c = self.cluster
         rec = {"etag": got.md5.hexdigest(), "md5": got.md5.digest(), "size": got.size,
-               "uploaded": time.time(), "ch": [[r.id, r.size] for r in got.chunks]}
+               "uploaded": time.time(), "ch": [[r.id, r.size] for r in got.chunks],
+               "ck": dict(checksums or {})}
 
         def txn_fn(txn: Any) -> None:
             self._require_bucket(txn)
@@ -972,14 +987,17 @@ class Bucket:
         except BaseException:
             await c.writer.discard(got.batch)
             raise
-        return PartInfo(part_number, rec["etag"], got.size, rec["uploaded"], tuple(got.chunks))
+        return PartInfo(part_number, rec["etag"], got.size, rec["uploaded"], tuple(got.chunks), rec["ck"])
 
     def _check_part_number(self, part_number: int) -> None:
         if not 1 <= part_number <= MAX_PARTS:
             raise InvalidPart(f"part number must be between 1 and {MAX_PARTS} (got {part_number})")
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, value: PutValue, *,
-                          content_md5: bytes | None = None) -> PartInfo:
+                          content_md5: bytes | None = None,
+                          checksums: dict[str, str] | None = None) -> PartInfo:
+        """Store one part. `checksums` is read at commit time, after `value` was
+        consumed (as in `put`), and kept with the part."""
         self._check_key(key)
         self._check_part_number(part_number)
         with self.cluster.meta.read() as txn:
@@ -989,7 +1007,7 @@ class Bucket:
         if content_md5 is not None and content_md5 != got.md5.digest():
             await self.cluster.writer.discard(got.batch)
             raise BadDigest(f"{self._what(key)} part {part_number}: Content-MD5 mismatch")
-        return await self._commit_part(key, upload_id, part_number, got)
+        return await self._commit_part(key, upload_id, part_number, got, checksums)
 
     async def upload_part_copy(self, key: str, upload_id: str, part_number: int,
                                src_bucket: str, src_key: str, *, range: Range | None = None,
@@ -1009,7 +1027,13 @@ class Bucket:
 
     async def complete_multipart_upload(self, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,
-                                        only_if: Conditional | None = None) -> ObjectInfo:
+                                        only_if: Conditional | None = None,
+                                        checksums: dict[str, str] | None = None) -> ObjectInfo:
+        """Assemble the listed parts into the object at `key`, in one transaction.
+
+        The object remembers its upload id: completing an upload again while
+        the object it made is still current returns that object (as S3 does for
+        a retried Complete) instead of NoSuchUpload."""
         self._check_key(key)
         meta = self.cluster.meta
         c = self.cluster
@@ -1017,6 +1041,10 @@ class Bucket:
 
         def txn_fn(txn: Any) -> dict:
             self._require_bucket(txn)
+            if meta.get(txn, "uploads", upload_id.encode()) is None:
+                done = self._get(txn, key)
+                if done is not None and done.get("mp") == upload_id:
+                    return done
             up = self._require_upload(txn, key, upload_id)
             if not parts:
                 raise InvalidPart(f"{what}: a multipart upload needs at least one part")
@@ -1045,24 +1073,19 @@ class Bucket:
             chunks = [r for rec in chosen for r in _refs(rec)]
             etag = hashlib.md5(b"".join(bytes(r["md5"]) for r in chosen)).hexdigest()
             manifest = _manifest(size=sum(r["size"] for r in chosen), etag=f"{etag}-{len(chosen)}",
-                                 chunks=chunks, http=up["h"], custom=up["c"],
+                                 chunks=chunks, http=up["h"], custom=up["c"], checksums=checksums,
                                  parts=[r["size"] for r in chosen])
+            manifest["mp"] = upload_id
             self._replace_object(txn, key, manifest, ref_new=False)
             return manifest
 
         return _info(self.name, key, await self.cluster.transact(txn_fn))
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
-        meta = self.cluster.meta
-        c = self.cluster
-
         def txn_fn(txn: Any) -> None:
             self._require_bucket(txn)
             self._require_upload(txn, key, upload_id)
-            for pk, rec in list(meta.scan(txn, "parts", upload_id.encode())):
-                c._unref(txn, _refs(rec))
-                meta.delete(txn, "parts", pk)
-            meta.delete(txn, "uploads", upload_id.encode())
+            self.cluster._drop_upload(txn, upload_id)
 
         await self.cluster.transact(txn_fn)
 
@@ -1080,7 +1103,7 @@ class Bucket:
                     truncated = True
                     break
                 out.append(PartInfo(int.from_bytes(pk[-4:], "big"), rec["etag"], rec["size"],
-                                    rec["uploaded"], tuple(_refs(rec))))
+                                    rec["uploaded"], tuple(_refs(rec)), dict(rec.get("ck") or {})))
         return out, truncated
 
     async def list_multipart_uploads(self, *, prefix: str = "", key_marker: str = "",
@@ -1089,8 +1112,7 @@ class Bucket:
         meta = self.cluster.meta
         with meta.read() as txn:
             self._require_bucket(txn)
-            ups = [UploadInfo(u["key"], uid.decode(), u["initiated"], u["h"], u["c"])
-                   for uid, u in meta.scan(txn, "uploads")
+            ups = [_upload_info(uid.decode(), u) for uid, u in meta.scan(txn, "uploads")
                    if u["bucket"] == self.name and u["key"].startswith(prefix)]
         ups.sort(key=lambda u: (u.key.encode(), u.initiated, u.upload_id))
         if key_marker:
@@ -1214,9 +1236,10 @@ class Cluster(Core):
                 raise NoSuchBucket(f"no such bucket: {name}")
             if self.meta.objects.bucket_has_objects(txn, name):
                 raise BucketNotEmpty(f"bucket {name} is not empty")
-            for _, up in self.meta.scan(txn, "uploads"):
+            # In-progress uploads do not keep a bucket alive (as on S3): they are aborted.
+            for uid, up in list(self.meta.scan(txn, "uploads")):
                 if up["bucket"] == name:
-                    raise BucketNotEmpty(f"bucket {name} has multipart uploads in progress")
+                    self._drop_upload(txn, uid.decode())
             self.meta.delete(txn, "buckets", name.encode())
 
         await self.transact(txn_fn)
@@ -1248,6 +1271,13 @@ class Cluster(Core):
             return rec
 
         return self._bucket_info(name, await self.transact(txn_fn))
+
+    def _drop_upload(self, txn: Any, upload_id: str) -> None:
+        """Abort an upload inside `txn`: its parts' chunk references go, then its records."""
+        for pk, rec in list(self.meta.scan(txn, "parts", upload_id.encode())):
+            self._unref(txn, _refs(rec))
+            self.meta.delete(txn, "parts", pk)
+        self.meta.delete(txn, "uploads", upload_id.encode())
 
     # --- chunks ------------------------------------------------------------------------
 

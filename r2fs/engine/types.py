@@ -148,6 +148,7 @@ class PartInfo:
     size: int
     uploaded: float
     chunks: tuple[ChunkRef, ...] = ()
+    checksums: dict[str, str] = field(default_factory=dict)  # e.g. {"crc32": base64} as uploaded
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class UploadInfo:
     initiated: float
     http_metadata: dict[str, str] = field(default_factory=dict)
     custom_metadata: dict[str, str] = field(default_factory=dict)
+    checksum_algorithm: str | None = None  # the S3 x-amz-checksum-algorithm named at creation
 
 
 @dataclass(frozen=True)

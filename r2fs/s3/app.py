@@ -15,7 +15,7 @@ import secrets
 import traceback
 from dataclasses import dataclass
 from typing import Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import trio
 
@@ -24,7 +24,7 @@ from ..engine.peers import PeerApp
 from ..engine.metasnap import run_snapshotter
 from ..engine.replicator import run_replicator
 from ..engine.store import Cluster
-from . import bucket_ops, cors, list_ops, multipart_ops, object_ops, sigv4
+from . import acl, bucket_ops, cors, list_ops, multipart_ops, object_ops, post_object, sigv4
 from .context import Ctx
 from .errors import S3Error, to_s3_error
 from .http import ClientGone, Request, Response
@@ -38,7 +38,7 @@ Handler = Callable[[Ctx], Awaitable[Response]]
 
 #: Sub-resources S3 has and r2fs does not: answered NotImplemented, never a 500.
 UNSUPPORTED = {
-    "acl", "policy", "policyStatus", "lifecycle", "tagging", "website", "logging", "notification",
+    "policy", "policyStatus", "lifecycle", "tagging", "website", "logging", "notification",
     "replication", "encryption", "ownershipControls", "publicAccessBlock", "object-lock",
     "requestPayment", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
     "retention", "legal-hold", "torrent", "restore", "select", "attributes", "session",
@@ -80,6 +80,12 @@ OPS = {
     "CompleteMultipartUpload": Op("CompleteMultipartUpload", multipart_ops.complete_multipart_upload, True, A),
     "AbortMultipartUpload": Op("AbortMultipartUpload", multipart_ops.abort_multipart_upload, True, None),
     "ListParts": Op("ListParts", multipart_ops.list_parts, False, A),
+    "GetBucketAcl": Op("GetBucketAcl", acl.get_bucket_acl, False, B),
+    "PutBucketAcl": Op("PutBucketAcl", acl.put_bucket_acl, True, A),
+    "GetObjectAcl": Op("GetObjectAcl", acl.get_object_acl, False, B),
+    "PutObjectAcl": Op("PutObjectAcl", acl.put_object_acl, True, A),
+    # Authenticated by its signed policy document, not by SigV4 on the request.
+    "PostObject": Op("PostObject", post_object.post_object, True, A),
 }
 PUBLIC_OPS = {"GetObject", "HeadObject"}
 #: Request ids: unique, not secret -- a random per-process prefix and a counter
@@ -104,6 +110,8 @@ def select_operation(method: str, level: str, query: dict[str, str], req: Reques
         if method == "GET":
             if "location" in query:
                 name = "GetBucketLocation"
+            elif "acl" in query:
+                name = "GetBucketAcl"
             elif "versioning" in query:
                 name = "GetBucketVersioning"
             elif "cors" in query:
@@ -120,20 +128,22 @@ def select_operation(method: str, level: str, query: dict[str, str], req: Reques
                 name = "ListObjects"
         elif method == "PUT":
             name = "PutBucketCors" if "cors" in query else "PutBucketVersioning" if "versioning" in query \
-                else "CreateBucket"
+                else "PutBucketAcl" if "acl" in query else "CreateBucket"
         elif method == "DELETE":
             name = "DeleteBucketCors" if "cors" in query else "DeleteBucket"
         elif method == "HEAD":
             name = "HeadBucket"
-        elif method == "POST" and "delete" in query:
-            name = "DeleteObjects"
+        elif method == "POST":
+            name = "DeleteObjects" if "delete" in query else "PostObject"
     else:
         if method == "GET":
-            name = "ListParts" if "uploadId" in query else "GetObject"
+            name = "ListParts" if "uploadId" in query else "GetObjectAcl" if "acl" in query else "GetObject"
         elif method == "HEAD":
             name = "HeadObject"
         elif method == "PUT":
-            if "partNumber" in query or "uploadId" in query:
+            if "acl" in query:
+                name = "PutObjectAcl"
+            elif "partNumber" in query or "uploadId" in query:
                 name = "UploadPart"
             elif req.header("x-amz-copy-source") is not None:
                 name = "CopyObject"
@@ -143,7 +153,7 @@ def select_operation(method: str, level: str, query: dict[str, str], req: Reques
             name = "CreateMultipartUpload" if "uploads" in query else \
                 "CompleteMultipartUpload" if "uploadId" in query else None
             if name is None:
-                raise S3Error("NotImplemented", "POST object uploads (HTML forms) are not supported")
+                raise S3Error("MethodNotAllowed", "POST uploads (HTML forms) go to the bucket's URL")
         elif method == "DELETE":
             name = "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
     if name is None:
@@ -232,7 +242,10 @@ class Gateway:
             if err.code == "InternalError":
                 log.error("request %s: %s\n%s", request_id, exc, traceback.format_exc())
             resource = ctx.resource if ctx is not None else unquote(req.raw_path)
-            return self._error_response(err, resource, request_id)
+            resp = self._error_response(err, resource, request_id)
+            if ctx is not None and ctx.cors_rules:
+                cors.decorate(req, ctx.cors_rules, resp.headers)  # a browser may read the error
+            return resp
 
     def _error_response(self, err: S3Error, resource: str, request_id: str) -> Response:
         resp = Response(status=err.status)
@@ -257,10 +270,10 @@ class Gateway:
             if host.endswith("." + suffix):
                 vhost_bucket = host[: -len(suffix) - 1]
                 break
-        try:
-            path = unquote(req.raw_path, errors="strict")
+        try:  # the path's bytes (raw or percent-encoded) must be UTF-8: keys are
+            path = unquote_to_bytes(req.raw_path.encode("latin-1")).decode("utf-8")
         except UnicodeDecodeError:
-            raise S3Error("InvalidURI", "the path is not valid UTF-8") from None
+            raise S3Error("InvalidURI", "the path (object key) is not valid UTF-8") from None
         if not path.startswith("/"):
             raise S3Error("InvalidURI")
         if vhost_bucket is not None:
@@ -296,18 +309,21 @@ class Gateway:
         if req.query.get("versionId", "null") != "null":
             raise S3Error("InvalidArgument", "Invalid version id specified (buckets are unversioned; "
                                              "the only version is null)")
-        await self._authorize(ctx, op)
-        self.meter.count(ctx.bucket_name, op.billing)
         if req.header("origin") and ctx.bucket_name is not None:
             try:
                 rules = (await self.cluster.head_bucket(ctx.bucket_name)).settings.get("cors")
             except NoSuchBucket:
                 rules = None
+            ctx.cors_rules = rules
+        await self._authorize(ctx, op)
+        self.meter.count(ctx.bucket_name, op.billing)
         resp = await op.handler(ctx)
         cors.decorate(req, rules, resp.headers)
         return resp
 
     async def _authorize(self, ctx: Ctx, op: Op) -> None:
+        if op.name == "PostObject" and ctx.identity is None:
+            return  # the handler checks the form's signed policy and its key's rights
         if ctx.identity is None:
             if op.name in PUBLIC_OPS and ctx.bucket_name is not None:
                 info = await self.cluster.head_bucket(ctx.bucket_name)

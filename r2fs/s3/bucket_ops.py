@@ -3,6 +3,7 @@ GetBucketLocation, GetBucketVersioning, bucket CORS configuration."""
 
 from __future__ import annotations
 
+from . import acl
 from .context import OWNER_ID, Ctx
 from .errors import S3Error
 from .http import Response
@@ -17,19 +18,40 @@ def xml_response(body: bytes, status: int = 200) -> Response:
     return resp
 
 
+MAX_BUCKETS = 10000
+
+
 async def list_buckets(ctx: Ctx) -> Response:
-    buckets = await ctx.cluster.list_buckets()
+    """ListBuckets in name order; `max-buckets` pages, and the continuation token
+    is the last name sent (names are URL-safe and sort as the listing does)."""
+    q = ctx.req.query
+    limit_text = q.get("max-buckets")
+    if limit_text is not None and (not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_BUCKETS):
+        raise S3Error("InvalidArgument", f"max-buckets must be an integer between 1 and {MAX_BUCKETS}")
+    limit = int(limit_text) if limit_text is not None else MAX_BUCKETS
+    prefix, after = q.get("prefix", ""), q.get("continuation-token") or ""
+    buckets = sorted(await ctx.cluster.list_buckets(), key=lambda b: b.name)
     if ctx.identity is not None and ctx.identity.bucket is not None:
         buckets = [b for b in buckets if b.name == ctx.identity.bucket]
-    return xml_response(document("ListAllMyBucketsResult", [
+    buckets = [b for b in buckets if b.name.startswith(prefix) and b.name > after]
+    page = buckets[:limit]
+    children: list = [
         ("Owner", [("ID", OWNER_ID), ("DisplayName", OWNER_ID)]),
-        ("Buckets", [("Bucket", [("Name", b.name), ("CreationDate", iso8601(b.created))]) for b in buckets]),
-    ]))
+        ("Buckets", [("Bucket", [("Name", b.name), ("CreationDate", iso8601(b.created))]) for b in page]),
+    ]
+    if len(buckets) > limit:
+        children.append(("ContinuationToken", page[-1].name))
+    if "prefix" in q:
+        children.append(("Prefix", prefix))
+    return xml_response(document("ListAllMyBucketsResult", children))
 
 
 async def create_bucket(ctx: Ctx) -> Response:
+    public = acl.canned_public(ctx.req)
     location = parse_location(await read_document(ctx.req, ctx.signing, 64 * 1024))
     await ctx.cluster.create_bucket(ctx.bucket_name, location=location)
+    if public:
+        await ctx.cluster.update_bucket_settings(ctx.bucket_name, public=True)
     resp = Response()
     resp.set("Location", f"/{ctx.bucket_name}")
     return resp

@@ -96,24 +96,43 @@ def new_hasher(algorithm: str) -> Hasher:
     raise S3Error("InvalidArgument", f"unknown checksum algorithm {algorithm!r}")
 
 
+SIZES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
+
+
 def normalize_algorithm(name: str) -> str:
+    """A lowercase algorithm name; AWS's InvalidRequest for an unknown one."""
     algo = name.strip().lower()
     if algo not in ALGORITHMS:
-        raise S3Error("InvalidArgument", f"unknown checksum algorithm {name!r}")
+        raise S3Error("InvalidRequest", "The algorithm type you specified in x-amz-checksum- header is invalid.")
     return algo
 
 
-def check_b64(algorithm: str, value: str) -> str:
-    """Validate the shape of a client-sent checksum value (InvalidDigest)."""
-    sizes = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
+def decode(algorithm: str, value: str) -> bytes | None:
+    """The raw digest of a base64 checksum value, or None if it is not one."""
     try:
         raw = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != sizes[algorithm]:
-        raise S3Error("InvalidDigest" if algorithm else "InvalidArgument",
-                      f"x-amz-checksum-{algorithm} value is not a valid {algorithm} digest")
+        return None
+    return raw if len(raw) == SIZES[algorithm] else None
+
+
+def check_b64(algorithm: str, value: str) -> str:
+    """Validate the shape of a client-sent checksum value (AWS: InvalidRequest)."""
+    if decode(algorithm, value) is None:
+        raise S3Error("InvalidRequest", f"Value for x-amz-checksum-{algorithm} header is invalid.")
     return value.strip()
+
+
+def composite(algorithm: str, part_values: list[str]) -> str:
+    """S3's checksum of a multipart object: the checksum of the parts' raw
+    checksums concatenated, then `-N` (N parts)."""
+    h = new_hasher(algorithm)
+    for value in part_values:
+        raw = decode(algorithm, value)
+        if raw is None:
+            raise S3Error("InvalidPart", f"a part's {algorithm} checksum is malformed")
+        h.update(raw)
+    return f"{h.b64digest()}-{len(part_values)}"
 
 
 class MultiHasher:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.header
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 META_PREFIX = "x-amz-meta-"
 MAX_USER_METADATA = 2048  # bytes of x-amz-meta-* names + values, as S3
 OWNER_ID = "r2fs"
+MAX_PARTS = 10000
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Ctx:
     signing: SigningContext | None
     identity: AccessKey | None
     request_id: str
+    cors_rules: list[dict] | None = None  # the bucket's, when the request has an Origin
 
     @property
     def cluster(self) -> Cluster:
@@ -98,12 +101,40 @@ def http_metadata(req: Request) -> dict[str, str]:
         if value is None:
             continue
         if name == "content-encoding":
-            # aws-chunked is transport framing, not a property of the object.
-            value = ",".join(v.strip() for v in value.split(",") if v.strip().lower() != "aws-chunked")
+            # aws-chunked is transport framing, not a property of the object: drop
+            # that token and keep the rest byte for byte ("deflate, gzip" stays so).
+            value = ",".join(v for v in value.split(",") if v.strip().lower() != "aws-chunked").strip()
             if not value:
                 continue
         out[name] = value
     return out
+
+
+def metadata_text(value: str) -> str:
+    """A header value (latin-1 text of its bytes) as the text the client meant:
+    UTF-8 bytes when they are valid UTF-8, RFC 2047 encoded-words decoded,
+    otherwise the bytes as latin-1."""
+    if value.isascii():
+        if value.startswith("=?") and value.endswith("?=") and " " not in value:
+            try:
+                return str(email.header.make_header(email.header.decode_header(value)))
+            except (ValueError, LookupError, UnicodeDecodeError):
+                return value
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def metadata_header(value: str) -> str:
+    """Stored metadata text as a header value: as is when latin-1 can carry it
+    (what clients decode headers with), else RFC 2047 (as S3 does)."""
+    try:
+        value.encode("latin-1")
+        return value
+    except UnicodeEncodeError:
+        return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8")).decode() + "?="
 
 
 def custom_metadata(req: Request) -> dict[str, str]:
@@ -112,12 +143,23 @@ def custom_metadata(req: Request) -> dict[str, str]:
     for name, value in req.headers:
         if name.startswith(META_PREFIX) and len(name) > len(META_PREFIX):
             short = name[len(META_PREFIX):]
+            value = metadata_text(value)
             size += len(short) + len(value)
             out[short] = value if short not in out else out[short] + "," + value
     if size > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", f"x-amz-meta-* headers total {size} bytes; at most "
                                           f"{MAX_USER_METADATA} are allowed")
     return out
+
+
+def part_number(req: Request, *, required: bool = False) -> int | None:
+    """The `partNumber` query parameter (UploadPart, GetObject by part), 1..10000."""
+    value = req.query.get("partNumber")
+    if value is None and not required:
+        return None
+    if value is None or not value.isdigit() or not 1 <= int(value) <= MAX_PARTS:
+        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive")
+    return int(value)
 
 
 def content_md5(req: Request) -> bytes | None:
@@ -144,9 +186,12 @@ def object_headers(resp: Response, info: ObjectInfo, *, with_checksums: bool = F
         if name in md:
             resp.set(name.title(), md[name])
     for name, value in info.custom_metadata.items():
-        resp.set(META_PREFIX + name, value)
+        resp.set(META_PREFIX + name, metadata_header(value))
     if info.parts:
         resp.set("x-amz-mp-parts-count", str(len(info.parts)))
     if with_checksums:
         for algo, value in info.checksums.items():
             resp.set(f"x-amz-checksum-{algo}", value)
+        if info.checksums:
+            composite = any("-" in v for v in info.checksums.values())
+            resp.set("x-amz-checksum-type", "COMPOSITE" if composite else "FULL_OBJECT")

@@ -36,6 +36,10 @@ def send_pieces(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         yield bytes(view[start:start + SEND_PIECE])
 
 
+#: key in the ASGI scope's `state` of the server's "send 100 Continue now" hook (expect.py)
+SEND_CONTINUE_STATE = "r2fs.send_continue"
+
+
 class ClientGone(Exception):
     """The client closed the connection mid-request; nothing can be answered."""
 
@@ -51,6 +55,8 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)  # decoded, first value wins
     bucket: str | None = None
     key: str | None = None
+    #: sends `100 Continue` if the client waits for it (see expect.py); called on first read
+    send_continue: Callable[[], Awaitable[None]] | None = None
     _consumed: bool = False
     #: name -> first value: a request's headers are looked up some twenty times
     #: (auth, checksums, conditions, metadata), a linear scan each time showed up
@@ -71,7 +77,8 @@ class Request:
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         client = scope.get("client")
         req = cls(method=scope["method"].upper(), raw_path=path, query_string=qs,
-                  headers=headers, receive=receive, client=f"{client[0]}" if client else "")
+                  headers=headers, receive=receive, client=f"{client[0]}" if client else "",
+                  send_continue=(scope.get("state") or {}).get(SEND_CONTINUE_STATE))
         req.query = parse_query(qs)
         return req
 
@@ -101,6 +108,8 @@ class Request:
             raise RuntimeError("request body already consumed")
         self._consumed = True
         expected = self.content_length
+        if self.send_continue is not None and expected != 0:
+            await self.send_continue()
         total = 0
         while True:
             message = await self.receive()

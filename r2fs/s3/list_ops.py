@@ -78,7 +78,7 @@ async def list_objects_v2(ctx: Ctx) -> Response:
     limit = _max_keys(ctx)
     token = q.get("continuation-token")
     cursor = None
-    if token is not None:
+    if token:  # an empty continuation-token is no token (echoed back empty, as S3)
         if not _TOKEN.match(token):
             raise S3Error("InvalidArgument", "The continuation token provided is incorrect")
         cursor = token  # the store's own opaque cursor

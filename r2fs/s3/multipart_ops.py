@@ -4,23 +4,23 @@ completion is one metadata transaction that moves no data."""
 
 from __future__ import annotations
 
-from ..engine.types import Range
+import re
+
+from ..engine.errors import NoSuchUpload
+from ..engine.types import PartInfo, Range
+from . import acl, checksums
 from .bucket_ops import xml_response
-from .context import OWNER_ID, Ctx, conditional, content_md5, custom_metadata, etag_header, http_metadata
+from .context import (MAX_PARTS, OWNER_ID, Ctx, conditional, content_md5, custom_metadata, etag_header,
+                      http_metadata, part_number)
 from .errors import S3Error
 from .http import Response
-from .object_ops import check_size, parse_copy_source, parse_range
+from .object_ops import check_size, parse_copy_source
 from .payload import Payload, read_document
-from .xmlio import Node, document, iso8601, parse_complete_multipart
+from .xmlio import PART_CHECKSUMS, Node, document, iso8601, parse_complete_multipart
 
-MAX_PARTS = 10000
-
-
-def _part_number(ctx: Ctx) -> int:
-    value = ctx.req.query.get("partNumber", "")
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PARTS:
-        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive")
-    return int(value)
+_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+#: algorithm -> the XML element that carries its value
+CHECKSUM_TAGS = {algo: tag for tag, algo in PART_CHECKSUMS.items()}
 
 
 def _upload_id(ctx: Ctx) -> str:
@@ -31,25 +31,37 @@ def _upload_id(ctx: Ctx) -> str:
 
 
 async def create_multipart_upload(ctx: Ctx) -> Response:
-    await ctx.req.drain()
+    """With `x-amz-checksum-algorithm`, every part gets that checksum and the object
+    S3's composite one (`<base64>-N`); a FULL_OBJECT checksum type is accepted but
+    no whole-object checksum is kept (r2fs does not combine part CRCs)."""
+    req = ctx.req
+    await acl.check_object_acl(ctx)
+    algo_name = req.header("x-amz-checksum-algorithm")
+    algo = checksums.normalize_algorithm(algo_name) if algo_name else None
+    kind = (req.header("x-amz-checksum-type") or ("FULL_OBJECT" if algo == "crc64nvme" else "COMPOSITE")).upper()
+    if kind not in ("COMPOSITE", "FULL_OBJECT"):
+        raise S3Error("InvalidRequest", "x-amz-checksum-type must be COMPOSITE or FULL_OBJECT")
+    await req.drain()
     upload_id = await ctx.bucket.create_multipart_upload(
-        ctx.key, http_metadata=http_metadata(ctx.req), custom_metadata=custom_metadata(ctx.req))
+        ctx.key, http_metadata=http_metadata(req), custom_metadata=custom_metadata(req),
+        checksum_algorithm=algo if kind == "COMPOSITE" else None)
     resp = xml_response(document("InitiateMultipartUploadResult", [
         ("Bucket", ctx.bucket_name), ("Key", ctx.key), ("UploadId", upload_id)]))
-    algo = ctx.req.header("x-amz-checksum-algorithm")
-    if algo:
-        resp.set("x-amz-checksum-algorithm", algo)
+    if algo_name:
+        resp.set("x-amz-checksum-algorithm", algo_name.upper())
+        resp.set("x-amz-checksum-type", kind)
     return resp
 
 
 async def upload_part(ctx: Ctx) -> Response:
-    number, upload_id = _part_number(ctx), _upload_id(ctx)
+    number, upload_id = part_number(ctx.req, required=True), _upload_id(ctx)
     if ctx.req.header("x-amz-copy-source") is not None:
         return await upload_part_copy(ctx, number, upload_id)
-    payload = Payload(ctx.req, ctx.signing)
+    algo = (await ctx.bucket.upload_info(ctx.key, upload_id)).checksum_algorithm
+    payload = Payload(ctx.req, ctx.signing, compute=(algo,) if algo else ())
     check_size(payload)
     part = await ctx.bucket.upload_part(ctx.key, upload_id, number, payload,
-                                        content_md5=content_md5(ctx.req))
+                                        content_md5=content_md5(ctx.req), checksums=payload.checksums)
     resp = Response()
     resp.set("ETag", etag_header(part.etag))
     for algo, value in payload.checksums.items():
@@ -63,9 +75,16 @@ async def upload_part_copy(ctx: Ctx, number: int, upload_id: str) -> Response:
     rng_header = ctx.req.header("x-amz-copy-source-range")
     rng: Range | None = None
     if rng_header is not None:
-        rng = parse_range(rng_header)
-        if rng.offset is None or rng.length is None:
-            raise S3Error("InvalidArgument", "x-amz-copy-source-range must be bytes=first-last")
+        m = _COPY_RANGE.match(rng_header.strip())
+        if m is None or int(m.group(2)) < int(m.group(1)):
+            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form "
+                                             "bytes=first-last where first and last are the zero-based "
+                                             "offsets of the first and last bytes to copy")
+        first, last = int(m.group(1)), int(m.group(2))
+        size = (await ctx.cluster.bucket(src_bucket).head(src_key)).size
+        if last >= size:
+            raise S3Error("InvalidArgument", f"Range specified is not valid for source object of size: {size}")
+        rng = Range(offset=first, length=last - first + 1)
     await ctx.req.drain()
     part = await ctx.bucket.upload_part_copy(ctx.key, upload_id, number, src_bucket, src_key, range=rng,
                                              only_if=conditional(ctx.req, "x-amz-copy-source-"))
@@ -73,20 +92,83 @@ async def upload_part_copy(ctx: Ctx, number: int, upload_id: str) -> Response:
         ("LastModified", iso8601(part.uploaded)), ("ETag", etag_header(part.etag))]))
 
 
+def _last_listing_wins(listed: list[tuple[int, str, dict[str, str]]]) -> list[tuple[int, str, dict[str, str]]]:
+    """Parts in ascending order; a part number listed again right after itself (a
+    resent part: both uploads' ETags listed) counts once, as its last listing."""
+    out: list[tuple[int, str, dict[str, str]]] = []
+    for part in listed:
+        if out and part[0] == out[-1][0]:
+            out[-1] = part
+        elif out and part[0] < out[-1][0]:
+            raise S3Error("InvalidPartOrder")
+        else:
+            out.append(part)
+    return out
+
+
+async def _all_parts(ctx: Ctx, upload_id: str) -> dict[int, PartInfo]:
+    found: dict[int, PartInfo] = {}
+    marker = 0
+    while True:
+        page, truncated = await ctx.bucket.list_parts(ctx.key, upload_id, part_number_marker=marker)
+        found.update((p.part_number, p) for p in page)
+        if not truncated or not page:
+            return found
+        marker = page[-1].part_number
+
+
+async def _object_checksums(ctx: Ctx, upload_id: str,
+                            parts: list[tuple[int, str, dict[str, str]]]) -> dict[str, str] | None:
+    """The composite checksum of the object being completed, checked against the
+    per-part values listed and an `x-amz-checksum-*` header; None when the upload
+    has no checksum algorithm (or is no longer in progress: a repeated Complete)."""
+    try:
+        algo = (await ctx.bucket.upload_info(ctx.key, upload_id)).checksum_algorithm
+    except NoSuchUpload:
+        return None
+    if algo is None:
+        return None
+    stored = await _all_parts(ctx, upload_id)
+    values = []
+    for number, etag, listed in parts:
+        part = stored.get(number)
+        if part is None or part.etag != etag:
+            raise S3Error("InvalidPart", f"part {number} was not uploaded or its ETag differs")
+        have = part.checksums.get(algo)
+        if algo in listed and listed[algo] != have:
+            raise S3Error("InvalidPart", f"the {CHECKSUM_TAGS[algo]} of part {number} differs from "
+                                         "the part's checksum")
+        if have is None:
+            return None  # a part made by UploadPartCopy carries no checksum
+        values.append(have)
+    value = checksums.composite(algo, values)
+    claimed = ctx.req.header(f"x-amz-checksum-{algo}")
+    if claimed is not None and claimed.strip() != value:
+        raise S3Error("BadDigest", f"the x-amz-checksum-{algo} you specified did not match the "
+                                   "composite checksum of the parts")
+    return {algo: value}
+
+
 async def complete_multipart_upload(ctx: Ctx) -> Response:
+    """The x-amz-checksum-* headers here describe the object, not the XML body.
+    Completing an upload again returns the object it made (same ETag)."""
     upload_id = _upload_id(ctx)
-    parts = parse_complete_multipart(await read_document(ctx.req, ctx.signing, 4 * 1024 * 1024))
-    if len(parts) > MAX_PARTS:
+    listed = parse_complete_multipart(await read_document(ctx.req, ctx.signing, 4 * 1024 * 1024,
+                                                          header_checksums=False))
+    if len(listed) > MAX_PARTS:
         raise S3Error("MalformedXML", f"at most {MAX_PARTS} parts")
-    numbers = [n for n, _ in parts]
-    if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
-        raise S3Error("InvalidPartOrder")
+    parts = _last_listing_wins(listed)
     only_if = conditional(ctx.req)
-    info = await ctx.bucket.complete_multipart_upload(ctx.key, upload_id, parts, only_if=only_if)
+    object_checksums = await _object_checksums(ctx, upload_id, parts)
+    info = await ctx.bucket.complete_multipart_upload(ctx.key, upload_id, [(n, e) for n, e, _ in parts],
+                                                      only_if=only_if, checksums=object_checksums)
     host = ctx.req.header("host", "")
-    return xml_response(document("CompleteMultipartUploadResult", [
-        ("Location", f"http://{host}/{ctx.bucket_name}/{ctx.key}"), ("Bucket", ctx.bucket_name),
-        ("Key", ctx.key), ("ETag", etag_header(info.etag))]))
+    children: list[Node] = [("Location", f"http://{host}/{ctx.bucket_name}/{ctx.key}"),
+                            ("Bucket", ctx.bucket_name), ("Key", ctx.key), ("ETag", etag_header(info.etag))]
+    children += [(CHECKSUM_TAGS[a], v) for a, v in info.checksums.items() if a in CHECKSUM_TAGS]
+    if info.checksums:
+        children.append(("ChecksumType", "COMPOSITE"))
+    return xml_response(document("CompleteMultipartUploadResult", children))
 
 
 async def abort_multipart_upload(ctx: Ctx) -> Response:
@@ -111,7 +193,9 @@ async def list_parts(ctx: Ctx) -> Response:
                             ("NextPartNumberMarker", parts[-1].part_number if parts else int(marker)),
                             ("MaxParts", limit), ("IsTruncated", truncated)]
     children += [("Part", [("PartNumber", p.part_number), ("LastModified", iso8601(p.uploaded)),
-                           ("ETag", etag_header(p.etag)), ("Size", p.size)]) for p in parts]
+                           ("ETag", etag_header(p.etag)), ("Size", p.size)]
+                  + [(CHECKSUM_TAGS[a], v) for a, v in p.checksums.items() if a in CHECKSUM_TAGS])
+                 for p in parts]
     return xml_response(document("ListPartsResult", children))
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from ..engine import errors as engine_errors
 from ..engine.types import Range
+from . import acl
 from .context import (Ctx, conditional, content_md5, custom_metadata, etag_header, http_metadata,
-                      object_headers)
+                      object_headers, part_number)
 from .errors import S3Error, to_s3_error
 from .http import Response
 from .payload import Payload, read_document
-from .xmlio import document, iso8601, parse_delete
+from .xmlio import document, http_date, iso8601, parse_delete
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 RESPONSE_OVERRIDES = {
@@ -48,11 +49,41 @@ def parse_range(value: str | None) -> Range | None:
     return Range(offset=int(start))
 
 
+async def _part_range(ctx: Ctx, number: int) -> Range | None:
+    """The byte range of part `number`: a multipart object's part sizes are in its
+    manifest; any other object is one part, the whole of it (None: empty object)."""
+    info = await ctx.bucket.head(ctx.key)
+    sizes = info.parts or (info.size,)
+    if number > len(sizes):
+        raise S3Error("InvalidPart", f"The requested partnumber is not satisfiable: the object has "
+                                     f"{len(sizes)} part(s)")
+    if info.size == 0:
+        return None
+    return Range(offset=sum(sizes[:number - 1]), length=sizes[number - 1])
+
+
+async def _not_modified(ctx: Ctx, exc: engine_errors.NotModified) -> S3Error:
+    """304 as S3 sends it: no body, but the current ETag and Last-Modified."""
+    info = await ctx.bucket.head(ctx.key)
+    return S3Error("NotModified", str(exc), headers={"ETag": etag_header(info.etag),
+                                                     "Last-Modified": http_date(info.uploaded)})
+
+
 async def get_object(ctx: Ctx, *, head: bool = False) -> Response:
+    try:
+        return await _get_object(ctx, head=head)
+    except engine_errors.NotModified as exc:
+        raise await _not_modified(ctx, exc) from None
+
+
+async def _get_object(ctx: Ctx, *, head: bool = False) -> Response:
     req = ctx.req
-    if req.query.get("partNumber"):
-        raise S3Error("NotImplemented", "GET/HEAD with partNumber is not supported")
     rng = parse_range(req.header("range"))
+    part = part_number(req)
+    if part is not None:
+        if rng is not None:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+        rng = await _part_range(ctx, part)
     only_if = conditional(req)
     resp = Response()
     if head:
@@ -71,9 +102,12 @@ async def get_object(ctx: Ctx, *, head: bool = False) -> Response:
         resp.on_close = body.aclose
     object_headers(resp, info, with_checksums=(rng is None and
                                                (req.header("x-amz-checksum-mode") or "").upper() == "ENABLED"))
-    if rng is not None:
+    if rng is not None or part is not None:
         resp.status = 206
-        resp.set("Content-Range", f"bytes {offset}-{offset + length - 1}/{info.size}")
+        if length:
+            resp.set("Content-Range", f"bytes {offset}-{offset + length - 1}/{info.size}")
+        else:
+            resp.status = 200  # partNumber=1 of an empty object: nothing to range over
     resp.set("Content-Length", str(length))
     if ctx.signing is not None:
         for param, header in RESPONSE_OVERRIDES.items():
@@ -88,11 +122,12 @@ async def head_object(ctx: Ctx) -> Response:
 
 
 def _put_conditions(ctx: Ctx):
+    """If-Match / If-None-Match on a write, as AWS: 412 when the current object
+    does not match (or exists, for If-None-Match: *), 404 NoSuchKey for If-Match
+    on a missing key."""
     only_if = conditional(ctx.req)
     if only_if is not None and (only_if.uploaded_after or only_if.uploaded_before):
         raise S3Error("NotImplemented", "date conditions are supported on reads only")
-    if only_if is not None and only_if.etag_does_not_match not in (None, "*"):
-        raise S3Error("NotImplemented", "If-None-Match on writes accepts only '*'")
     return only_if
 
 
@@ -106,6 +141,7 @@ async def put_object(ctx: Ctx) -> Response:
     req = ctx.req
     payload = Payload(req, ctx.signing)
     check_size(payload)
+    await acl.check_object_acl(ctx)
     md = http_metadata(req)
     custom = custom_metadata(req)
     md5 = content_md5(req)
@@ -124,7 +160,10 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     path, _, query = value.partition("?")
     if query and query not in ("versionId=null",):
         raise S3Error("NotImplemented", "object versions are not supported (only versionId=null)")
-    path = unquote(path).lstrip("/")
+    try:
+        path = unquote_to_bytes(path.encode("latin-1")).decode("utf-8").lstrip("/")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidArgument", "x-amz-copy-source is not valid UTF-8") from None
     bucket, _, key = path.partition("/")
     if not bucket or not key:
         raise S3Error("InvalidArgument", "x-amz-copy-source must be BUCKET/KEY")
@@ -135,6 +174,7 @@ async def copy_object(ctx: Ctx) -> Response:
     req = ctx.req
     src_bucket, src_key = parse_copy_source(req.header("x-amz-copy-source") or "")
     ctx.gateway.authorize_source(ctx, src_bucket)
+    await acl.check_object_acl(ctx)
     directive = (req.header("x-amz-metadata-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "x-amz-metadata-directive must be COPY or REPLACE")

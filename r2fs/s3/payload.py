@@ -27,9 +27,15 @@ NOT_VALUES = ("type", "mode", "algorithm")
 
 
 class Payload:
-    """An async iterable body; after it is exhausted, `checksums` holds verified values."""
+    """An async iterable body; after it is exhausted, `checksums` holds verified values.
 
-    def __init__(self, req: Request, ctx: sigv4.SigningContext | None) -> None:
+    `compute`: algorithms to compute (and report in `checksums`) even if the client
+    sent no value for them -- a multipart upload's parts all need the upload's
+    algorithm. `header_checksums=False`: the x-amz-checksum-* headers describe
+    something else than this body (CompleteMultipartUpload: the whole object)."""
+
+    def __init__(self, req: Request, ctx: sigv4.SigningContext | None, *,
+                 compute: tuple[str, ...] = (), header_checksums: bool = True) -> None:
         self._req = req
         self._ctx = ctx
         self.mode = ctx.payload_hash if ctx is not None else sigv4.UNSIGNED_PAYLOAD
@@ -37,7 +43,8 @@ class Payload:
         self.chunked = self.mode in sigv4.STREAMING_MODES or "aws-chunked" in encoding
         self.checksums: dict[str, str] = {}
         self._expected: dict[str, str | None] = {}  # algorithm -> value (None: from trailer)
-        for name, value in req.headers:
+        self._compute = compute
+        for name, value in req.headers if header_checksums else ():
             if name.startswith(CHECKSUM_HEADER) and name[len(CHECKSUM_HEADER):] not in NOT_VALUES:
                 algo = checksums.normalize_algorithm(name[len(CHECKSUM_HEADER):])
                 self._expected[algo] = checksums.check_b64(algo, value)
@@ -69,7 +76,7 @@ class Payload:
         if self.chunked:
             decoder = ChunkedDecoder(source.__aiter__(), self.mode, self._ctx, self._decoded_length)
             source = decoder.__aiter__()
-        hashers = checksums.MultiHasher(list(self._expected))
+        hashers = checksums.MultiHasher(list(dict.fromkeys([*self._expected, *self._compute])))
         sha = hashlib.sha256() if self._signed_hash else None
 
         def update(data: bytes) -> None:
@@ -110,14 +117,17 @@ class Payload:
                 raise S3Error("BadDigest", f"the x-amz-checksum-{algo} you specified did not match "
                                            "the calculated checksum")
             self.checksums[algo] = value
+        for algo in self._compute:
+            self.checksums.setdefault(algo, computed[algo])
 
 
-async def read_document(req: Request, ctx: sigv4.SigningContext | None, limit: int) -> bytes:
+async def read_document(req: Request, ctx: sigv4.SigningContext | None, limit: int, *,
+                        header_checksums: bool = True) -> bytes:
     """A small request document (XML), verified like any payload: signed SHA-256,
     aws-chunked signatures, x-amz-checksum-* and Content-MD5; refused beyond `limit`."""
     md5 = content_md5(req)
     parts, total = [], 0
-    async for piece in Payload(req, ctx):
+    async for piece in Payload(req, ctx, header_checksums=header_checksums):
         total += len(piece)
         if total > limit:
             raise S3Error("InvalidRequest", f"request body larger than {limit} bytes")

@@ -18,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..engine.store import Cluster
+from . import expect
 from .app import Gateway
 
 DEFAULT_LISTEN = "127.0.0.1:9000"
@@ -53,6 +54,7 @@ async def serve(cluster: Cluster, listen: str = DEFAULT_LISTEN, *, region: str =
 
     `replicate`: run the local-uploads replicator in this process while serving."""
     app = Gateway(cluster, region=region, virtual_hosts=virtual_hosts, replicate=replicate)
+    expect.install()
     config = make_config(listen, certfile=certfile, keyfile=keyfile)
     scheme = "https" if certfile else "http"
 

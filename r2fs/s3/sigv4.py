@@ -151,16 +151,35 @@ class ParsedAuth:
                 for uri in canonical_uris(req.raw_path)]
 
     def verify(self, secret: str) -> SigningContext:
-        """Raise SignatureDoesNotMatch unless the signature is right (constant-time compare)."""
+        """Raise SignatureDoesNotMatch unless the signature is right (constant-time compare).
+
+        Header values arrive as bytes (kept as latin-1 text). A non-ASCII value is
+        signed by some clients as the UTF-8 of the text they sent as latin-1
+        (botocore), by others as the very bytes they sent (UTF-8 on the wire):
+        both readings are tried."""
         key = signing_key(secret, self.date, self.region, self.service)
         for canonical in self.canonical_requests():
-            sts = "\n".join([ALGORITHM, self.amz_date, self.scope,
-                             hashlib.sha256(canonical.encode()).hexdigest()])
-            expected = hmac.digest(key, sts.encode(), "sha256").hex()
-            if hmac.compare_digest(expected.encode(), self.signature.encode()):
-                return SigningContext(self.access_key, self.amz_date, self.scope, key,
-                                      self.signature, self.payload_hash)
+            for encoded in _encodings(canonical):
+                expected = hmac.digest(key, self._string_to_sign(encoded).encode(), "sha256").hex()
+                if hmac.compare_digest(expected.encode(), self.signature.encode()):
+                    return SigningContext(self.access_key, self.amz_date, self.scope, key,
+                                          self.signature, self.payload_hash)
         raise S3Error("SignatureDoesNotMatch", extra={"AWSAccessKeyId": self.access_key})
+
+    def _string_to_sign(self, canonical: bytes) -> str:
+        return "\n".join([ALGORITHM, self.amz_date, self.scope, hashlib.sha256(canonical).hexdigest()])
+
+
+def _encodings(canonical: str) -> list[bytes]:
+    """The canonical request as bytes: UTF-8 of the text, and for non-ASCII text
+    also the wire bytes themselves (the text is latin-1 decoded)."""
+    utf8 = canonical.encode("utf-8")
+    if canonical.isascii():
+        return [utf8]
+    try:
+        return [utf8, canonical.encode("latin-1")]
+    except UnicodeEncodeError:
+        return [utf8]
 
 
 def _parse_credential(value: str, error: str) -> tuple[str, str, str, str]:
@@ -248,8 +267,8 @@ def _parse_query(request: Request, now: float) -> ParsedAuth:
     except KeyError as missing:
         raise S3Error(err, f"presigned URL lacks {missing.args[0]}") from None
     access_key, date, region, service = _parse_credential(credential, err)
-    if not expires.isdigit() or int(expires) > MAX_PRESIGN_EXPIRES:
-        raise S3Error(err, "X-Amz-Expires must be a number of seconds up to 604800 (7 days)")
+    if not expires.isdigit() or not 1 <= int(expires) <= MAX_PRESIGN_EXPIRES:
+        raise S3Error("AccessDenied", "X-Amz-Expires must be a number of seconds from 1 to 604800 (7 days)")
     start = parse_amz_date(amz_date)
     if now > start + int(expires):
         raise S3Error("AccessDenied", "Request has expired", extra={

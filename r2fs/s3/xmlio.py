@@ -33,16 +33,17 @@ def _render(node: Node, out: list[str]) -> None:
     if node is None:
         return
     tag, value = node
+    name = tag.split(" ", 1)[0]  # a tag may carry attributes: 'Grantee xsi:type="Group"'
     if isinstance(value, list):
         out.append(f"<{tag}>")
         for child in value:
             _render(child, out)
-        out.append(f"</{tag}>")
+        out.append(f"</{name}>")
     elif value is None or value == "":
         out.append(f"<{tag}/>" if value == "" else "")
     else:
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        out.append(f"<{tag}>{escape(text)}</{tag}>")
+        out.append(f"<{tag}>{escape(text)}</{name}>")
 
 
 def document(root: str, children: Iterable[Node], *, namespace: bool = True) -> bytes:
@@ -86,8 +87,14 @@ def text(elem: ET.Element, tag: str, default: str | None = None) -> str | None:
     return child.text or ""
 
 
-def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
-    """CompleteMultipartUpload -> [(part number, etag without quotes)] in document order."""
+#: CompleteMultipartUpload's per-part checksum elements -> algorithm
+PART_CHECKSUMS = {"ChecksumCRC32": "crc32", "ChecksumCRC32C": "crc32c", "ChecksumCRC64NVME": "crc64nvme",
+                  "ChecksumSHA1": "sha1", "ChecksumSHA256": "sha256"}
+
+
+def parse_complete_multipart(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    """CompleteMultipartUpload -> [(part number, etag without quotes, {algorithm: checksum})]
+    in document order."""
     root = parse(body)
     if root.tag != "CompleteMultipartUpload":
         raise S3Error("MalformedXML")
@@ -96,7 +103,9 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
         number, etag = text(part, "PartNumber"), text(part, "ETag")
         if number is None or etag is None or not number.strip().isdigit():
             raise S3Error("MalformedXML", "each Part needs a PartNumber and an ETag")
-        parts.append((int(number), etag.strip().strip('"')))
+        sums = {algo: (text(part, tag) or "").strip() for tag, algo in PART_CHECKSUMS.items()
+                if part.find(tag) is not None}
+        parts.append((int(number), etag.strip().strip('"'), sums))
     if not parts:
         raise S3Error("MalformedXML", "CompleteMultipartUpload lists no parts")
     return parts
