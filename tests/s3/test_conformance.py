@@ -270,9 +270,31 @@ def test_presigned_expires_out_of_range(gateway, s3, bucket_name):
         assert resp.status_code == 403 and error_code(resp) == "AccessDenied", bad
 
 
+def _read_response(sock: socket.socket, pending: bytearray) -> str:
+    """One HTTP response (head, and body by Content-Length) from `sock`."""
+    while b"\r\n\r\n" not in pending:
+        data = sock.recv(65536)
+        if not data:
+            break
+        pending += data
+    head, _, rest = bytes(pending).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        data = sock.recv(65536)
+        if not data:
+            break
+        rest += data
+    pending[:] = rest[length:]
+    return (head + b"\r\n\r\n" + rest[:length]).decode("latin-1")
+
+
 def _raw_put_with_expect(gateway, bucket: str, key: str, body: bytes, *, break_signature: bool):
     """Send only the head of a signed PUT with Expect: 100-continue; return the first
-    status line, and then (if 100 came) the final one after sending the body."""
+    response, and then (if it was 100) the final one after sending the body."""
     from botocore.awsrequest import AWSRequest
 
     from .helpers import make_signer
@@ -285,15 +307,14 @@ def _raw_put_with_expect(gateway, bucket: str, key: str, body: bytes, *, break_s
         headers["Authorization"] = headers["Authorization"][:-4] + "0000"
     head = f"PUT /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + f"Content-Length: {len(body)}\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+    pending = bytearray()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
         sock.sendall(head.encode())
-        first = sock.recv(65536).decode("latin-1")
+        first = _read_response(sock, pending)
         final = None
         if first.startswith("HTTP/1.1 100"):
             sock.sendall(body)
-            final = sock.recv(65536).decode("latin-1")
-            if "\r\n\r\n" in first.split("\r\n\r\n", 1)[1] or first.count("HTTP/1.1") > 1:
-                final = first.split("\r\n\r\n", 1)[1]
+            final = _read_response(sock, pending)
     return first, final
 
 
