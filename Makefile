@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages, one variable per area so that changes to one area do not collide.
 APT_CORE := gcc python3-dev python3-venv pkg-config
-APT_FUSE := fuse3 libfuse3-dev
+APT_FUSE := fuse3  # fusermount3 only: r2fs speaks the FUSE protocol itself (r2fs/fuse/kernel/)
 APT_TOOLS := rsync git sqlite3 tar rclone
 APT_S3 := chromium
 APT_META := postgresql postgresql-15 iproute2
@@ -45,7 +45,11 @@ test: deps
 demo: deps
 	$(VENV)/bin/r2fs demo
 
+APT_BENCH := gocryptfs  # the peer of `tools/bench mount`
+
 bench: deps
+	@for p in $(APT_BENCH); do dpkg -s $$p >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$p >/dev/null; }; done
 	$(PY) tools/bench $(WORKLOAD)
 
 clean:

@@ -1,7 +1,7 @@
 """The one mapping from r2fs errors (and OSError) to errno for the FUSE layer.
 
 Every FUSE request handler is wrapped by `guarded`, so that no exception other
-than `pyfuse3.FUSEError` ever reaches pyfuse3: an unexpected exception there
+than `FUSEError` ever reaches the session: an unexpected exception there
 would stop the whole main loop, taking the mount down for every user. A bug
 in one operation must cost that operation an EIO, nothing more.
 """
@@ -13,7 +13,7 @@ import functools
 import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
-import pyfuse3
+from .kernel import api as fuse
 
 from ..engine import errors as E
 
@@ -40,7 +40,7 @@ _ERRNO: dict[type[BaseException], int] = {
 
 def errno_for(exc: BaseException) -> int:
     """The errno a FUSE caller should see for `exc`."""
-    if isinstance(exc, pyfuse3.FUSEError):
+    if isinstance(exc, fuse.FUSEError):
         return exc.errno
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
@@ -50,9 +50,9 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
-def fail(code: int) -> pyfuse3.FUSEError:
+def fail(code: int) -> fuse.FUSEError:
     """A FUSEError to raise (`raise fail(errno.ENOENT)`)."""
-    return pyfuse3.FUSEError(code)
+    return fuse.FUSEError(code)
 
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except fuse.FUSEError:
             raise
         except (E.R2fsError, OSError) as exc:
             code = errno_for(exc)
@@ -73,10 +73,10 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
                 log.error("%s failed: %s", fn.__name__, exc)
             else:
                 log.debug("%s: %s -> %s", fn.__name__, exc, errno.errorcode.get(code, code))
-            raise pyfuse3.FUSEError(code) from None
+            raise fuse.FUSEError(code) from None
         except Exception:  # noqa: BLE001 - the one place a bug becomes EIO
             log.exception("internal error in %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise fuse.FUSEError(errno.EIO) from None
 
     return wrapper
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import errno
 
-import pyfuse3
+from .kernel import api as fuse
 
 from .errmap import fail
 from .names import is_under
 
-ROOT = pyfuse3.ROOT_INODE
+ROOT = fuse.ROOT_INODE
 
 
 class InodeTable:

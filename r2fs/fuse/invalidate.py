@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-import pyfuse3
 import trio
 
 from .context import MountContext
+from .kernel.session import Session
 from .inodes import ROOT
 from .names import split
 from .tracked import OwnChanges
@@ -34,6 +34,7 @@ class ChangePoller:
         self._forget = forget  # the mount's own memory of paths (ops.R2Operations)
         self._forget_all = forget_all
         self.seq = ctx.cluster.change_seq()
+        self.session: Session | None = None  # kernel notifications go here once mounted
 
     async def run(self) -> None:
         while True:
@@ -72,20 +73,20 @@ class ChangePoller:
 
     async def _invalidate(self, path: str) -> None:
         table = self._ctx.table
+        session = self.session
+        if session is None:
+            return
         ino = table.known(path)
         if ino is not None and not self._is_open(ino):
-            await _quietly(pyfuse3.invalidate_inode, ino, False)
+            await _quietly(session.invalidate_inode, ino, False)
         # the path and every directory leading to it may have appeared or vanished
         while path:
             parent, name = split(path)
             pino = ROOT if parent == "" else table.known(parent)
             if pino is not None and table.known(path) is not None:
-                try:
-                    pyfuse3.invalidate_entry_async(pino, name.encode("utf-8"), ignore_enoent=True)
-                except Exception as exc:  # noqa: BLE001
-                    log.debug("invalidate_entry %s: %s", path, exc)
+                await _quietly(session.invalidate_entry, pino, name.encode("utf-8"))
                 if pino != ROOT:
-                    await _quietly(pyfuse3.invalidate_inode, pino, True)
+                    await _quietly(session.invalidate_inode, pino, True)
             path = parent
 
 

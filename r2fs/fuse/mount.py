@@ -1,4 +1,4 @@
-"""Running a mount: pyfuse3 + trio main loop, change poller, clean shutdown.
+"""Running a mount: the kernel session (kernel/), trio for I/O, change poller, clean shutdown.
 
 SIGINT/SIGTERM/SIGHUP flush every dirty open file, then end the FUSE loop
 and unmount. An external `fusermount3 -u` ends the loop too; whatever is
@@ -17,7 +17,6 @@ from functools import partial
 import time
 from typing import Callable
 
-import pyfuse3
 import trio
 
 from ..engine.errors import R2fsError
@@ -27,13 +26,15 @@ from .context import MountContext, MountOptions
 from ..engine.metasnap import run_snapshotter
 from ..engine.replicator import run_replicator
 from .invalidate import ChangePoller
+from .kernel import mounting
+from .kernel.session import Session, StateLock
 from .journal import Journal, journal_dir, replay
 from .ops import R2Operations
 from .tracked import OwnChanges, TrackedBucket
 
 log = logging.getLogger("r2fs.fuse")
 
-#: Options r2fs understands itself; everything else goes to libfuse.
+#: Options r2fs understands itself; everything else goes to the kernel (kernel/mounting.py).
 R2FS_OPTIONS = ("attr_timeout", "entry_timeout", "poll_interval", "writeback", "debug",
                 "read_ahead_kb")
 
@@ -72,11 +73,13 @@ def parse_options(text: str | None) -> tuple[MountOptions, bool]:
     return opts, debug
 
 
-def fuse_options(opts: MountOptions) -> set[str]:
-    out = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    out |= {"fsname=r2fs", "subtype=r2fs"}
-    out |= opts.fuse_options
-    return out
+def kernel_options(opts: MountOptions) -> mounting.KernelMountOptions:
+    """The mount(2) flags and fuse driver options; MountError for an unknown option."""
+    words = {"default_permissions", "fsname=r2fs", "subtype=r2fs"}  # the kernel checks modes
+    try:
+        return mounting.parse(words | opts.fuse_options)
+    except mounting.MountOptionError as exc:
+        raise MountError(str(exc)) from None
 
 
 async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: MountOptions,
@@ -100,34 +103,48 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     ops.files.journal = Journal(cluster, jdir)
     poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None,
                           ops.forget_paths, ops.forget_all_paths)
+    state = StateLock()  # request thread <-> trio thread (docs/architecture.md)
+    trio.lowlevel.add_instrument(state.instrument())
     try:
-        pyfuse3.init(ops, mountpoint, fuse_options(opts))
-    except RuntimeError as exc:
-        raise MountError(f"cannot mount at {mountpoint}: {exc} (see the log above for libfuse's reason)") from None
+        mounted = mounting.mount(mountpoint, kernel_options(opts))
+    except OSError as exc:
+        raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
+    session = Session(mounted.fd, ops, state, writeback=opts.writeback)
+    poller.session = session
     log.info("mounted bucket %r at %s", bucket_name, mountpoint)
     stop = trio.Event()  # ends the replicator (draining local uploads) and the snapshotter
+    quit = trio.Event()  # the kernel ended the connection, or a signal asked to unmount
     try:
         async with trio.open_nursery() as nursery:
             ctx.nursery = nursery
+            session.start(nursery)
+            nursery.start_soon(_until_ended, session, quit)
             nursery.start_soon(run_replicator, cluster, stop)
             nursery.start_soon(run_snapshotter, cluster, stop)
             nursery.start_soon(poller.run)
             nursery.start_soon(ops.files.run_publisher)
-            nursery.start_soon(_on_signals, ops)
+            nursery.start_soon(_on_signals, ops, mountpoint, quit)
             # from a thread: the kernel finishes the knob only once FUSE INIT is answered
             nursery.start_soon(partial(trio.to_thread.run_sync, set_read_ahead, mountpoint,
                                        opts.read_ahead_kb, abandon_on_cancel=True))
             if on_ready is not None:
                 on_ready()
-            await pyfuse3.main()
+            await quit.wait()
             stop.set()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await ops.files.commit_all()
         ops.files.journal.close()
-        pyfuse3.close(unmount=True)
+        if not session.ended.is_set():
+            mounting.unmount(mountpoint)
+        mounted.close()
         log.info("unmounted %s", mountpoint)
+
+
+async def _until_ended(session: Session, quit: trio.Event) -> None:
+    await session.wait_ended()
+    quit.set()
 
 
 def kernel_read_ahead_kb(opts: MountOptions, cluster: Cluster) -> int:
@@ -172,12 +189,13 @@ def set_read_ahead(mountpoint: str, kib: int) -> None:
         log.info("kernel read-ahead left at its default (%s)", exc)
 
 
-async def _on_signals(ops: R2Operations) -> None:
+async def _on_signals(ops: R2Operations, mountpoint: str, quit: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %s: flushing and unmounting", signal.Signals(signum).name)
             await ops.files.commit_all()
-            pyfuse3.terminate()
+            await trio.to_thread.run_sync(mounting.unmount, mountpoint)
+            quit.set()
             return
 
 
@@ -190,6 +208,7 @@ def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | Non
     long-running process (the CLI passes its cache and write flags).
     """
     opts, debug = parse_options(options)
+    kernel_options(opts)  # an unknown option fails here, before anything is opened
     # The trio thread answers the kernel and gives the GIL away on every
     # syscall; worker threads running Python (metadata commits) would keep it
     # for the default 5 ms each time. 1 ms bounds that wait per request.

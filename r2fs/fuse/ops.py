@@ -1,4 +1,4 @@
-"""The FUSE request handlers (pyfuse3.Operations) of an r2fs mount.
+"""The FUSE request handlers of an r2fs mount (called by kernel/session.py).
 
 Each handler turns a kernel request into store calls; the rules for the tree
 are in dirs.py/names.py, open-file state in handles.py/writebuf.py, and
@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable
 
-import pyfuse3
+from .kernel import api as fuse
+from .kernel.session import Session
 import trio
 
 from ..engine.types import Conditional, ObjectInfo
@@ -45,12 +46,10 @@ class DirHandle:
 
 
 @guard_operations
-class R2Operations(pyfuse3.Operations):
-    supports_dot_lookup = False
-
+class R2Operations:
     def __init__(self, ctx: MountContext) -> None:
-        super().__init__()
         self.ctx = ctx
+        self.session: Session | None = None  # the kernel connection, once INIT is answered
         self.table = ctx.table
         self.files = OpenFiles(ctx)
         self.enable_writeback_cache = ctx.options.writeback
@@ -59,7 +58,7 @@ class R2Operations(pyfuse3.Operations):
         self._root = A.from_metadata({}, stat.S_IFDIR, ctx.owner, ctx.mounted_ns)
         self._root_meta: dict[str, str] = {}
         self._cache_version: dict[int, str] = {}  # ino -> version the page cache holds
-        self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
+        self._statfs: tuple[float, fuse.StatvfsData] | None = None
         # What paths are, as last read from the bucket: lookup/getattr answer from
         # here (the kernel asks again after every change in a directory). Every
         # change this mount makes updates it; the change poller drops what other
@@ -69,10 +68,15 @@ class R2Operations(pyfuse3.Operations):
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
+    def init(self, session: Session) -> None:
+        """INIT is answered: what the kernel agreed to (request thread, before any request)."""
+        self.session = session
+        self.enable_writeback_cache = session.writeback
+
     # --- attributes ------------------------------------------------------------------
 
-    def _entry(self, ino: int, attrs: A.PosixAttrs, size: int, nlink: int = 1) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
+    def _entry(self, ino: int, attrs: A.PosixAttrs, size: int, nlink: int = 1) -> fuse.EntryAttributes:
+        e = fuse.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
         e.entry_timeout = self.ctx.options.entry_timeout
@@ -90,11 +94,11 @@ class R2Operations(pyfuse3.Operations):
         e.st_ctime_ns = attrs.ctime_ns
         return e
 
-    def _open_entry(self, of: OpenFile) -> pyfuse3.EntryAttributes:
+    def _open_entry(self, of: OpenFile) -> fuse.EntryAttributes:
         nlink = 1 if self.table.path_or_none(of.ino) is not None else 0
         return self._entry(of.ino, of.attrs, of.buf.size, nlink)
 
-    async def _node_entry(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
+    async def _node_entry(self, ino: int, node: Node) -> fuse.EntryAttributes:
         of = self.files.get(ino)
         if of is not None and not node.is_dir:
             return self._open_entry(of)
@@ -137,7 +141,7 @@ class R2Operations(pyfuse3.Operations):
     async def _exists(self, path: str) -> Node | None:
         try:
             return await self._resolve(path)
-        except pyfuse3.FUSEError as exc:
+        except fuse.FUSEError as exc:
             if exc.errno == errno.ENOENT:
                 return None
             raise
@@ -145,7 +149,7 @@ class R2Operations(pyfuse3.Operations):
     def _child(self, parent: int, name: bytes) -> str:
         return join(self.table.path(parent), component(name))
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         path = self._child(parent_inode, name)
         known = self.table.known(path)
         of = self.files.get(known) if known is not None else None
@@ -163,7 +167,7 @@ class R2Operations(pyfuse3.Operations):
             if not self.table.exists(ino):
                 self._cache_version.pop(ino, None)
 
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: fuse.RequestContext | None = None) -> fuse.EntryAttributes:
         of = self.files.get(inode)
         if of is not None:
             return self._open_entry(of)
@@ -172,8 +176,8 @@ class R2Operations(pyfuse3.Operations):
         node = await self._resolve(self.table.path(inode))
         return self._entry(inode, node.attrs, node.size)
 
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(self, inode: int, attr: fuse.EntryAttributes, fields: fuse.SetattrFields,
+                      fh: int | None, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         now = A.now_ns()
 
         def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
@@ -239,14 +243,14 @@ class R2Operations(pyfuse3.Operations):
 
     # --- names -------------------------------------------------------------------------
 
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    async def readlink(self, inode: int, ctx: fuse.RequestContext) -> bytes:
         node = await resolve(self.ctx, self.table.path(inode))  # (cached nodes carry no content)
         if not stat.S_ISLNK(node.attrs.mode) or node.info is None:
             raise fail(errno.EINVAL)
         return await self.ctx.bucket.read_range(node.info, 0, node.size)
 
     async def _create_object(self, parent: int, name: bytes, kind: int, perm: int,
-                             ctx: pyfuse3.RequestContext, content: bytes = b"") -> pyfuse3.EntryAttributes:
+                             ctx: fuse.RequestContext, content: bytes = b"") -> fuse.EntryAttributes:
         """A new object committed at once (symlinks, mknod): create-only, so never a clobber."""
         path = self._child(parent, name)
         if await self._exists(path) is not None:
@@ -261,18 +265,18 @@ class R2Operations(pyfuse3.Operations):
         return self._entry(ino, node.attrs, node.size)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         if not stat.S_ISREG(mode):
             raise fail(errno.EPERM)  # only regular files can be objects
         return await self._create_object(parent_inode, name, stat.S_IFREG, mode, ctx)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         return await self._create_object(parent_inode, name, stat.S_IFLNK, A.SYMLINK_PERM, ctx,
                                          bytes(target))
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         path = self._child(parent_inode, name)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
@@ -283,7 +287,7 @@ class R2Operations(pyfuse3.Operations):
         self.table.looked_up(ino)
         return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
 
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def unlink(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
         path = self._child(parent_inode, name)
         known = self.table.known(path)
         of = self.files.get(known) if known is not None else None
@@ -302,7 +306,7 @@ class R2Operations(pyfuse3.Operations):
         if of is None or not of.pending:  # (an unpublished file's parent is as it was)
             await self._keep_parent(path)
 
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
         path = self._child(parent_inode, name)
         node = await self._resolve(path)
         if not node.is_dir:
@@ -316,8 +320,8 @@ class R2Operations(pyfuse3.Operations):
         await self._keep_parent(path)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        if flags & pyfuse3.RENAME_EXCHANGE:
+                     name_new: bytes, flags: int, ctx: fuse.RequestContext) -> None:
+        if flags & fuse.RENAME_EXCHANGE:
             raise fail(errno.EINVAL)
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
@@ -331,7 +335,7 @@ class R2Operations(pyfuse3.Operations):
         if old == new:
             return
         dst = await self._exists(new)
-        if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+        if dst is not None and flags & fuse.RENAME_NOREPLACE:
             raise fail(errno.EEXIST)
         if src.is_dir:
             await self.files.settle(old)  # its closed, unpublished files must move too
@@ -389,9 +393,9 @@ class R2Operations(pyfuse3.Operations):
             if dst is not None and dst.is_dir:
                 raise fail(errno.EISDIR)
             dst_info = dst.info if dst is not None else None
-            if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            if dst is not None and flags & fuse.RENAME_NOREPLACE:
                 raise fail(errno.EEXIST)
-        if vof is not None and flags & pyfuse3.RENAME_NOREPLACE:
+        if vof is not None and flags & fuse.RENAME_NOREPLACE:
             raise fail(errno.EEXIST)
         async with _locked(sof, vof):
             if not sof.pending or self.table.known(new) != victim:
@@ -412,12 +416,12 @@ class R2Operations(pyfuse3.Operations):
         return True
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+                   ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         raise fail(errno.EPERM)  # objects have one name; documented
 
     # --- files -------------------------------------------------------------------------
 
-    def _file_info(self, of: OpenFile, flags: int, prefilled: bool = False) -> pyfuse3.FileInfo:
+    def _file_info(self, of: OpenFile, flags: int, prefilled: bool = False) -> fuse.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         h = self.files.open_handle(of, append=bool(flags & os.O_APPEND), writable=writable)
         version = of.buf.base.version if of.buf.base is not None else None
@@ -425,7 +429,7 @@ class R2Operations(pyfuse3.Operations):
                 and (prefilled or self._cache_version.get(of.ino) == version))
         if version is not None:
             self._cache_version[of.ino] = version
-        return pyfuse3.FileInfo(fh=h.fh, keep_cache=keep)
+        return fuse.FileInfo(fh=h.fh, keep_cache=keep)
 
     async def _prefill(self, of: OpenFile, flags: int) -> bool:
         """Hand a small, unchanged file's content to the kernel's page cache with the open reply.
@@ -447,13 +451,14 @@ class R2Operations(pyfuse3.Operations):
         if of.buf.changed or of.buf.base is not base:
             return False
         try:
-            pyfuse3.notify_store(of.ino, 0, data)
+            assert self.session is not None
+            self.session.notify_store(of.ino, 0, data)
         except OSError as exc:
             log.debug("notify_store of inode %d: %s", of.ino, exc)
             return False
         return True
 
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: fuse.RequestContext) -> fuse.FileInfo:
         path = self.table.path(inode)
         of = await self.files.acquire(inode, path)
         try:
@@ -470,7 +475,7 @@ class R2Operations(pyfuse3.Operations):
             raise
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+                     ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
         path = self._child(parent_inode, name)
         ino = self.table.ino(path)
         if self.files.get(ino) is not None:
@@ -489,9 +494,9 @@ class R2Operations(pyfuse3.Operations):
         if of.buf.dirty:
             async with of.lock:
                 return await of.buf.read(off, size)
-        return await of.buf.read(off, size, view=True)  # pyfuse3 copies it into the reply
+        return await of.buf.read(off, size, view=True)  # (written into the reply at once)
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes, kill_suidgid: bool = False) -> int:
         h = self.files.handle(fh)
         of = h.file
         async with of.lock:
@@ -535,7 +540,7 @@ class R2Operations(pyfuse3.Operations):
 
     # --- directories ----------------------------------------------------------------
 
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: fuse.RequestContext) -> int:
         path = self.table.path(inode)
         node = await self._resolve(path)
         if not node.is_dir:
@@ -546,7 +551,7 @@ class R2Operations(pyfuse3.Operations):
         self.table.pin(inode)
         return fh
 
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: int, start_id: int, token: fuse.ReaddirToken) -> None:
         d = self._dirs[fh]
         if d.entries is None or start_id == 0:
             d.entries = await self._snapshot(d)
@@ -554,10 +559,10 @@ class R2Operations(pyfuse3.Operations):
             name, ino, attrs, size = d.entries[i]
             of = self.files.get(ino) if name not in (".", "..") else None
             entry = self._open_entry(of) if of is not None else self._entry(ino, attrs, size)
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), entry, i + 1):
+            if not fuse.readdir_reply(token, name.encode("utf-8"), entry, i + 1):
                 return
-            if name not in (".", ".."):
-                self.table.looked_up(ino)
+            if token.plus and name not in (".", ".."):
+                self.table.looked_up(ino)  # (the kernel counts a lookup per READDIRPLUS entry)
 
     async def _snapshot(self, d: DirHandle) -> list[tuple[str, int, A.PosixAttrs, int]]:
         """The listing readdir offsets index into: stable while entries come and go."""
@@ -604,20 +609,20 @@ class R2Operations(pyfuse3.Operations):
         node = await self._resolve(self.table.path(inode))
         return node.info.custom_metadata if node.info is not None else {}
 
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    async def getxattr(self, inode: int, name: bytes, ctx: fuse.RequestContext) -> bytes:
         try:
             key = self._xname(name)
-        except pyfuse3.FUSEError:
-            raise fail(pyfuse3.ENOATTR) from None
+        except fuse.FUSEError:
+            raise fail(fuse.ENOATTR) from None
         value = A.get_xattrs(await self._meta(inode)).get(key)
         if value is None:
-            raise fail(pyfuse3.ENOATTR)
+            raise fail(fuse.ENOATTR)
         return value
 
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    async def listxattr(self, inode: int, ctx: fuse.RequestContext) -> list[bytes]:
         return [k.encode("utf-8") for k in A.get_xattrs(await self._meta(inode))]
 
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: fuse.RequestContext) -> None:
         key = self._xname(name)
         if len(key.encode()) > 255:
             raise fail(errno.ERANGE)
@@ -631,10 +636,10 @@ class R2Operations(pyfuse3.Operations):
 
         await self._change(inode, change)
 
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def removexattr(self, inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
         key = self._xname(name)
         if key not in A.get_xattrs(await self._meta(inode)):
-            raise fail(pyfuse3.ENOATTR)
+            raise fail(fuse.ENOATTR)
 
         def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
             x = A.get_xattrs(meta)
@@ -645,7 +650,7 @@ class R2Operations(pyfuse3.Operations):
 
     # --- file system ------------------------------------------------------------------
 
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: fuse.RequestContext) -> fuse.StatvfsData:
         cached = self._statfs
         if cached is not None and time.monotonic() - cached[0] < 2.0:
             return cached[1]
@@ -654,7 +659,7 @@ class R2Operations(pyfuse3.Operations):
         share = k / (k + m) if k + m else 1.0
         files = len(self.table) + (1 << 20)
         bs = 4096
-        data = pyfuse3.StatvfsData()
+        data = fuse.StatvfsData()
         data.f_bsize = BLKSIZE
         data.f_frsize = bs
         data.f_blocks = int(total * share) // bs
