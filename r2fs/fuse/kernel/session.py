@@ -77,7 +77,7 @@ class Session:
     """Serve one mounted /dev/fuse descriptor with the filesystem `fs`."""
 
     def __init__(self, fd: int, fs: Any, state: StateLock, *, writeback: bool = False,
-                 killpriv: bool = True) -> None:
+                 killpriv: bool = False) -> None:
         self.fd = fd
         self.fs = fs
         self.state = state
