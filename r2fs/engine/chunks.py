@@ -269,6 +269,13 @@ class ChunkStore:
         self.k, self.m = k, m
         self.erasure = Erasure(k, m, stripe_size)
         self.stripe_size = stripe_size
+        #: Called as on_damage(chunk id, problems) after a read that succeeded by
+        #: decoding around bad or missing shards (heal on read: the store queues
+        #: the chunk's repair). Must be cheap and never raise.
+        self.on_damage: Callable[[bytes, list[str]], None] | None = None
+        #: Called with a node id this store does not know (a node added since the
+        #: process started): the node, after re-reading the cluster's node list, or None.
+        self.resolve_node: Callable[[str], NodeStore | None] | None = None
 
     # --- crypto --------------------------------------------------------------------
 
@@ -307,11 +314,18 @@ class ChunkStore:
 
     # --- write -----------------------------------------------------------------------
 
+    def node(self, node_id: str) -> NodeStore | None:
+        """The node of that id, also one added after this process started; None if unknown."""
+        node = self.nodes.get(node_id)
+        if node is None and node_id and self.resolve_node is not None:
+            node = self.resolve_node(node_id)
+        return node
+
     def _node(self, node_id: str) -> NodeStore:
-        try:
-            return self.nodes[node_id]
-        except KeyError:
-            raise NodeUnavailable(f"node {node_id} is not part of this cluster") from None
+        node = self.node(node_id)
+        if node is None:
+            raise NodeUnavailable(f"node {node_id} is not part of this cluster")
+        return node
 
     def seal_and_write(self, chunk_id: bytes, gen: int, plaintext: Buffer,
                        placement: Sequence[str], *,
@@ -422,7 +436,7 @@ class ChunkStore:
 
         only_if_cached: None if the file is not in the page cache (nothing read).
         """
-        node = self.nodes.get(node_id)
+        node = self.node(node_id)
         if node is None:
             raise NodeUnavailable(f"unknown node {node_id}")
         blob = node.read_into(name, _buffers.get, only_if_cached=only_if_cached, direct=direct)
@@ -442,12 +456,13 @@ class ChunkStore:
         return payload
 
     def _gather(self, chunk_id: bytes, gen: int, placement: Sequence[str],
-                context: str) -> dict[int, memoryview]:
+                context: str, *, notify: bool = True) -> dict[int, memoryview]:
         """At least k verified shard payloads (data shards first, read in parallel).
 
         Parity shards are read only when a data shard is missing or fails its
         checksum. Fewer than k good shards -> DataUnavailable naming `context`.
-        The caller must `_release` every returned view.
+        The caller must `_release` every returned view. With `notify`, a read
+        that succeeded around bad shards is reported to `on_damage`.
         """
         n = self.k + self.m
         if len(placement) != n:
@@ -522,6 +537,8 @@ class ChunkStore:
             raise DataUnavailable(
                 f"{what} is unreadable: {count} good shards of {self.k} needed "
                 f"({'; '.join(problems)})")
+        if problems and notify and self.on_damage is not None:
+            self.on_damage(chunk_id, problems)
         return good
 
     def _decode(self, chunk_id: bytes, good: dict[int, memoryview], sealed_len: int,
@@ -583,7 +600,7 @@ class ChunkStore:
         """(files removed, bytes freed); missing files and unknown nodes are fine."""
         removed = freed = 0
         for name, node_id in zip(self.shard_names(chunk_id, gen), placement):
-            node = self.nodes.get(node_id)
+            node = self.node(node_id)
             if node is None:
                 continue
             size = node.size_of(name)

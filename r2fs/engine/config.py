@@ -19,12 +19,18 @@ CONFIG_FORMAT = 1
 CONFIG_FILE = "cluster.toml"
 
 
+NODE_ACTIVE = "active"
+NODE_DRAINING = "draining"  # keeps its shards readable, gets no new ones (`r2fs node drain`)
+NODE_STATES = (NODE_ACTIVE, NODE_DRAINING)
+
+
 @dataclass
 class NodeConfig:
     id: str
     path: str  # absolute
     region: str = "default"
     extra: dict[str, Any] = field(default_factory=dict)  # further tables, e.g. [nodes.ID.simulate]
+    state: str = NODE_ACTIVE
 
 
 @dataclass
@@ -44,6 +50,11 @@ class ClusterConfig:
     @property
     def node_ids(self) -> list[str]:
         return [n.id for n in self.nodes]
+
+    @property
+    def placeable_ids(self) -> list[str]:
+        """Nodes new shards may be placed on (every node but draining ones)."""
+        return [n.id for n in self.nodes if n.state == NODE_ACTIVE]
 
 
 def validate_layout(nodes: int, k: int, m: int, chunk_size: int,
@@ -90,7 +101,13 @@ def render(cfg: ClusterConfig, root: str) -> str:
         lines += ["[meta]", f"url = {_quote(cfg.meta_url)}", ""]
     for n in cfg.nodes:
         rel = os.path.relpath(n.path, root)
-        lines += [f"[nodes.{n.id}]", f"path = {_quote(rel)}", f"region = {_quote(n.region)}", ""]
+        lines += [f"[nodes.{n.id}]", f"path = {_quote(rel)}", f"region = {_quote(n.region)}"]
+        if n.state != NODE_ACTIVE:
+            lines.append(f"state = {_quote(n.state)}")
+        lines += _table_lines(f"nodes.{n.id}", n.extra, header=False)
+    # other subsystems' tables ([pops], [meta_snapshots]...), kept as they were
+    lines += _table_lines("", {k: v for k, v in cfg.raw.items()
+                               if k not in _OWN_KEYS and isinstance(v, dict)}, header=False)
     return "\n".join(lines)
 
 
@@ -105,6 +122,55 @@ def check_meta_url(url: str, where: str = "--meta") -> str:
                                    "(use postgresql://[user[:password]@]host[:port]/database; "
                                    "without it the metadata is the embedded LMDB in meta/)")
     return url
+
+
+_OWN_KEYS = ("format", "cluster_id", "k", "m", "chunk_size", "stripe_size", "inline_threshold",
+             "key_check", "nodes", "meta")
+
+
+def _table_lines(name: str, table: dict[str, Any], *, header: bool = True) -> list[str]:
+    """`table` as TOML: its scalars under [name] (if header), then its sub-tables."""
+    lines = [f"[{name}]"] if header else []
+    subs = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            subs.append((key, value))
+        else:
+            lines.append(f"{key} = {_value(value)}")
+    lines.append("")
+    for key, value in subs:
+        lines += _table_lines(f"{name}.{key}" if name else key, value)
+    return lines
+
+
+def _value(v: Any) -> str:
+    """A TOML scalar (or list of scalars) as written by `render`."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return _quote(str(v))
+
+
+def save(cfg: ClusterConfig, root: str) -> None:
+    """Durably replace cluster.toml with `cfg` (temp file, fsync, rename, directory fsync).
+
+    Callers serialise changes with `config_lock`; readers see the old or the new file.
+    """
+    path = os.path.join(root, CONFIG_FILE)
+    tmp = path + f".{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(render(cfg, root))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def new_config(root: str, *, nodes: int, k: int, m: int, chunk_size: int,
@@ -145,10 +211,14 @@ def load(root: str) -> ClusterConfig:
     try:
         nodes = []
         for node_id, table in raw["nodes"].items():
-            extra = {k: v for k, v in table.items() if k not in ("path", "region")}
+            extra = {k: v for k, v in table.items() if k not in ("path", "region", "state")}
             p = table["path"]
+            state = table.get("state", NODE_ACTIVE)
+            if state not in NODE_STATES:
+                raise InvalidClusterConfig(f"{path}: node {node_id} has unknown state {state!r} "
+                                           f"(known: {', '.join(NODE_STATES)})")
             nodes.append(NodeConfig(node_id, os.path.normpath(os.path.join(root, p)),
-                                    table.get("region", "default"), extra))
+                                    table.get("region", "default"), extra, state))
         cfg = ClusterConfig(k=int(raw["k"]), m=int(raw["m"]), chunk_size=int(raw["chunk_size"]),
                             nodes=nodes, cluster_id=str(raw["cluster_id"]),
                             key_check=str(raw["key_check"]),

@@ -10,12 +10,11 @@ top (which is why a `Cluster` can be handed to any of them).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Callable, TypeVar
 
 import trio
 
-from . import config as cfgmod
+from . import config as cfgmod, nodeops
 from .chunks import ChunkStore
 from .keys import MasterKey
 from .meta import MetaEngine, Txn
@@ -24,6 +23,12 @@ from .simulate import build_nodes
 from .staging import Staging
 
 T = TypeVar("T")
+
+
+def placement_for(cid: bytes, n: int, region_nodes: list[str], placeable: list[str]) -> list[str]:
+    """Rendezvous placement over the home region's nodes if it has n of them, else over
+    every node that takes shards (the one rule for new chunks and for rebalancing)."""
+    return place(cid, region_nodes if len(region_nodes) >= n else placeable, n)
 
 
 class Core:
@@ -38,11 +43,33 @@ class Core:
         self.nodes: dict[str, NodeStore] = build_nodes(config, path)
         self.chunks = ChunkStore(master, self.nodes, config.k, config.m, config.stripe_size)
         self.staging = Staging(path)
-        regions: dict[str, list[str]] = defaultdict(list)
-        for n in config.nodes:
-            regions[n.region].append(n.id)
-        #: node ids by region (placement keeps a bucket's chunks in its home region)
-        self.regions: dict[str, list[str]] = dict(regions)
+        #: node ids by region that take new shards (placement keeps a bucket's
+        #: chunks in its home region); a region of draining nodes maps to []
+        self.regions: dict[str, list[str]] = {}
+        self.refresh_regions()
+        self.chunks.resolve_node = self._resolve_node
+        nodeops.start_watching(self)
+
+    # --- the node set --------------------------------------------------------------
+
+    def refresh_regions(self) -> None:
+        placeable = set(self.config.placeable_ids)
+        regions: dict[str, list[str]] = {}
+        for n in self.config.nodes:
+            members = regions.setdefault(n.region, [])
+            if n.id in placeable:
+                members.append(n.id)
+        self.regions = regions
+
+    def refresh_config(self, *, force: bool = False) -> bool:
+        """Pick up node changes other processes made to cluster.toml (cheap: a stat at
+        most once a second, unless `force`). True if the node set changed."""
+        return nodeops.refresh(self, force=force)
+
+    def _resolve_node(self, node_id: str) -> NodeStore | None:
+        """A node a chunk record names but this process does not know (added since)."""
+        self.refresh_config(force=True)
+        return self.nodes.get(node_id)
 
     # --- metadata helpers ------------------------------------------------------------
 
@@ -75,11 +102,9 @@ class Core:
 
     def place(self, cid: bytes, home: str | None) -> list[str]:
         """The nodes for a chunk's k+m shards: in its home region if that has enough."""
-        n = self.config.k + self.config.m
-        candidates = self.regions.get(home, []) if home else []
-        if len(candidates) < n:
-            candidates = self.config.node_ids
-        return place(cid, candidates, n)
+        self.refresh_config()  # nodes added or draining since this process started
+        return placement_for(cid, self.config.k + self.config.m,
+                             self.regions.get(home, []) if home else [], self.config.placeable_ids)
 
     def placement(self, cid: bytes, bucket: str | None) -> list[str]:
         """`place` for a chunk of `bucket` (blocking: reads the bucket's record)."""

@@ -57,6 +57,7 @@ from .gc import collect_garbage
 from .core import Core
 from .meta import CHUNK_LIVE, MetaEngine, create_engine, open_engine
 from .reader import ChunkReader
+from .repair import Healer
 from .writer import ChunkBatch, ChunkWriter, _test_hook_kill_after
 from .names import MAX_KEY_BYTES, check_bucket_name, check_key
 from .slices import Merger, ReadFn, update as _update
@@ -1130,6 +1131,8 @@ class Cluster(Core):
         self.writer = ChunkWriter(self)
         self.reader = ChunkReader(self)
         self.merger = Merger(self)  # background merge of slices (slices.py)
+        self.healer = Healer(self)  # heal on read: reads that decoded around damage
+        self.chunks.on_damage = self.healer.schedule
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -1197,6 +1200,7 @@ class Cluster(Core):
 
     def close(self) -> None:
         try:
+            self.healer.close()
             self.reader.close()
         finally:
             self.meta.close()
