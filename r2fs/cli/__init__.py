@@ -50,7 +50,7 @@ else:
 
 #: Modules that contribute subcommands, in help order. Missing ones are skipped.
 COMMAND_MODULES = ("engine_cmds", "demo_cmds", "fuse_cmds", "s3_cmds", "cache_cmds", "uploads_cmds",
-                   "meta_cmds", "bench_cmds")
+                   "meta_cmds", "durability_cmds", "bench_cmds")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -32,6 +32,16 @@ def format_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_duration(seconds: float) -> str:
+    """`83` -> `1m23s`, `5000` -> `1h23m`."""
+    s = max(0, int(seconds + 0.5))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Progress:
     """A one-line progress bar on `stream`, or nothing at all.
 
@@ -42,10 +52,12 @@ class Progress:
     REDRAW_INTERVAL = 0.1  # seconds
 
     def __init__(self, label: str, total: int | None, *, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
+                 enabled: bool | None = None, done: int = 0, eta: bool = False) -> None:
         self.label = label
         self.total = total
-        self.done = 0
+        self.done = done
+        self._first = done  # already done when we started (a resumed scrub): not in the rate
+        self.eta = eta
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
             enabled = _is_tty(self.stream)
@@ -90,11 +102,15 @@ class Progress:
         the line never changes length as they grow: the bar does not jitter.
         """
         elapsed = max(now - self._start, 1e-6)
-        rate = f"{format_size(self.done / elapsed):>{SIZE_WIDTH}}/s"
+        speed = (self.done - self._first) / elapsed
+        rate = f"{format_size(speed):>{SIZE_WIDTH}}/s"
         if self.total:
             frac = min(self.done / self.total, 1.0)
             counts = f"{format_size(self.done):>{SIZE_WIDTH}}/{format_size(self.total)}"
             tail = f" {frac * 100:3.0f}% {counts} {rate}"
+            if self.eta:
+                eta = format_duration((self.total - self.done) / speed) if speed > 0 else "?"
+                tail += f" ETA {eta:>6}"
             bar_width = width - len(self.label) - len(tail) - 4
             if bar_width >= 10:
                 filled = int(bar_width * frac)

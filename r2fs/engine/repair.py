@@ -157,10 +157,7 @@ class RepairResult:
     written_bytes: int = 0
     read_bytes: int = 0
     error: str | None = None  # why the chunk could not be (fully) repaired
-
-    @property
-    def lost(self) -> bool:
-        return self.error is not None
+    unreadable: bool = False  # fewer than k good shards: the chunk's data is lost
 
 
 def check_and_repair(c: "Cluster", cid: bytes, rec: dict, *, repair: bool) -> RepairResult:
@@ -174,6 +171,7 @@ def check_and_repair(c: "Cluster", cid: bytes, rec: dict, *, repair: bool) -> Re
     if found.ok < k:
         found.release()
         result.error = f"only {found.ok} good shards of {k} needed"
+        result.unreadable = True
         return result
     if not repair:
         found.release()

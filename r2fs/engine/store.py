@@ -1335,6 +1335,20 @@ class Cluster(Core):
         """
         return await self.writer.write(bytes(data), bucket=bucket)
 
+    def chunks_of_bucket(self, bucket: str) -> set[bytes]:
+        """Ids of the chunks a bucket's objects and multipart parts reference (scrub --bucket)."""
+        out: set[bytes] = set()
+        with self.meta.read() as txn:
+            if self.meta.get(txn, "buckets", bucket.encode()) is None:
+                raise NoSuchBucket(f"no such bucket: {bucket}")
+            for _, m in self.meta.objects.scan(txn, bucket):
+                out.update(r.id for r in _refs(m))
+            for uid, up in self.meta.scan(txn, "uploads"):
+                if up["bucket"] == bucket:
+                    for _, part in self.meta.scan(txn, "parts", uid):
+                        out.update(r.id for r in _refs(part))
+        return out
+
     async def read_chunk(self, ref: ChunkRef, *, context: str = "") -> bytes:
         """Plaintext of a chunk, through the read tiers; DataUnavailable naming `context`."""
         return await self.reader.read(ref, context=context)

@@ -1,0 +1,157 @@
+"""Scrub: read every shard, verify its header and checksum, optionally repair.
+
+Built on the chunk records (not on manifests): every live chunk whose shards
+are on the nodes is visited once, in id order, through `chunkwalk.walk`
+(resumable after a kill, throttled, a few chunks in flight). `--bucket` limits
+it to the chunks that bucket's objects reference (`store.chunks_of_bucket`).
+
+What is found is kept in the `records` table so that `r2fs status` and the
+Prometheus gauge can say how many chunks are degraded without reading every
+shard again: `durability\\0bad/<chunk id>` per damaged chunk (removed when it
+is repaired), and the counts of the last finished pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from .chunkwalk import NAMESPACE, WalkProgress, crash_point, live_on_nodes, load_state, walk
+from .repair import check_and_repair
+
+if TYPE_CHECKING:
+    from .store import Cluster
+
+STATE = "scrub"
+BAD_PREFIX = NAMESPACE.encode() + b"\0bad/"
+
+
+class Counters:
+    """Process-wide scrub and repair progress, for Prometheus (`render_metrics`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values = dict.fromkeys(("scrub_chunks", "scrub_bytes", "scrub_damaged_shards",
+                                     "repair_shards", "repair_bytes", "repair_failed_chunks"), 0)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                self.values[k] += v
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.values)
+
+
+COUNTERS = Counters()
+
+
+@dataclass
+class ScrubReport:
+    chunks: int = 0
+    bytes: int = 0  # logical (plaintext) bytes of the chunks checked
+    shard_bytes: int = 0  # shard bytes read
+    healthy: int = 0
+    damaged_chunks: int = 0
+    damaged_shards: int = 0
+    repaired_chunks: int = 0
+    repaired_shards: int = 0
+    lost_chunks: int = 0  # fewer than k good shards: cannot be repaired
+    unrepaired_chunks: int = 0  # repairable, not repaired (no --repair, or a node down)
+    resumed: bool = False
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # first few, for the summary
+
+    @property
+    def ok(self) -> bool:
+        return self.lost_chunks == 0 and self.unrepaired_chunks == 0
+
+
+def _bad_key(cid: bytes) -> bytes:
+    return BAD_PREFIX + cid
+
+
+def note_damage(c: "Cluster", cid: bytes, bad: dict[int, tuple[str, str]] | None) -> None:
+    """Remember (or, with `bad` empty/None, forget) a chunk's known damage."""
+    def txn_fn(txn: object) -> None:
+        if bad:
+            c.meta.put(txn, "records", _bad_key(cid),
+                       {"t": time.time(), "bad": {str(i): kind for i, (kind, _) in bad.items()}})
+        else:
+            c.meta.delete(txn, "records", _bad_key(cid))
+    c.meta.write(txn_fn)
+
+
+def known_damage(c: "Cluster") -> dict[bytes, dict]:
+    """Chunk id -> {"bad": {index: kind}} of damage found and not repaired yet."""
+    out = {}
+    with c.meta.read() as txn:
+        for k, v in c.meta.scan(txn, "records", BAD_PREFIX):
+            out[k[len(BAD_PREFIX):]] = v
+    return out
+
+
+def scrub(c: "Cluster", *, repair: bool = False, bucket: str | None = None,
+          rate: float | None = None, window: int = 4, fresh: bool = False,
+          progress: Callable[[WalkProgress], None] | None = None,
+          stop: threading.Event | None = None) -> ScrubReport:
+    """Verify every shard of every chunk (of `bucket`); rewrite bad ones with `repair`.
+
+    Blocking: run it in a worker thread. `rate`: bytes/s of logical data.
+    """
+    started = time.monotonic()
+    only = c.chunks_of_bucket(bucket) if bucket is not None else None
+    known = known_damage(c)
+    report = ScrubReport()
+
+    def work(cid: bytes, rec: dict) -> dict[str, int]:
+        result = check_and_repair(c, cid, rec, repair=repair)
+        crash_point("scrub:checked")
+        out = {"shard_bytes": result.read_bytes}
+        COUNTERS.add(scrub_chunks=1, scrub_bytes=rec["n"], scrub_damaged_shards=len(result.bad))
+        if not result.bad:
+            out["healthy"] = 1
+            if cid in known:
+                note_damage(c, cid, None)
+            return out
+        out["damaged_chunks"] = 1
+        out["damaged_shards"] = len(result.bad)
+        if result.repaired:
+            out["repaired_shards"] = result.repaired
+            COUNTERS.add(repair_shards=result.repaired, repair_bytes=result.written_bytes)
+        if result.repaired == len(result.bad) and not result.error:
+            out["repaired_chunks"] = 1
+            if cid in known:
+                note_damage(c, cid, None)
+            return out
+        out["lost_chunks" if result.unreadable else "unrepaired_chunks"] = 1
+        if result.error:
+            COUNTERS.add(repair_failed_chunks=1)
+        note_damage(c, cid, result.bad)
+        if len(report.problems) < 5:
+            detail = "; ".join(f"shard {i} on {rec['p'][i]}: {d}" for i, (_, d) in
+                               sorted(result.bad.items()))
+            report.problems.append(f"chunk {cid.hex()[:16]}: {detail}"
+                                   + (f" ({result.error})" if result.error else ""))
+        return out
+
+    prog = walk(c, STATE, work, select=lambda cid, rec: live_on_nodes(rec), only=only,
+                scope={"bucket": bucket, "repair": repair}, window=window, rate=rate,
+                progress=progress, stop=stop, fresh=fresh)
+    counts = prog.counts
+    report.chunks = prog.done_chunks
+    report.bytes = prog.done_bytes
+    report.resumed = prog.resumed
+    for name in ("shard_bytes", "healthy", "damaged_chunks", "damaged_shards",
+                 "repaired_chunks", "repaired_shards", "lost_chunks", "unrepaired_chunks"):
+        setattr(report, name, counts.get(name, 0))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def last_scrub(c: "Cluster") -> dict | None:
+    """The saved state of the newest scrub run (finished or not), for status and metrics."""
+    return load_state(c, STATE)
