@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import mimetypes
 import os
 import re
@@ -498,27 +500,47 @@ def status_lines(st: ClusterStatus) -> list[str]:
         f"cluster:  {st.path}",
         f"coding:   RS k={st.k} m={st.m} (survives {st.m} lost node(s) per chunk), "
         f"chunk size {format_size(st.chunk_size)}",
-        f"nodes:    {len(st.nodes)}",
-        f"  {'ID':<6} {'REGION':<8} {'STATE':<6} {'FREE':>11} {'SHARDS':>8} {'SHARD BYTES':>11}  PATH",
+        f"nodes:    {len(st.nodes)} (space: what `du` sees in each node directory)",
+        f"  {'ID':<6} {'REGION':<8} {'STATE':<9} {'FREE':>10} {'SHARDS':>8} {'MISSING':>7} "
+        f"{'DAMAGED':>7} {'OBJ DATA':>10} {'SNAPSHOTS':>10} {'OTHER':>10} {'DU':>10}  PATH",
     ]
     for n in st.nodes:
-        state = "up" if n.available else "DOWN"
-        lines.append(f"  {n.id:<6} {n.region or '-':<8} {state:<6} {format_size(n.free_bytes):>11} "
-                     f"{n.shard_count:>8} {format_size(n.shard_bytes):>11}  {n.path}")
+        state = ("up" if n.available else "DOWN") + (" drain" if n.state == "draining" else "")
+        kinds = n.kinds or {}
+
+        def disk(*names: str) -> str:
+            return format_size(sum((kinds.get(k) or {}).get("disk_bytes", 0) for k in names))
+        sh = n.shards or {}
+        lines.append(f"  {n.id:<6} {n.region or '-':<8} {state:<9} {format_size(n.free_bytes):>10} "
+                     f"{n.shard_count:>8} {sh.get('missing', 0):>7} {sh.get('damaged', 0):>7} "
+                     f"{disk('object_data'):>10} {disk('metadata_snapshots'):>10} "
+                     f"{disk('temp', 'other', 'directories'):>10} {format_size(n.disk_bytes):>10}"
+                     f"  {n.path}")
     overhead = f" ({st.stored_bytes / st.unique_bytes:.2f}x unique)" if st.unique_bytes else ""
+    h = st.health or {}
     lines += [
         f"buckets:  {st.buckets}",
         f"objects:  {st.objects}",
-        f"chunks:   {st.chunks}",
+        f"chunks:   {st.chunks}" + (f" ({h.get('degraded_chunks', 0)} degraded: fewer than "
+                                    f"k+m good shards; {h.get('lost_chunks', 0)} lost; "
+                                    f"{h.get('staged_chunks', 0)} still in local staging)"
+                                    if h else ""),
         f"logical:  {format_size(st.logical_bytes)} ({st.logical_bytes} bytes, sum of object sizes)",
         f"unique:   {format_size(st.unique_bytes)} ({st.unique_bytes} bytes, after dedup)",
-        f"stored:   {format_size(st.stored_bytes)} ({st.stored_bytes} bytes on nodes){overhead}",
+        f"stored:   {format_size(st.stored_bytes)} ({st.stored_bytes} bytes on the nodes, all "
+        f"kinds){overhead}",
     ]
+    for example in h.get("examples") or []:
+        lines.append(f"  degraded chunk {example}")
+    if st.local:
+        lines.append("this machine: " + ", ".join(
+            f"{kind} {format_size(v['disk_bytes'])}" for kind, v in st.local.items()))
     if st.counters:
         lines.append("counters:")
         for bucket, counts in sorted(st.counters.items()):
             lines.append(f"  {bucket}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    for section, value in st.extra.items():
+    sections = ({"durability": st.durability} if st.durability else {}) | st.extra
+    for section, value in sections.items():
         if isinstance(value, (dict, list, tuple)):
             lines.append(f"{section}:")
             lines += _value_lines(value, "  ")
@@ -532,6 +554,9 @@ async def _status(cluster: Cluster, args: argparse.Namespace) -> None:
 
     st = await cluster.status()
     st.extra["running here"] = running_section(cluster.path)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(st), indent=2, sort_keys=True, default=str))
+        return
     for line in status_lines(st):
         print(line)
 
@@ -640,9 +665,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "status", help="nodes, buckets, objects and space used",
         description="The cluster at a glance: coding (k, m, chunk size), every node (region, "
-                    "up/down, free space, shards), counts of buckets, objects and chunks, bytes "
-                    "logical, unique and stored, the mounts and gateways running on this "
-                    "machine, and the sections other subsystems add.")
+                    "up/down, free space, shards missing or damaged, space by kind: object "
+                    "data, metadata snapshots, other -- adding up to what du sees), degraded "
+                    "and lost chunks, counts of buckets, objects and chunks, bytes logical, "
+                    "unique and stored, scrub and repair state, the mounts and gateways "
+                    "running on this machine, and the sections other subsystems add.")
+    p.add_argument("--json", action="store_true",
+                   help="every figure as JSON (stored_bytes, health, nodes[].kinds, ...)")
     p.set_defaults(func=_with_cluster(_status))
 
     p = subparsers.add_parser(

@@ -9,8 +9,9 @@ threads, and survive being killed. This module is that loop, once:
 * at most `window` chunks are in flight in worker threads (memory: a few
   chunks' shards, whatever the cluster size); results are taken in order;
 * the position (the id below which every chunk is done) and the counters are
-  saved in the `records` table every `SAVE_EVERY` seconds, so a run killed with
-  SIGKILL continues where it stopped, having redone at most a few seconds;
+  saved in the `records` table every `SAVE_EVERY` seconds or `SAVE_CHUNKS`
+  chunks, so a run killed with SIGKILL continues where it stopped, having
+  redone at most a second's work;
 * `rate` (bytes/s of logical data) throttles with a token bucket.
 
 State records live under namespace `durability` (see `state_key`); their
@@ -38,6 +39,7 @@ NAMESPACE = "durability"
 STATE_VERSION = 1
 SCAN_BATCH = 256
 SAVE_EVERY = 1.0
+SAVE_CHUNKS = 64  # ... or after this many chunks, whichever comes first
 
 #: TEST HOOK ONLY: "STEP" or "STEP:N" -- SIGKILL this process at the Nth time (default 1st)
 #: a durability operation passes the named crash point (see `crash_point`), so tests can
@@ -176,6 +178,7 @@ def walk(c: "Cluster", name: str, work: Callable[[bytes, dict], dict[str, int]],
                 prog.done_bytes += rec["n"]
     throttle = Throttle(rate, stop)
     last_save = time.monotonic()
+    since_save = 0
 
     def save(done: bool = False) -> None:
         save_state(c, name, {"after": after, "scope": scope, "started": started,
@@ -187,7 +190,7 @@ def walk(c: "Cluster", name: str, work: Callable[[bytes, dict], dict[str, int]],
     inflight: deque[tuple[bytes, dict, Future[dict[str, int]]]] = deque()
 
     def finish_one() -> None:
-        nonlocal after, last_save
+        nonlocal after, last_save, since_save
         cid, rec, fut = inflight.popleft()
         for k, v in fut.result().items():
             prog.counts[k] = prog.counts.get(k, 0) + v
@@ -196,10 +199,11 @@ def walk(c: "Cluster", name: str, work: Callable[[bytes, dict], dict[str, int]],
         after = cid
         if progress is not None:
             progress(prog)
-        if time.monotonic() - last_save >= SAVE_EVERY:
+        since_save += 1
+        if since_save >= SAVE_CHUNKS or time.monotonic() - last_save >= SAVE_EVERY:
             save()
-            crash_point(f"{name}:saved")
-            last_save = time.monotonic()
+            crash_point(f"{name.split('-')[0]}:saved")
+            last_save, since_save = time.monotonic(), 0
 
     with ThreadPoolExecutor(max_workers=max(1, window), thread_name_prefix=f"r2fs-{name}") as pool:
         try:

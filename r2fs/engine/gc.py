@@ -134,8 +134,9 @@ def _is_temp(name: str) -> bool:
 
 
 def _remove_orphans(c: "Core", grace: float) -> tuple[int, int]:
-    """Shard files no chunk record claims and temp files of shard writes killed
-    mid-way (writers, replicators), older than grace."""
+    """Shard files no chunk record places on their node (of collected chunks, or copies
+    a killed rebalance left) and temp files of shard writes killed mid-way (writers,
+    replicators), older than grace."""
     cutoff = time.time() - grace
     removed = freed = 0
     for node in c.nodes.values():
@@ -150,10 +151,11 @@ def _remove_orphans(c: "Core", grace: float) -> tuple[int, int]:
                     if not _is_temp(name):
                         continue  # not ours to judge
                 else:
-                    cid, gen, _ = parsed
+                    cid, gen, index = parsed
                     rec = c.chunk_record(cid)
-                    if rec is not None and rec["g"] == gen:
-                        continue
+                    if rec is not None and rec["g"] == gen and (
+                            index >= len(rec["p"]) or rec["p"][index] == node.id):
+                        continue  # (a copy where the record does not place it: a killed move's)
                 size = node.size_of(name) or 0
                 if node.delete(name):
                     removed += 1

@@ -631,7 +631,8 @@ def render_metrics() -> str:
     metric("r2fs_cache_readahead_chunks_total", "counter", "Chunks fetched ahead of readers.",
            [(f'{{outcome="{k}"}}', sum(f["readahead"].get(k, 0) for f in figs))
             for k in ("prefetched", "used", "dropped", "failed")])
-    return "\n".join(lines) + "\n"
+    from .maintenance import render_metrics as durability_metrics
+    return "\n".join(lines) + "\n" + durability_metrics([r.cluster for r in list(_readers)])
 
 
 def _unlink(path: str) -> None:

@@ -98,7 +98,7 @@ def planned_moves(c: "Cluster", cid: bytes, rec: dict) -> list[tuple[int, str, s
     region_of = {node.id: node.region for node in cfg.nodes}
     regions = {region_of.get(nid) for nid in rec["p"]}
     home = next(iter(regions)) if len(regions) == 1 else None
-    target = placement_for(cid, n, c.writer.regions.get(home, []) if home else [],
+    target = placement_for(cid, n, c.regions.get(home, []) if home else [],
                            cfg.placeable_ids)
     wanted = set(target)
     free = [t for t in target if t not in rec["p"]]

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from . import chunks as chunkmod
-from .chunkwalk import crash_point, live_on_nodes
+from .chunkwalk import NAMESPACE, crash_point, live_on_nodes
 from .errors import UnsupportedFormat
 from .nodes import NodeUnavailable
 from .shards import ShardInvalid
@@ -36,9 +37,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("r2fs.repair")
 
+#: records-table prefix of known, unrepaired damage: + chunk id -> {t, bad: {index: kind}}
+BAD_PREFIX = NAMESPACE.encode() + b"\0bad/"
 MISSING = "missing"
 CORRUPT = "corrupt"
 UNAVAILABLE = "unavailable"
+
+
+class Counters:
+    """Process-wide scrub and repair progress, for Prometheus (`render_metrics`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values = dict.fromkeys(("scrub_chunks", "scrub_bytes", "scrub_damaged_shards",
+                                     "repair_shards", "repair_bytes", "repair_failed_chunks"), 0)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                self.values[k] += v
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.values)
+
+
+COUNTERS = Counters()
 
 
 @dataclass
@@ -212,6 +236,30 @@ def repair_chunk(c: "Cluster", cid: bytes) -> RepairResult | None:
     return check_and_repair(c, cid, rec, repair=True)
 
 
+def _bad_key(cid: bytes) -> bytes:
+    return BAD_PREFIX + cid
+
+
+def note_damage(c: "Cluster", cid: bytes, bad: dict[int, tuple[str, str]] | None) -> None:
+    """Remember (or, with `bad` empty/None, forget) a chunk's known damage."""
+    def txn_fn(txn: object) -> None:
+        if bad:
+            c.meta.put(txn, "records", _bad_key(cid),
+                       {"t": time.time(), "bad": {str(i): kind for i, (kind, _) in bad.items()}})
+        else:
+            c.meta.delete(txn, "records", _bad_key(cid))
+    c.meta.write(txn_fn)
+
+
+def known_damage(c: "Cluster") -> dict[bytes, dict]:
+    """Chunk id -> {"bad": {index: kind}} of damage found and not repaired yet."""
+    out = {}
+    with c.meta.read() as txn:
+        for k, v in c.meta.scan(txn, "records", BAD_PREFIX):
+            out[k[len(BAD_PREFIX):]] = v
+    return out
+
+
 class Healer:
     """Chunks reads found damaged, repaired by one background thread (heal on read).
 
@@ -265,6 +313,9 @@ class Healer:
                 if result is not None:
                     self.repaired_shards += result.repaired
                     self.repaired_bytes += result.written_bytes
+                    COUNTERS.add(repair_shards=result.repaired, repair_bytes=result.written_bytes,
+                                 repair_failed_chunks=1 if result.error else 0)
+                    note_damage(self.c, cid, result.bad if result.error else None)
                     if result.error:  # (a node down: not for every read to shout about)
                         self.failed += 1
                         log.info("heal of chunk %s incomplete: %s", cid.hex(), result.error)

@@ -18,35 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .chunkwalk import NAMESPACE, WalkProgress, crash_point, live_on_nodes, load_state, walk
-from .repair import check_and_repair
+from .chunkwalk import WalkProgress, crash_point, live_on_nodes, load_state, walk
+from .repair import COUNTERS, check_and_repair, known_damage, note_damage
 
 if TYPE_CHECKING:
     from .store import Cluster
 
 STATE = "scrub"
-BAD_PREFIX = NAMESPACE.encode() + b"\0bad/"
-
-
-class Counters:
-    """Process-wide scrub and repair progress, for Prometheus (`render_metrics`)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.values = dict.fromkeys(("scrub_chunks", "scrub_bytes", "scrub_damaged_shards",
-                                     "repair_shards", "repair_bytes", "repair_failed_chunks"), 0)
-
-    def add(self, **deltas: int) -> None:
-        with self._lock:
-            for k, v in deltas.items():
-                self.values[k] += v
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self.values)
-
-
-COUNTERS = Counters()
 
 
 @dataclass
@@ -70,34 +48,10 @@ class ScrubReport:
         return self.lost_chunks == 0 and self.unrepaired_chunks == 0
 
 
-def _bad_key(cid: bytes) -> bytes:
-    return BAD_PREFIX + cid
-
-
-def note_damage(c: "Cluster", cid: bytes, bad: dict[int, tuple[str, str]] | None) -> None:
-    """Remember (or, with `bad` empty/None, forget) a chunk's known damage."""
-    def txn_fn(txn: object) -> None:
-        if bad:
-            c.meta.put(txn, "records", _bad_key(cid),
-                       {"t": time.time(), "bad": {str(i): kind for i, (kind, _) in bad.items()}})
-        else:
-            c.meta.delete(txn, "records", _bad_key(cid))
-    c.meta.write(txn_fn)
-
-
-def known_damage(c: "Cluster") -> dict[bytes, dict]:
-    """Chunk id -> {"bad": {index: kind}} of damage found and not repaired yet."""
-    out = {}
-    with c.meta.read() as txn:
-        for k, v in c.meta.scan(txn, "records", BAD_PREFIX):
-            out[k[len(BAD_PREFIX):]] = v
-    return out
-
-
 def scrub(c: "Cluster", *, repair: bool = False, bucket: str | None = None,
           rate: float | None = None, window: int = 4, fresh: bool = False,
           progress: Callable[[WalkProgress], None] | None = None,
-          stop: threading.Event | None = None) -> ScrubReport:
+          stop: threading.Event | None = None, state: str = STATE) -> ScrubReport:
     """Verify every shard of every chunk (of `bucket`); rewrite bad ones with `repair`.
 
     Blocking: run it in a worker thread. `rate`: bytes/s of logical data.
@@ -138,7 +92,7 @@ def scrub(c: "Cluster", *, repair: bool = False, bucket: str | None = None,
                                    + (f" ({result.error})" if result.error else ""))
         return out
 
-    prog = walk(c, STATE, work, select=lambda cid, rec: live_on_nodes(rec), only=only,
+    prog = walk(c, state, work, select=lambda cid, rec: live_on_nodes(rec), only=only,
                 scope={"bucket": bucket, "repair": repair}, window=window, rate=rate,
                 progress=progress, stop=stop, fresh=fresh)
     counts = prog.counts

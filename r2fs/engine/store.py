@@ -15,6 +15,7 @@ worker threads so the trio loop stays responsive.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 import ctypes
 import hashlib
@@ -58,6 +59,8 @@ from .core import Core
 from .meta import CHUNK_LIVE, MetaEngine, create_engine, open_engine
 from .reader import ChunkReader
 from .repair import Healer
+from . import space
+from .maintenance import durability_status
 from .writer import ChunkBatch, ChunkWriter, _test_hook_kill_after
 from .names import MAX_KEY_BYTES, check_bucket_name, check_key
 from .slices import Merger, ReadFn, update as _update
@@ -1386,14 +1389,23 @@ class Cluster(Core):
         """Counts from the metadata and the nodes, plus `extra` sections from the
         read tiers and the writer (cache hits, replication backlog...)."""
         def gather() -> ClusterStatus:
+            self.refresh_config()
             nodes = []
             stored = 0
+            health = space.health(self)
+            states = {n.id: n.state for n in self.config.nodes}
             for n in self.nodes.values():
                 ok = n.available()
-                count, size = n.usage() if ok else (0, 0)
-                stored += size
-                nodes.append(NodeStatus(n.id, n.location, n.region, n.free_bytes() if ok else 0,
-                                        count, size, ok))
+                usage = space.node_usage(n.entries() if ok else ())
+                stored += usage.total_disk
+                shards = dataclasses.asdict(health.nodes.get(n.id) or space.NodeHealth())
+                nodes.append(NodeStatus(
+                    n.id, n.location, n.region, n.free_bytes() if ok else 0,
+                    usage.files["object_data"], usage.bytes["object_data"], ok,
+                    disk_bytes=usage.total_disk, state=states.get(n.id, "active"),
+                    kinds={k: {"bytes": usage.bytes[k], "disk_bytes": usage.disk[k],
+                               "files": usage.files[k]} for k in space.KINDS},
+                    shards=shards))
             with self.meta.read() as txn:
                 buckets = self.meta.count(txn, "buckets")
                 objects = logical = 0
@@ -1408,6 +1420,11 @@ class Cluster(Core):
             st = ClusterStatus(self.path, self.config.k, self.config.m, self.config.chunk_size,
                                nodes, buckets, objects, chunks, logical, unique, stored,
                                self.counters())
+            st.health = {"chunks_on_nodes": health.chunks, "degraded_chunks": health.degraded,
+                         "lost_chunks": health.lost, "staged_chunks": health.staged,
+                         "examples": health.examples}
+            st.local = space.local_usage(self)
+            st.durability = durability_status(self)
             for part in (self.reader, self.writer):
                 st.extra.update(part.status())
             return st

@@ -179,6 +179,13 @@ class NodeStatus:
     shard_count: int
     shard_bytes: int
     available: bool
+    #: the whole node directory: storage used (what `du -s -B1` reports) and, per kind
+    #: (object_data, metadata_snapshots, temp, other, directories), bytes/disk_bytes/files
+    disk_bytes: int = 0
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    state: str = "active"
+    #: shards the chunk records place here: expected, present, missing, damaged
+    shards: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,9 +200,15 @@ class ClusterStatus:
     chunks: int
     logical_bytes: int  # sum of object sizes
     unique_bytes: int  # sum of distinct chunk plaintext sizes (after dedup)
-    stored_bytes: int  # shard bytes on the nodes (after encryption + RS overhead)
+    stored_bytes: int  # storage used by the node directories, all kinds (sum of their `du`)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # bucket -> name -> n
     extra: dict[str, Any] = field(default_factory=dict)  # sections added by other subsystems
+    #: chunks on the nodes / degraded (< k+m good shards) / lost (< k) / still staged
+    health: dict[str, Any] = field(default_factory=dict)
+    #: this machine's areas of the cluster directory: metadata, staging, cache, run
+    local: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: last scrub, heal-on-read queue, moves in progress
+    durability: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

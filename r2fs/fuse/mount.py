@@ -23,6 +23,7 @@ from ..engine.errors import R2fsError
 from ..engine.store import Cluster
 from .attrs import Owner
 from .context import MountContext, MountOptions
+from ..engine.maintenance import run_maintenance
 from ..engine.metasnap import run_snapshotter
 from ..engine.replicator import run_replicator
 from .invalidate import ChangePoller
@@ -121,6 +122,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
             nursery.start_soon(_until_ended, session, quit)
             nursery.start_soon(run_replicator, cluster, stop)
             nursery.start_soon(run_snapshotter, cluster, stop)
+            nursery.start_soon(run_maintenance, cluster, stop)  # background scrub + gc
             nursery.start_soon(poller.run)
             nursery.start_soon(ops.files.run_publisher)
             nursery.start_soon(_on_signals, ops, mountpoint, quit)

@@ -21,6 +21,7 @@ import trio
 
 from ..engine.errors import NoSuchBucket
 from ..engine.peers import PeerApp
+from ..engine.maintenance import run_maintenance
 from ..engine.metasnap import run_snapshotter
 from ..engine.replicator import run_replicator
 from ..engine.store import Cluster
@@ -218,6 +219,7 @@ class Gateway:
                 # Local-mode writes (ours and other processes') drain while we serve.
                 nursery.start_soon(run_replicator, self.cluster, stop_background)
             nursery.start_soon(run_snapshotter, self.cluster, stop_background)
+            nursery.start_soon(run_maintenance, self.cluster, stop_background)  # background scrub + gc
             await send({"type": "lifespan.startup.complete"})
             while (await receive())["type"] != "lifespan.shutdown":
                 pass

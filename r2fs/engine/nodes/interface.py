@@ -92,6 +92,13 @@ class NodeStore(ABC):
         """(file count, bytes) under shards/ -- a full listing; for status, not hot paths."""
 
     @abstractmethod
+    def entries(self) -> Iterator[tuple[str, int, int, bool]]:
+        """Everything the node holds, streamed: (name relative to the root, bytes, bytes of
+        storage used, is a directory). A directory store lists its root as "" and every
+        directory, and reports allocated blocks (so the sum equals `du`); an object store
+        reports objects only, storage used = size. For space accounting (`r2fs status`)."""
+
+    @abstractmethod
     def free_bytes(self) -> int:
         """Space left for more files (a store without a limit reports a large number)."""
 

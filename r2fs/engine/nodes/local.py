@@ -312,6 +312,32 @@ class LocalNode(NodeStore):
     def available(self) -> bool:
         return os.path.isdir(self.path) and os.access(self.path, os.R_OK | os.X_OK)
 
+    def entries(self) -> Iterator[tuple[str, int, int, bool]]:
+        """Every file and directory under the root, the root included (as ""), with
+        st_blocks * 512 as storage used: what `du -s -B1` adds up."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        yield "", st.st_size, st.st_blocks * 512, True
+        stack = [self.path]
+        while stack:
+            try:
+                it = os.scandir(stack.pop())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted while we looked
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if is_dir:
+                        stack.append(entry.path)
+                    yield (os.path.relpath(entry.path, self.path), st.st_size,
+                           st.st_blocks * 512, is_dir)
+
 
 def _read_full(fd: int, view: memoryview, got: int) -> int:
     """Fill view[got:] from the file at that offset; returns the bytes now in view."""
