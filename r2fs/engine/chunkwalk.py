@@ -39,7 +39,7 @@ NAMESPACE = "durability"
 STATE_VERSION = 1
 SCAN_BATCH = 256
 SAVE_EVERY = 1.0
-SAVE_CHUNKS = 64  # ... or after this many chunks, whichever comes first
+SAVE_CHUNKS = 16  # ... or after this many chunks, whichever comes first
 
 #: TEST HOOK ONLY: "STEP" or "STEP:N" -- SIGKILL this process at the Nth time (default 1st)
 #: a durability operation passes the named crash point (see `crash_point`), so tests can
@@ -53,7 +53,9 @@ def crash_point(step: str) -> None:
     spec = os.environ.get(TEST_KILL_ENV)
     if not spec:
         return
-    name, _, nth = spec.partition(":")
+    name, _, nth = spec.rpartition(":")
+    if not nth.isdigit():
+        name, nth = spec, ""
     if name != step:
         return
     with _crash_lock:
