@@ -632,7 +632,7 @@ def render_metrics() -> str:
            [(f'{{outcome="{k}"}}', sum(f["readahead"].get(k, 0) for f in figs))
             for k in ("prefetched", "used", "dropped", "failed")])
     from .maintenance import render_metrics as durability_metrics
-    return "\n".join(lines) + "\n" + durability_metrics([r.cluster for r in list(_readers)])
+    return "\n".join(lines) + "\n" + durability_metrics([r.core for r in list(_readers)])
 
 
 def _unlink(path: str) -> None:

@@ -22,6 +22,7 @@ from helpers import one_line_error, rand
 from r2fs.engine import nodeops
 from r2fs.engine.chunkwalk import TEST_KILL_ENV, iter_records, live_on_nodes
 from r2fs.engine.nodes import place
+from r2fs.engine.reader import render_metrics
 from r2fs.engine.repair import inspect
 from r2fs.engine.scrub import scrub
 from r2fs.engine.store import Cluster
@@ -184,6 +185,10 @@ async def test_heal_on_read_repairs_the_chunk(filled):
         assert await (await c.bucket("data").get("obj3")).read() == objects["obj3"]
         c.healer.close(wait=30)  # the repair the read scheduled
         assert c.healer.repaired_shards == 1
+        metrics = render_metrics()
+        repaired = [ln for ln in metrics.splitlines() if ln.startswith("r2fs_repair_shards_total ")]
+        assert repaired and float(repaired[0].split()[1]) >= 1
+        assert "\nr2fs_degraded_chunks 0" in metrics  # repaired: not degraded any more
         found = inspect(c, cid, rec)
         found.release()
         assert not found.bad

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pty
 import select
@@ -272,9 +273,9 @@ def test_status_counts_and_gc(tmp_path: Path, big_file: Path) -> None:
     assert f"unique:   10.0 MiB ({10 * MiB} bytes" in status
     shard_lines = [line for line in status.splitlines() if str(path / "nodes") in line]
     assert len(shard_lines) == 6
-    # Columns: ID REGION STATE FREE(n unit) SHARDS SHARD-BYTES(n unit) PATH.
+    # Columns: ID REGION STATE FREE(n unit) SHARDS MISSING DAMAGED OBJ-DATA SNAPSHOTS OTHER DU PATH.
     # 3 chunks x 6 shards, each on a different node.
-    assert sum(int(line.split()[-4]) for line in shard_lines) == 18
+    assert sum(int(line.split()[5]) for line in shard_lines) == 18
     assert all(line.split()[2] == "up" for line in shard_lines)
 
     ok(r2fs(path, "rm", "gcb/one"))
@@ -284,7 +285,11 @@ def test_status_counts_and_gc(tmp_path: Path, big_file: Path) -> None:
     gc = ok(r2fs(path, "gc", "--grace", "0"))
     assert "chunks removed:  3" in gc and "shards removed:  18" in gc
     status = ok(r2fs(path, "status"))
-    assert "objects:  0" in status and "chunks:   0" in status and "stored:   0 B" in status
+    assert "objects:  0" in status and "chunks:   0" in status
+    # what is left on the nodes is their (empty) directories, and status says so
+    st = json.loads(ok(r2fs(path, "status", "--json")))
+    assert all(n["kinds"]["object_data"]["disk_bytes"] == 0 for n in st["nodes"])
+    assert st["stored_bytes"] == sum(n["kinds"]["directories"]["disk_bytes"] for n in st["nodes"])
 
 
 def test_demo_engine_part(tmp_path: Path) -> None:
@@ -548,10 +553,12 @@ def test_status_lines_print_counters_and_extra_sections() -> None:
     )
     lines = status_lines(st)
     text = "\n".join(lines)
-    assert lines[2] == "nodes:    2"
-    assert lines[4].split() == ["n0", "weur", "up", "10.0", "MiB", "3", "3.0", "MiB", "/c/nodes/n0"]
+    assert lines[2].startswith("nodes:    2 ")
+    # ID REGION STATE FREE SHARDS MISSING DAMAGED OBJ-DATA SNAPSHOTS OTHER DU PATH
+    assert lines[4].split() == ["n0", "weur", "up", "10.0", "MiB", "3", "0", "0", "0", "B",
+                                "0", "B", "0", "B", "0", "B", "/c/nodes/n0"]
     assert lines[5].split()[:3] == ["n1", "-", "DOWN"]
-    assert "stored:   6.0 MiB (6291456 bytes on nodes) (1.50x unique)" in text
+    assert "stored:   6.0 MiB (6291456 bytes on the nodes, all kinds) (1.50x unique)" in text
     assert "  photos: class_a=2, class_b=7" in text
     assert "cache:\n  size: 123\n  hits: 4" in text
     assert "replication:\n  pending:\n    - 1\n    - 2" in text
