@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .fileio import fsync_dir
 from .errors import InvalidClusterConfig, UnsupportedFormat
 from .types import KiB, MiB
 
@@ -166,11 +167,7 @@ def save(cfg: ClusterConfig, root: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)
 
 
 def new_config(root: str, *, nodes: int, k: int, m: int, chunk_size: int,

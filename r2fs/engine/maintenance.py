@@ -19,18 +19,17 @@ never fatal to the process serving files.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .chunkwalk import load_state
 from .errors import InvalidClusterConfig
+from .fileio import file_lock
 from .repair import BAD_PREFIX, COUNTERS
 from .scrub import scrub
 
@@ -60,20 +59,9 @@ def settings(c: "Core") -> dict[str, float]:
     return out
 
 
-@contextmanager
-def try_lock(root: str, name: str, *, wait: bool = False) -> Iterator[bool]:
-    path = os.path.join(root, "run", name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+def try_lock(root: str, name: str) -> Any:
+    """`run/<name>` held without waiting: yields whether we got it."""
+    return file_lock(os.path.join(root, "run", name), wait=False)
 
 
 def scrub_slice(c: "Core", rate: float, seconds: float, stop: threading.Event) -> bool:

@@ -26,6 +26,7 @@ import os
 
 import lmdb
 
+from .fileio import fsync_dir
 from .errors import ClusterError, ClusterNotFound
 from . import config as cfgmod
 from .meta import TABLES, lmdb_dir
@@ -75,11 +76,7 @@ def compact(root: str) -> tuple[int, int]:
         finally:
             env.close()
         os.rename(tmp, data)
-        dfd = os.open(meta_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(meta_dir)
         # The one normal open: LMDB finds itself alone (our own exclusive lock is this
         # process's), re-initialises lock.mdb from the new file, and on close drops
         # every lock this process holds on lock.mdb -- waiting openers then proceed.

@@ -88,7 +88,7 @@ from .errors import (
 )
 from .keys import MasterKey
 from .meta.lmdb import SCHEMA_VERSION
-from .fileio import fsync_dir, write_all
+from .fileio import fsync_dir, write_all, file_lock
 from .nodes import LocalNode, NodeUnavailable, place
 from .shards import ShardInvalid, pack_shard_parts, read_shard
 from .simulate import build_nodes
@@ -267,18 +267,8 @@ class Site:
         processes never cut or prune snapshots at once and a restore never
         reads a snapshot that is being pruned.
         """
-        path = os.path.join(self.root, LOCK_FILE)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)  # releases the flock
+        with file_lock(os.path.join(self.root, LOCK_FILE), wait=wait) as locked:
+            yield locked
 
     # --- crypto --------------------------------------------------------------------------
 

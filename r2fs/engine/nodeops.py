@@ -18,16 +18,15 @@ and go:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import time
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import config as cfgmod
 from .chunkwalk import iter_records
 from .errors import InvalidClusterConfig, R2fsError
+from .fileio import file_lock
 from .simulate import build_nodes
 
 if TYPE_CHECKING:
@@ -90,19 +89,12 @@ def refresh(c: "Cluster", *, force: bool = False) -> bool:
     return True
 
 
-@contextmanager
-def config_lock(root: str) -> Iterator[None]:
-    path = os.path.join(root, LOCK_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def config_lock(root: str) -> Any:
+    """One changer of cluster.toml at a time (waits for the other)."""
+    return file_lock(os.path.join(root, LOCK_FILE))
 
 
-def _change(c: "Cluster", edit: "callable") -> cfgmod.ClusterConfig:  # type: ignore[valid-type]
+def _change(c: "Cluster", edit: Callable[[cfgmod.ClusterConfig], None]) -> cfgmod.ClusterConfig:
     """Apply `edit(cfg)` to a fresh read of cluster.toml under the lock; save; refresh."""
     with config_lock(c.path):
         cfg = cfgmod.load(c.path)

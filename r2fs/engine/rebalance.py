@@ -31,7 +31,6 @@ re-created from k good shards of the other nodes. Both run under
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from . import chunks as chunkmod
 from .chunkwalk import NAMESPACE, WalkProgress, crash_point, live_on_nodes, walk
 from .errors import DataUnavailable, R2fsError
+from .fileio import file_lock
 from .nodes import NodeUnavailable
 from .repair import gather_good, inspect, rewrite
 from .shards import HEADER_SIZE
@@ -74,18 +74,11 @@ class MoveReport:
 
 @contextmanager
 def moves_lock(root: str) -> Iterator[None]:
-    path = os.path.join(root, LOCK_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with file_lock(os.path.join(root, LOCK_FILE), wait=False) as locked:
+        if not locked:
             raise MovesBusy("another process is rebalancing or rebuilding nodes of this "
-                            "cluster; wait for it to finish") from None
+                            "cluster; wait for it to finish")
         yield
-    finally:
-        os.close(fd)
 
 
 # --- placement ------------------------------------------------------------------------------

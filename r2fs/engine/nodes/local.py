@@ -25,6 +25,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -279,21 +280,9 @@ class LocalNode(NodeStore):
             yield os.path.relpath(path, self.path), st.st_mtime
 
     def _walk(self) -> Iterator[tuple[str, os.stat_result]]:
-        stack = [os.path.join(self.path, "shards")]
-        while stack:
-            try:
-                it = os.scandir(stack.pop())
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            with it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            yield entry.path, entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # deleted while we looked
+        for path, st, is_dir in _tree(os.path.join(self.path, "shards")):
+            if not is_dir and stat.S_ISREG(st.st_mode):
+                yield path, st
 
     # --- capacity and health ------------------------------------------------------
 
@@ -320,23 +309,8 @@ class LocalNode(NodeStore):
         except FileNotFoundError:
             return
         yield "", st.st_size, st.st_blocks * 512, True
-        stack = [self.path]
-        while stack:
-            try:
-                it = os.scandir(stack.pop())
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            with it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # deleted while we looked
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    if is_dir:
-                        stack.append(entry.path)
-                    yield (os.path.relpath(entry.path, self.path), st.st_size,
-                           st.st_blocks * 512, is_dir)
+        for path, st, is_dir in _tree(self.path):
+            yield os.path.relpath(path, self.path), st.st_size, st.st_blocks * 512, is_dir
 
 
 def _read_full(fd: int, view: memoryview, got: int) -> int:
@@ -495,3 +469,24 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _tree(root: str) -> Iterator[tuple[str, os.stat_result, bool]]:
+    """(path, lstat, is a directory) of everything below `root`, streamed (memory does
+    not grow with the file count); entries deleted while we look are skipped."""
+    stack = [root]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if is_dir:
+                    stack.append(entry.path)
+                yield entry.path, st, is_dir
