@@ -19,15 +19,16 @@ metacompact); this module parses, calls and prints.
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..engine import metacompact, nodeops, rebalance
-from ..engine.chunkwalk import WalkProgress
-from ..engine.scrub import scrub
-from ..engine.store import Cluster
 from . import cluster_path
 from .engine_cmds import BadArgument
 from .progress import Progress, format_size
+
+if TYPE_CHECKING:  # engine modules load inside the commands (fast `r2fs --help`)
+    from ..engine.chunkwalk import WalkProgress
+    from ..engine.rebalance import MoveReport
+    from ..engine.store import Cluster
 
 
 def _rate(text: str) -> float:
@@ -41,7 +42,8 @@ def _rate(text: str) -> float:
     return value * 1e6
 
 
-def _open(args: argparse.Namespace) -> Cluster:
+def _open(args: argparse.Namespace) -> "Cluster":
+    from ..engine.store import Cluster
     return Cluster.open(cluster_path(args))
 
 
@@ -52,7 +54,7 @@ class _Bar:
         self.label = label
         self.bar: Progress | None = None
 
-    def __call__(self, prog: WalkProgress) -> None:
+    def __call__(self, prog: "WalkProgress") -> None:
         if self.bar is None:
             done = prog.done_bytes if prog.done_chunks else 0
             self.bar = Progress(self.label, prog.total_bytes, done=done, eta=True)
@@ -63,7 +65,7 @@ class _Bar:
             self.bar.close(finished=finished)
 
 
-def _with_bar(label: str, fn: Callable[[Callable[[WalkProgress], None]], object]) -> object:
+def _with_bar(label: str, fn: Callable[[Callable[["WalkProgress"], None]], object]) -> object:
     bar = _Bar(label)
     try:
         result = fn(bar)
@@ -74,7 +76,7 @@ def _with_bar(label: str, fn: Callable[[Callable[[WalkProgress], None]], object]
     return result
 
 
-def _rebalance_line(what: str, r: "rebalance.MoveReport") -> str:
+def _rebalance_line(what: str, r: "MoveReport") -> str:
     rate = r.bytes / r.seconds / 1e6 if r.seconds > 0 else 0.0
     return (f"{what}: {r.chunks_moved} chunks changed placement, {r.shards_moved} shards moved "
             f"({format_size(r.shard_bytes)}), {r.shards_rebuilt} rebuilt from parity, "
@@ -83,6 +85,7 @@ def _rebalance_line(what: str, r: "rebalance.MoveReport") -> str:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
+    from ..engine.scrub import scrub
     with _open(args) as c:
         report = _with_bar("scrub", lambda bar: scrub(
             c, repair=args.repair, bucket=args.bucket, rate=args.rate, fresh=args.restart,
@@ -109,13 +112,15 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_rebalance(c: Cluster, args: argparse.Namespace, what: str) -> int:
+def _run_rebalance(c: "Cluster", args: argparse.Namespace, what: str) -> int:
+    from ..engine import rebalance
     report = _with_bar("rebalance", lambda bar: rebalance.rebalance(c, rate=args.rate, progress=bar))
     print(_rebalance_line(what, report))
     return 0 if report.failed == 0 else 1
 
 
 def cmd_node_add(args: argparse.Namespace) -> int:
+    from ..engine import nodeops
     with _open(args) as c:
         nid = nodeops.add_node(c, args.path, args.region)
         print(f"added node {nid} at {args.path}" + (f" (region {args.region})" if args.region else ""))
@@ -126,6 +131,7 @@ def cmd_node_add(args: argparse.Namespace) -> int:
 
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
+    from ..engine import nodeops
     with _open(args) as c:
         nodeops.drain_node(c, args.id)
         status = _run_rebalance(c, args, f"drained {args.id}")
@@ -138,6 +144,7 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
+    from ..engine import nodeops
     with _open(args) as c:
         path = nodeops.remove_node(c, args.id)
     print(f"removed node {args.id}; its directory {path} is no longer used and may be deleted")
@@ -145,6 +152,7 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_node_replace(args: argparse.Namespace) -> int:
+    from ..engine import nodeops, rebalance
     with _open(args) as c:
         old = nodeops.replace_node(c, args.id, args.path)
         report = _with_bar(f"rebuild {args.id}", lambda bar: rebalance.rebuild_node(
@@ -163,6 +171,7 @@ def cmd_rebalance(args: argparse.Namespace) -> int:
 
 
 def cmd_meta_compact(args: argparse.Namespace) -> int:
+    from ..engine import metacompact
     before, after = metacompact.compact(cluster_path(args))
     print(f"metadata compacted: {format_size(before)} -> {format_size(after)}")
     return 0
@@ -188,13 +197,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repair", action="store_true",
                    help="rewrite missing or corrupt shards from k good ones")
     p.add_argument("--bucket", metavar="B", default=None, help="only chunks of bucket B")
-    p.add_argument("--rate", type=_rate, default=None, metavar="MB/s", help=rate_help)
+    p.add_argument("--rate", type=_rate, default=None, metavar="MB_PER_S", help=rate_help)
     p.add_argument("--restart", action="store_true",
                    help="start from the beginning even if a scrub was interrupted")
     p.set_defaults(func=cmd_scrub)
 
     p = subparsers.add_parser("rebalance", help="move shards whose rendezvous placement changed")
-    p.add_argument("--rate", type=_rate, default=None, metavar="MB/s", help=rate_help)
+    p.add_argument("--rate", type=_rate, default=None, metavar="MB_PER_S", help=rate_help)
     p.set_defaults(func=cmd_rebalance)
 
     node = subparsers.add_parser("node", help="add, drain, remove or replace node directories")
@@ -206,11 +215,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("path", metavar="PATH")
     s.add_argument("--region", metavar="R", default=None)
     s.add_argument("--no-rebalance", action="store_true", help="only add it to cluster.toml")
-    s.add_argument("--rate", type=_rate, default=None, metavar="MB/s", help=rate_help)
+    s.add_argument("--rate", type=_rate, default=None, metavar="MB_PER_S", help=rate_help)
     s.set_defaults(func=cmd_node_add)
     s = sub.add_parser("drain", help="move every shard off a node (then it can be removed)")
     s.add_argument("id", metavar="ID")
-    s.add_argument("--rate", type=_rate, default=None, metavar="MB/s", help=rate_help)
+    s.add_argument("--rate", type=_rate, default=None, metavar="MB_PER_S", help=rate_help)
     s.set_defaults(func=cmd_node_drain)
     s = sub.add_parser("remove", help="remove a drained node (refused while data needs it)")
     s.add_argument("id", metavar="ID")
@@ -218,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("replace", help="rebuild a dead node's shards onto a new directory")
     s.add_argument("id", metavar="ID")
     s.add_argument("path", metavar="PATH")
-    s.add_argument("--rate", type=_rate, default=None, metavar="MB/s", help=rate_help)
+    s.add_argument("--rate", type=_rate, default=None, metavar="MB_PER_S", help=rate_help)
     s.set_defaults(func=cmd_node_replace)
 
     group = _meta_group(subparsers)

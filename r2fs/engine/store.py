@@ -1345,7 +1345,7 @@ class Cluster(Core):
             if self.meta.get(txn, "buckets", bucket.encode()) is None:
                 raise NoSuchBucket(f"no such bucket: {bucket}")
             for _, m in self.meta.objects.scan(txn, bucket):
-                out.update(r.id for r in _refs(m))
+                out.update(r.id for r in _refs(inodes.effective(self.meta, txn, m) or m))
             for uid, up in self.meta.scan(txn, "uploads"):
                 if up["bucket"] == bucket:
                     for _, part in self.meta.scan(txn, "parts", uid):
