@@ -245,6 +245,9 @@ class Conditions:
                 raise S3Error("InvalidPolicyDocument", f"Invalid Policy: Invalid condition: {json.dumps(c)}")
 
     def check(self, values: dict[str, str]) -> None:
+        if not any(name == "bucket" for _, name, _, _ in self.checks):
+            raise _policy_failed("Policy Condition failed: [\"eq\", \"$bucket\", "
+                                 f"\"{values.get('bucket', '')}\"] (the policy must name the bucket)")
         for op, name, want, original in self.checks:
             have = values.get(name)
             ok = have == want if op == "eq" else have is not None and (
@@ -270,7 +273,11 @@ async def _verify(ctx: Ctx, fields: dict[str, str], now: float) -> None:
             raise S3Error("InvalidArgument", "malformed x-amz-credential")
         access_key, given = parts[0], fields["x-amz-signature"].strip().lower()
     elif "signature" in fields or "awsaccesskeyid" in fields:
-        access_key, given = fields.get("awsaccesskeyid", ""), fields.get("signature", "").strip()
+        for name in ("awsaccesskeyid", "signature"):
+            if name not in fields:
+                raise S3Error("InvalidArgument", f"Bucket POST must contain a field named '{name}'.",
+                              extra={"ArgumentName": name})
+        access_key, given = fields["awsaccesskeyid"], fields["signature"].strip()
     else:
         raise S3Error("AccessDenied", "anonymous POST uploads are not allowed: sign a policy")
     if policy is None:

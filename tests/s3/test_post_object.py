@@ -149,6 +149,16 @@ def test_sigv2_policy_and_case_insensitive_fields(gateway, s3, bucket_name):
     resp = requests.post(f"{gateway.endpoint}/{bucket_name}", data=form, files={"file": ("f", b"v2 data")})
     assert resp.status_code == 204, resp.text
     assert s3.get_object(Bucket=bucket_name, Key="v2/obj")["Body"].read() == b"v2 data"
+    url = f"{gateway.endpoint}/{bucket_name}"
+    unsigned = {k: v for k, v in form.items() if k != "signature"}
+    resp = requests.post(url, data=unsigned, files={"file": ("f", b"x")})
+    assert (resp.status_code, xml_code(resp)) == (400, "InvalidArgument")
+    no_bucket = base64.b64encode(json.dumps({"expiration": expiry, "conditions": [
+        ["starts-with", "$key", ""]]}).encode()).decode()
+    sig = base64.b64encode(hmac.new(gateway.admin.secret.encode(), no_bucket.encode(), hashlib.sha1).digest())
+    resp = requests.post(url, files={"file": ("f", b"x")}, data={
+        "key": "nb", "AWSAccessKeyId": gateway.admin.id, "signature": sig.decode(), "policy": no_bucket})
+    assert (resp.status_code, xml_code(resp)) == (403, "AccessDenied")  # a policy must name its bucket
 
 
 def test_large_file_streams(gateway, s3, bucket_name):
