@@ -158,7 +158,7 @@ class UploadInfo:
     initiated: float
     http_metadata: dict[str, str] = field(default_factory=dict)
     custom_metadata: dict[str, str] = field(default_factory=dict)
-    checksum_algorithm: str | None = None  # the S3 x-amz-checksum-algorithm named at creation
+    checksum_algorithm: str | None = None  # the gateway's checksum setting (opaque to the engine)
 
 
 @dataclass(frozen=True)

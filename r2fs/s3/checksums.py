@@ -46,8 +46,10 @@ def _table_crc(poly: int, width: int):
     return crc
 
 
-_py_crc32c = _table_crc(0x82F63B78, 32)
-_py_crc64nvme = _table_crc(0x9A6C9329AC4BC9B5, 64)
+#: reflected polynomial and width of the CRC algorithms
+CRC_POLYS = {"crc32": (0xEDB88320, 32), "crc32c": (0x82F63B78, 32), "crc64nvme": (0x9A6C9329AC4BC9B5, 64)}
+_py_crc32c = _table_crc(*CRC_POLYS["crc32c"])
+_py_crc64nvme = _table_crc(*CRC_POLYS["crc64nvme"])
 
 ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -147,3 +149,58 @@ class MultiHasher:
 
     def digests(self) -> dict[str, str]:
         return {a: h.b64digest() for a, h in self.hashers.items()}
+
+
+def _multmodp(a: int, b: int, poly: int, width: int) -> int:
+    """a * b modulo the CRC polynomial, in the reflected bit order CRCs use."""
+    m, p = 1 << (width - 1), 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ poly if b & 1 else b >> 1
+
+
+class _CrcCombiner:
+    """crc(A + B) from crc(A), crc(B) and len(B), as zlib's crc32_combine: crc(A)
+    times x^(8 len(B)) plus crc(B). A multipart object's FULL_OBJECT checksum is
+    its parts' CRCs combined so, without reading the data again."""
+
+    def __init__(self, poly: int, width: int) -> None:
+        self.poly, self.width = poly, width
+        self.x2n = [1 << (width - 2)]  # x^(2^k) for k = 0, 1, ...
+        for _ in range(67):
+            self.x2n.append(_multmodp(self.x2n[-1], self.x2n[-1], poly, width))
+        self._shift: dict[int, int] = {}
+
+    def _x8n(self, n: int) -> int:
+        """x^(8n) mod p (cached: parts mostly share one size)."""
+        hit = self._shift.get(n)
+        if hit is None:
+            hit, k, rest = 1 << (self.width - 1), 3, n
+            while rest:
+                if rest & 1:
+                    hit = _multmodp(self.x2n[k], hit, self.poly, self.width)
+                rest >>= 1
+                k += 1
+            self._shift[n] = hit
+        return hit
+
+    def combine(self, crc_a: int, crc_b: int, len_b: int) -> int:
+        return _multmodp(self._x8n(len_b), crc_a, self.poly, self.width) ^ crc_b
+
+
+def full_object(algorithm: str, parts: list[tuple[str, int]]) -> str:
+    """The CRC of a multipart object's whole content from its parts' (checksum, size)."""
+    poly, width = CRC_POLYS[algorithm]
+    combiner = _CrcCombiner(poly, width)
+    crc = None
+    for value, size in parts:
+        raw = decode(algorithm, value)
+        if raw is None:
+            raise S3Error("InvalidPart", f"a part's {algorithm} checksum is malformed")
+        part = int.from_bytes(raw, "big")
+        crc = part if crc is None else combiner.combine(crc, part, size)
+    return base64.b64encode((crc or 0).to_bytes(width // 8, "big")).decode()

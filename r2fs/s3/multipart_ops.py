@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import trio
+
 from ..engine.errors import NoSuchUpload
 from ..engine.types import PartInfo, Range
 from . import acl, checksums
@@ -30,21 +32,40 @@ def _upload_id(ctx: Ctx) -> str:
     return upload_id
 
 
+FULL_OBJECT = "FULL_OBJECT"
+
+
+def _checksum_setting(stored: str | None) -> tuple[str | None, str]:
+    """An upload's checksum setting as kept by the engine: "ALGO" (composite) or
+    "ALGO/FULL_OBJECT" -> (algorithm, type)."""
+    if not stored:
+        return None, "COMPOSITE"
+    algo, _, kind = stored.partition("/")
+    return algo, kind or "COMPOSITE"
+
+
 async def create_multipart_upload(ctx: Ctx) -> Response:
     """With `x-amz-checksum-algorithm`, every part gets that checksum and the object
-    S3's composite one (`<base64>-N`); a FULL_OBJECT checksum type is accepted but
-    no whole-object checksum is kept (r2fs does not combine part CRCs)."""
+    S3's composite one (`<base64>-N`), or with `x-amz-checksum-type: FULL_OBJECT`
+    (crc* only; crc64nvme's default) the CRC of its whole content, combined from
+    the parts' CRCs."""
     req = ctx.req
     await acl.check_object_acl(ctx)
     algo_name = req.header("x-amz-checksum-algorithm")
     algo = checksums.normalize_algorithm(algo_name) if algo_name else None
-    kind = (req.header("x-amz-checksum-type") or ("FULL_OBJECT" if algo == "crc64nvme" else "COMPOSITE")).upper()
-    if kind not in ("COMPOSITE", "FULL_OBJECT"):
-        raise S3Error("InvalidRequest", "x-amz-checksum-type must be COMPOSITE or FULL_OBJECT")
+    kind = (req.header("x-amz-checksum-type") or (FULL_OBJECT if algo == "crc64nvme" else "COMPOSITE")).upper()
+    if kind not in ("COMPOSITE", FULL_OBJECT):
+        raise S3Error("InvalidRequest", "Value for x-amz-checksum-type header is invalid.")
+    if kind == FULL_OBJECT and algo not in checksums.CRC_POLYS:
+        raise S3Error("InvalidRequest", f"The {kind} checksum type cannot be used with the "
+                                        f"{algo or 'no'} checksum algorithm.")
+    if kind == "COMPOSITE" and algo == "crc64nvme":
+        raise S3Error("InvalidRequest", "The COMPOSITE checksum type cannot be used with the "
+                                        "crc64nvme checksum algorithm.")
     await req.drain()
     upload_id = await ctx.bucket.create_multipart_upload(
         ctx.key, http_metadata=http_metadata(req), custom_metadata=custom_metadata(req),
-        checksum_algorithm=algo if kind == "COMPOSITE" else None)
+        checksum_algorithm=None if algo is None else algo if kind == "COMPOSITE" else f"{algo}/{kind}")
     resp = xml_response(document("InitiateMultipartUploadResult", [
         ("Bucket", ctx.bucket_name), ("Key", ctx.key), ("UploadId", upload_id)]))
     if algo_name:
@@ -57,7 +78,7 @@ async def upload_part(ctx: Ctx) -> Response:
     number, upload_id = part_number(ctx.req, required=True), _upload_id(ctx)
     if ctx.req.header("x-amz-copy-source") is not None:
         return await upload_part_copy(ctx, number, upload_id)
-    algo = (await ctx.bucket.upload_info(ctx.key, upload_id)).checksum_algorithm
+    algo, _ = _checksum_setting((await ctx.bucket.upload_info(ctx.key, upload_id)).checksum_algorithm)
     payload = Payload(ctx.req, ctx.signing, compute=(algo,) if algo else ())
     check_size(payload)
     part = await ctx.bucket.upload_part(ctx.key, upload_id, number, payload,
@@ -119,11 +140,12 @@ async def _all_parts(ctx: Ctx, upload_id: str) -> dict[int, PartInfo]:
 
 async def _object_checksums(ctx: Ctx, upload_id: str,
                             parts: list[tuple[int, str, dict[str, str]]]) -> dict[str, str] | None:
-    """The composite checksum of the object being completed, checked against the
-    per-part values listed and an `x-amz-checksum-*` header; None when the upload
-    has no checksum algorithm (or is no longer in progress: a repeated Complete)."""
+    """The checksum of the object being completed (composite or full-object),
+    checked against the per-part values listed and an `x-amz-checksum-*` header;
+    None when the upload has no checksum algorithm (or is no longer in progress:
+    a repeated Complete)."""
     try:
-        algo = (await ctx.bucket.upload_info(ctx.key, upload_id)).checksum_algorithm
+        algo, kind = _checksum_setting((await ctx.bucket.upload_info(ctx.key, upload_id)).checksum_algorithm)
     except NoSuchUpload:
         return None
     if algo is None:
@@ -140,12 +162,15 @@ async def _object_checksums(ctx: Ctx, upload_id: str,
                                          "the part's checksum")
         if have is None:
             return None  # a part made by UploadPartCopy carries no checksum
-        values.append(have)
-    value = checksums.composite(algo, values)
+        values.append((have, part.size))
+    if kind == FULL_OBJECT:
+        value = await trio.to_thread.run_sync(checksums.full_object, algo, values)
+    else:
+        value = checksums.composite(algo, [v for v, _ in values])
     claimed = ctx.req.header(f"x-amz-checksum-{algo}")
     if claimed is not None and claimed.strip() != value:
         raise S3Error("BadDigest", f"the x-amz-checksum-{algo} you specified did not match the "
-                                   "composite checksum of the parts")
+                                   "checksum of the parts")
     return {algo: value}
 
 
@@ -167,7 +192,8 @@ async def complete_multipart_upload(ctx: Ctx) -> Response:
                             ("Bucket", ctx.bucket_name), ("Key", ctx.key), ("ETag", etag_header(info.etag))]
     children += [(CHECKSUM_TAGS[a], v) for a, v in info.checksums.items() if a in CHECKSUM_TAGS]
     if info.checksums:
-        children.append(("ChecksumType", "COMPOSITE"))
+        composite = any("-" in v for v in info.checksums.values())
+        children.append(("ChecksumType", "COMPOSITE" if composite else FULL_OBJECT))
     return xml_response(document("CompleteMultipartUploadResult", children))
 
 

@@ -466,3 +466,34 @@ def test_composite_sha256(s3, bucket_name):
         "Parts": [{"PartNumber": 1, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]}]})
     want = base64.b64encode(hashlib.sha256(hashlib.sha256(b"only").digest()).digest()).decode() + "-1"
     assert done["ChecksumSHA256"] == want
+
+
+@pytest.mark.parametrize("algo,kind", [("CRC64NVME", None), ("CRC32C", "FULL_OBJECT")])
+def test_full_object_checksum(s3, bucket_name, algo, kind):
+    """FULL_OBJECT: the object's checksum is the CRC of its whole content (combined
+    from the parts' CRCs), as a client computes it over the file."""
+    from r2fs.s3.checksums import new_hasher
+
+    extra = {"ChecksumType": kind} if kind else {}
+    uid = s3.create_multipart_upload(Bucket=bucket_name, Key="f", ChecksumAlgorithm=algo, **extra)["UploadId"]
+    data = [bytes([7]) * (5 * MiB), b"middle" * 1000 + bytes(5 * MiB - 6000), b"end"]
+    tag = "Checksum" + algo
+    parts = []
+    for i, d in enumerate(data, 1):
+        r = s3.upload_part(Bucket=bucket_name, Key="f", UploadId=uid, PartNumber=i, Body=d, ChecksumAlgorithm=algo)
+        parts.append({"PartNumber": i, "ETag": r["ETag"], tag: r[tag]})
+    whole = new_hasher(algo.lower())
+    whole.update(b"".join(data))
+    want = whole.b64digest()
+    with pytest.raises(ClientError) as err:
+        s3.complete_multipart_upload(Bucket=bucket_name, Key="f", UploadId=uid, MultipartUpload={"Parts": parts},
+                                     **{tag: base64.b64encode(bytes(len(base64.b64decode(want)))).decode()})
+    assert code(err.value) == "BadDigest"
+    done = s3.complete_multipart_upload(Bucket=bucket_name, Key="f", UploadId=uid,
+                                        MultipartUpload={"Parts": parts}, **{tag: want})
+    assert done[tag] == want and done["ChecksumType"] == "FULL_OBJECT"
+    head = s3.head_object(Bucket=bucket_name, Key="f", ChecksumMode="ENABLED")
+    assert head[tag] == want and head["ChecksumType"] == "FULL_OBJECT"
+    with pytest.raises(ClientError) as err:
+        s3.create_multipart_upload(Bucket=bucket_name, Key="g", ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
+    assert code(err.value) == "InvalidRequest"
