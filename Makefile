@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh Debian machine (as root, or with sudo):
 #   make demo   -- mount the bucket `demo` of the embedded default cluster at ./mnt
 #   make test   -- run the whole test suite
+# and one puts r2fs on PATH and its mount helper where mount(8) looks (for fstab):
+#   make install  (make uninstall removes both links)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +19,12 @@ APT_PACKAGES := $(APT_CORE) $(APT_FUSE) $(APT_TOOLS) $(APT_S3) $(APT_META) $(APT
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps system-deps clean bench
+# `make install`: links to this checkout's virtualenv (its scripts name their Python by
+# absolute path, so neither needs PATH; mount(8) searches only /sbin for helpers).
+BINDIR ?= /usr/local/bin
+SBINDIR ?= /sbin
+
+.PHONY: demo test deps system-deps clean bench install uninstall
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -44,6 +51,16 @@ test: deps
 
 demo: deps
 	$(VENV)/bin/r2fs demo
+
+install: deps
+	$(SUDO) ln -sfn $(CURDIR)/$(VENV)/bin/r2fs $(BINDIR)/r2fs
+	$(SUDO) ln -sfn $(CURDIR)/$(VENV)/bin/mount.fuse.r2fs $(SBINDIR)/mount.fuse.r2fs
+	@echo "installed: $(BINDIR)/r2fs and $(SBINDIR)/mount.fuse.r2fs (links into $(CURDIR)/$(VENV))"
+
+uninstall:
+	@for link in $(BINDIR)/r2fs $(SBINDIR)/mount.fuse.r2fs; do \
+	  case "$$(readlink $$link)" in $(CURDIR)/$(VENV)/*) $(SUDO) rm -f $$link; echo "removed $$link";; esac; \
+	done
 
 APT_BENCH := gocryptfs  # the peer of `tools/bench mount`
 

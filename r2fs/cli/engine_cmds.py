@@ -158,6 +158,18 @@ def _may_create(path: str) -> bool:
             return True
         raise ClusterNotFound(f"{path} is not an r2fs cluster (no cluster.toml) and is not empty; "
                               f"nothing was created (move its contents away, or: r2fs init)")
+    raise not_a_cluster(path)
+
+
+def require_cluster(path: str) -> None:
+    """ClusterNotFound, naming `path` and how to make one, unless it is a cluster
+    (for commands that never create one: a mount, before its daemon starts)."""
+    if not os.path.exists(os.path.join(path, "cluster.toml")):
+        raise not_a_cluster(path)
+
+
+def not_a_cluster(path: str) -> ClusterNotFound:
+    """The one-line error for a path that is not a cluster: why, and the `init` to run."""
     init = "r2fs init" if os.environ.get("R2FS_CLUSTER") == path else f"r2fs --cluster {path} init"
     inside = _enclosing_cluster(path)
     if inside:
@@ -168,7 +180,7 @@ def _may_create(path: str) -> bool:
         why = "no cluster.toml in it"
     else:
         why = "no such directory"
-    raise ClusterNotFound(f"{path} is not an r2fs cluster ({why}); to create one there: {init}")
+    return ClusterNotFound(f"{path} is not an r2fs cluster ({why}); to create one there: {init}")
 
 
 def _enclosing_cluster(path: str) -> str | None:

@@ -172,6 +172,8 @@ def check_mount_point(mountpoint: str, nonempty: bool) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     options, nonempty = split_options(args.options)
+    from .engine_cmds import require_cluster
+    require_cluster(cluster_path(args))
     from ..fuse.mount import parse_options
     parse_options(options)  # a bad -o is named here, on the terminal, before anything starts
     if clear_dead_mount(mountpoint):
