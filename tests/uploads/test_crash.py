@@ -134,4 +134,4 @@ def test_write_flags_are_checked(cdir):
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "'nowhere' is not a region of this cluster (regions: east, west)" in out.stderr
     out = r2fs(cdir, "serve", "--listen", "127.0.0.1:1", "--write-mode", "fast")
-    assert out.returncode == 2 and "invalid choice: 'fast'" in out.stderr
+    assert out.returncode == 2 and "invalid write mode 'fast': use sync or local" in out.stderr
