@@ -74,10 +74,13 @@ def already_mounted(cmd: list[str]) -> bool:
     import os
 
     from ..cli import default_cluster_path
+    from ..cli.fuse_cmds import is_r2fs_mount
     from ..cli.running import running_mounts
 
     at = cmd.index("mount")
     bucket, mountpoint = cmd[at + 1], os.path.abspath(cmd[at + 2])
+    if not is_r2fs_mount(mountpoint):  # (a daemon still flushing after umount(8) is not a mount)
+        return False
     cluster = cmd[cmd.index("--cluster") + 1] if "--cluster" in cmd[:at] else default_cluster_path()
     return any(m.mountpoint == mountpoint and m.bucket == bucket
                for m in running_mounts(os.path.abspath(cluster)))
