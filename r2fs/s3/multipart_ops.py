@@ -23,6 +23,8 @@ from .xmlio import PART_CHECKSUMS, Node, document, iso8601, parse_complete_multi
 _COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 #: algorithm -> the XML element that carries its value
 CHECKSUM_TAGS = {algo: tag for tag, algo in PART_CHECKSUMS.items()}
+#: uploads read to roll up one delimited page (uploads are few; the store lists them in memory)
+MAX_LISTED_UPLOADS = 100_000
 
 
 def _upload_id(ctx: Ctx) -> str:
@@ -226,25 +228,51 @@ async def list_parts(ctx: Ctx) -> Response:
 
 
 async def list_multipart_uploads(ctx: Ctx) -> Response:
+    """In key order, then initiation; with a delimiter, keys that contain it after the
+    prefix roll up into CommonPrefixes (each counts once against max-uploads)."""
     q = ctx.req.query
-    prefix = q.get("prefix", "")
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter") or None
     key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
     max_uploads = q.get("max-uploads", "1000")
     if not max_uploads.isdigit():
         raise S3Error("InvalidArgument", "max-uploads must be an integer")
     limit = min(int(max_uploads), 1000)
-    if q.get("delimiter"):
-        raise S3Error("NotImplemented", "ListMultipartUploads with a delimiter is not supported")
-    uploads, truncated = await ctx.bucket.list_multipart_uploads(
-        prefix=prefix, key_marker=key_marker, upload_id_marker=id_marker, limit=limit)
+    found, more = await ctx.bucket.list_multipart_uploads(
+        prefix=prefix, key_marker=key_marker, upload_id_marker=id_marker,
+        limit=limit if delimiter is None else MAX_LISTED_UPLOADS)
+    uploads, prefixes, truncated = found, [], more
+    if delimiter is not None:
+        uploads, truncated = [], False
+        skip_under = key_marker if key_marker.endswith(delimiter) else None
+        for u in found:
+            if skip_under and u.key.startswith(skip_under):
+                continue
+            cut = u.key.find(delimiter, len(prefix))
+            common = u.key[:cut + len(delimiter)] if cut >= 0 else None
+            if common is not None and prefixes and prefixes[-1] == common:
+                continue
+            if len(uploads) + len(prefixes) >= limit:
+                truncated = True
+                break
+            if common is not None:
+                prefixes.append(common)
+            else:
+                uploads.append(u)
     children: list[Node] = [("Bucket", ctx.bucket_name), ("KeyMarker", key_marker),
-                            ("UploadIdMarker", id_marker), ("Prefix", prefix), ("MaxUploads", limit),
+                            ("UploadIdMarker", id_marker), ("Prefix", prefix),
+                            ("Delimiter", delimiter) if delimiter else None, ("MaxUploads", limit),
                             ("IsTruncated", truncated)]
-    if truncated and uploads:
-        children += [("NextKeyMarker", uploads[-1].key), ("NextUploadIdMarker", uploads[-1].upload_id)]
+    if truncated and (uploads or prefixes):
+        last_upload = uploads[-1] if uploads else None
+        last_prefix = prefixes[-1] if prefixes else None
+        if last_prefix is not None and (last_upload is None or last_prefix > last_upload.key):
+            children += [("NextKeyMarker", last_prefix), ("NextUploadIdMarker", "")]
+        else:
+            children += [("NextKeyMarker", last_upload.key), ("NextUploadIdMarker", last_upload.upload_id)]
     children += [("Upload", [("Key", u.key), ("UploadId", u.upload_id),
                              ("Initiator", [("ID", OWNER_ID), ("DisplayName", OWNER_ID)]),
                              ("Owner", [("ID", OWNER_ID), ("DisplayName", OWNER_ID)]),
                              ("StorageClass", "STANDARD"), ("Initiated", iso8601(u.initiated))])
                  for u in uploads]
+    children += [("CommonPrefixes", [("Prefix", p)]) for p in prefixes]
     return xml_response(document("ListMultipartUploadsResult", children))

@@ -497,3 +497,23 @@ def test_full_object_checksum(s3, bucket_name, algo, kind):
     with pytest.raises(ClientError) as err:
         s3.create_multipart_upload(Bucket=bucket_name, Key="g", ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
     assert code(err.value) == "InvalidRequest"
+
+
+def test_list_multipart_uploads_with_delimiter(s3, bucket_name):
+    ids = {k: s3.create_multipart_upload(Bucket=bucket_name, Key=k)["UploadId"]
+           for k in ("a/1", "a/2", "b", "c/x/1", "d")}
+    got = s3.list_multipart_uploads(Bucket=bucket_name, Delimiter="/")
+    assert [u["Key"] for u in got["Uploads"]] == ["b", "d"]
+    assert [p["Prefix"] for p in got["CommonPrefixes"]] == ["a/", "c/"]
+    seen, kw = [], {}
+    while True:
+        page = s3.list_multipart_uploads(Bucket=bucket_name, Delimiter="/", MaxUploads=1, **kw)
+        seen += [u["Key"] for u in page.get("Uploads", [])] + [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        if not page["IsTruncated"]:
+            break
+        kw = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+    assert seen == ["a/", "b", "c/", "d"]
+    got = s3.list_multipart_uploads(Bucket=bucket_name, Delimiter="/", Prefix="c/")
+    assert [p["Prefix"] for p in got["CommonPrefixes"]] == ["c/x/"] and "Uploads" not in got
+    for k, uid in ids.items():
+        s3.abort_multipart_upload(Bucket=bucket_name, Key=k, UploadId=uid)
