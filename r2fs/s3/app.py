@@ -42,7 +42,7 @@ UNSUPPORTED = {
     "policy", "policyStatus", "lifecycle", "tagging", "website", "logging", "notification",
     "replication", "encryption", "ownershipControls", "publicAccessBlock", "object-lock",
     "requestPayment", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
-    "retention", "legal-hold", "torrent", "restore", "select", "attributes", "session",
+    "retention", "legal-hold", "torrent", "restore", "select", "session",
 }
 
 
@@ -81,6 +81,7 @@ OPS = {
     "CompleteMultipartUpload": Op("CompleteMultipartUpload", multipart_ops.complete_multipart_upload, True, A),
     "AbortMultipartUpload": Op("AbortMultipartUpload", multipart_ops.abort_multipart_upload, True, None),
     "ListParts": Op("ListParts", multipart_ops.list_parts, False, A),
+    "GetObjectAttributes": Op("GetObjectAttributes", object_ops.get_object_attributes, False, B),
     "GetBucketAcl": Op("GetBucketAcl", acl.get_bucket_acl, False, B),
     "PutBucketAcl": Op("PutBucketAcl", acl.put_bucket_acl, True, A),
     "GetObjectAcl": Op("GetObjectAcl", acl.get_object_acl, False, B),
@@ -138,7 +139,8 @@ def select_operation(method: str, level: str, query: dict[str, str], req: Reques
             name = "DeleteObjects" if "delete" in query else "PostObject"
     else:
         if method == "GET":
-            name = "ListParts" if "uploadId" in query else "GetObjectAcl" if "acl" in query else "GetObject"
+            name = "ListParts" if "uploadId" in query else "GetObjectAcl" if "acl" in query \
+                else "GetObjectAttributes" if "attributes" in query else "GetObject"
         elif method == "HEAD":
             name = "HeadObject"
         elif method == "PUT":

@@ -125,6 +125,11 @@ def check_b64(algorithm: str, value: str) -> str:
     return value.strip()
 
 
+def checksum_type(values: dict[str, str]) -> str:
+    """S3's x-amz-checksum-type of an object's stored checksums (composite: `-N`)."""
+    return "COMPOSITE" if any("-" in v for v in values.values()) else "FULL_OBJECT"
+
+
 def composite(algorithm: str, part_values: list[str]) -> str:
     """S3's checksum of a multipart object: the checksum of the parts' raw
     checksums concatenated, then `-N` (N parts)."""

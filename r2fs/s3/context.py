@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..engine.store import Bucket, Cluster
 from ..engine.types import HTTP_METADATA_KEYS, Conditional, ObjectInfo
+from .checksums import checksum_type
 from .errors import S3Error
 from .http import Request, Response
 from .keys import AccessKey
@@ -193,5 +194,4 @@ def object_headers(resp: Response, info: ObjectInfo, *, with_checksums: bool = F
         for algo, value in info.checksums.items():
             resp.set(f"x-amz-checksum-{algo}", value)
         if info.checksums:
-            composite = any("-" in v for v in info.checksums.values())
-            resp.set("x-amz-checksum-type", "COMPOSITE" if composite else "FULL_OBJECT")
+            resp.set("x-amz-checksum-type", checksum_type(info.checksums))

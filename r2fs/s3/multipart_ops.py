@@ -18,11 +18,9 @@ from .errors import S3Error
 from .http import Response
 from .object_ops import check_size, parse_copy_source
 from .payload import Payload, read_document
-from .xmlio import PART_CHECKSUMS, Node, document, iso8601, parse_complete_multipart
+from .xmlio import CHECKSUM_TAGS, Node, document, iso8601, parse_complete_multipart
 
 _COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
-#: algorithm -> the XML element that carries its value
-CHECKSUM_TAGS = {algo: tag for tag, algo in PART_CHECKSUMS.items()}
 #: uploads read to roll up one delimited page (uploads are few; the store lists them in memory)
 MAX_LISTED_UPLOADS = 100_000
 
@@ -194,8 +192,7 @@ async def complete_multipart_upload(ctx: Ctx) -> Response:
                             ("Bucket", ctx.bucket_name), ("Key", ctx.key), ("ETag", etag_header(info.etag))]
     children += [(CHECKSUM_TAGS[a], v) for a, v in info.checksums.items() if a in CHECKSUM_TAGS]
     if info.checksums:
-        composite = any("-" in v for v in info.checksums.values())
-        children.append(("ChecksumType", "COMPOSITE" if composite else FULL_OBJECT))
+        children.append(("ChecksumType", checksums.checksum_type(info.checksums)))
     return xml_response(document("CompleteMultipartUploadResult", children))
 
 

@@ -13,7 +13,8 @@ from .context import (Ctx, conditional, content_md5, custom_metadata, etag_heade
 from .errors import S3Error, to_s3_error
 from .http import Response
 from .payload import Payload, read_document
-from .xmlio import document, http_date, iso8601, parse_delete
+from .checksums import checksum_type
+from .xmlio import CHECKSUM_TAGS, document, http_date, iso8601, parse_delete
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 RESPONSE_OVERRIDES = {
@@ -119,6 +120,51 @@ async def _get_object(ctx: Ctx, *, head: bool = False) -> Response:
 
 async def head_object(ctx: Ctx) -> Response:
     return await get_object(ctx, head=True)
+
+
+ATTRIBUTES = {"etag", "checksum", "objectparts", "storageclass", "objectsize"}
+
+
+async def get_object_attributes(ctx: Ctx) -> Response:
+    """GetObjectAttributes: ETag, Checksum, ObjectParts (a multipart object's part
+    sizes), StorageClass, ObjectSize -- what `x-amz-object-attributes` asks for."""
+    req = ctx.req
+    wanted = {a.strip().lower() for a in (req.header("x-amz-object-attributes") or "").split(",") if a.strip()}
+    if not wanted or not wanted <= ATTRIBUTES:
+        raise S3Error("InvalidArgument", "Invalid attribute name specified.")
+    try:
+        body = await ctx.bucket.get(ctx.key, only_if=conditional(req))
+    except engine_errors.NotModified as exc:
+        raise await _not_modified(ctx, exc) from None
+    await body.aclose()
+    info = body.info
+    children: list = []
+    if "etag" in wanted:
+        children.append(("ETag", info.etag))
+    if "checksum" in wanted and info.checksums:
+        children.append(("Checksum", [(CHECKSUM_TAGS[a], v) for a, v in info.checksums.items()
+                                      if a in CHECKSUM_TAGS]
+                         + [("ChecksumType", checksum_type(info.checksums))]))
+    if "objectparts" in wanted and info.parts:
+        marker_text = req.header("x-amz-part-number-marker") or "0"
+        max_text = req.header("x-amz-max-parts") or "1000"
+        if not marker_text.isdigit() or not max_text.isdigit():
+            raise S3Error("InvalidArgument", "x-amz-part-number-marker and x-amz-max-parts must be integers")
+        marker, limit = int(marker_text), min(int(max_text), 1000)
+        page = list(enumerate(info.parts, 1))[marker:marker + limit]
+        truncated = marker + len(page) < len(info.parts)
+        children.append(("ObjectParts", [
+            ("PartsCount", len(info.parts)), ("PartNumberMarker", marker),
+            ("NextPartNumberMarker", page[-1][0] if page else marker), ("MaxParts", limit),
+            ("IsTruncated", truncated)] + [("Part", [("PartNumber", n), ("Size", size)]) for n, size in page]))
+    if "storageclass" in wanted:
+        children.append(("StorageClass", "STANDARD"))
+    if "objectsize" in wanted:
+        children.append(("ObjectSize", info.size))
+    resp = Response(body=document("GetObjectAttributesResponse", children))
+    resp.set("Content-Type", "application/xml")
+    resp.set("Last-Modified", http_date(info.uploaded))
+    return resp
 
 
 def _put_conditions(ctx: Ctx):

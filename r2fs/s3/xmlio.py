@@ -92,6 +92,10 @@ PART_CHECKSUMS = {"ChecksumCRC32": "crc32", "ChecksumCRC32C": "crc32c", "Checksu
                   "ChecksumSHA1": "sha1", "ChecksumSHA256": "sha256"}
 
 
+#: algorithm -> the XML element that carries its value
+CHECKSUM_TAGS = {algo: tag for tag, algo in PART_CHECKSUMS.items()}
+
+
 def parse_complete_multipart(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
     """CompleteMultipartUpload -> [(part number, etag without quotes, {algorithm: checksum})]
     in document order."""

@@ -517,3 +517,22 @@ def test_list_multipart_uploads_with_delimiter(s3, bucket_name):
     assert [p["Prefix"] for p in got["CommonPrefixes"]] == ["c/x/"] and "Uploads" not in got
     for k, uid in ids.items():
         s3.abort_multipart_upload(Bucket=bucket_name, Key=k, UploadId=uid)
+
+
+def test_get_object_attributes(s3, bucket_name):
+    uid, data, parts = _two_part_upload(s3, bucket_name, "attr", ChecksumAlgorithm="CRC32")
+    done = s3.complete_multipart_upload(Bucket=bucket_name, Key="attr", UploadId=uid,
+                                        MultipartUpload={"Parts": parts})
+    got = s3.get_object_attributes(Bucket=bucket_name, Key="attr", ObjectAttributes=[
+        "ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"])
+    assert got["ETag"] == done["ETag"].strip('"') and got["ObjectSize"] == sum(map(len, data))
+    assert got["Checksum"]["ChecksumCRC32"] == done["ChecksumCRC32"] and got["StorageClass"] == "STANDARD"
+    assert got["ObjectParts"]["TotalPartsCount"] == 2
+    page = s3.get_object_attributes(Bucket=bucket_name, Key="attr", ObjectAttributes=["ObjectParts"], MaxParts=1)
+    assert page["ObjectParts"]["IsTruncated"] and [p["Size"] for p in page["ObjectParts"]["Parts"]] == [5 * MiB]
+    s3.put_object(Bucket=bucket_name, Key="small", Body=b"12345")
+    got = s3.get_object_attributes(Bucket=bucket_name, Key="small", ObjectAttributes=["ObjectSize", "ETag"])
+    assert got["ObjectSize"] == 5 and "ObjectParts" not in got
+    with pytest.raises(ClientError) as err:
+        s3.get_object_attributes(Bucket=bucket_name, Key="missing", ObjectAttributes=["ETag"])
+    assert code(err.value) == "NoSuchKey"
