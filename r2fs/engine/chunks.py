@@ -422,8 +422,8 @@ class ChunkStore:
             for i in range(n):
                 try:
                     nodes[i].delete(names[i])
-                except OSError:
-                    pass
+                except (OSError, NodeUnavailable):
+                    pass  # what stays behind is an orphan for gc's scan
             raise NodeUnavailable(
                 f"chunk {chunk_id.hex()}: could not store shards ({'; '.join(errors)})")
         return stored

@@ -28,10 +28,11 @@ NODE_STATES = (NODE_ACTIVE, NODE_DRAINING)
 @dataclass
 class NodeConfig:
     id: str
-    path: str  # absolute
+    path: str  # absolute; "" for a node that is not a local directory (url)
     region: str = "default"
-    extra: dict[str, Any] = field(default_factory=dict)  # further tables, e.g. [nodes.ID.simulate]
+    extra: dict[str, Any] = field(default_factory=dict)  # further settings, e.g. [nodes.ID.simulate]
     state: str = NODE_ACTIVE
+    url: str | None = None  # s3://bucket/prefix: the node is a bucket of an S3-compatible store
 
 
 @dataclass
@@ -101,8 +102,8 @@ def render(cfg: ClusterConfig, root: str) -> str:
     if cfg.meta_url:
         lines += ["[meta]", f"url = {_quote(cfg.meta_url)}", ""]
     for n in cfg.nodes:
-        rel = os.path.relpath(n.path, root)
-        lines += [f"[nodes.{n.id}]", f"path = {_quote(rel)}", f"region = {_quote(n.region)}"]
+        where = f"url = {_quote(n.url)}" if n.url else f"path = {_quote(os.path.relpath(n.path, root))}"
+        lines += [f"[nodes.{n.id}]", where, f"region = {_quote(n.region)}"]
         if n.state != NODE_ACTIVE:
             lines.append(f"state = {_quote(n.state)}")
         lines += _table_lines(f"nodes.{n.id}", n.extra, header=False)
@@ -208,12 +209,19 @@ def load(root: str) -> ClusterConfig:
     try:
         nodes = []
         for node_id, table in raw["nodes"].items():
-            extra = {k: v for k, v in table.items() if k not in ("path", "region", "state")}
-            p = table["path"]
+            extra = {k: v for k, v in table.items() if k not in ("path", "region", "state", "url")}
             state = table.get("state", NODE_ACTIVE)
             if state not in NODE_STATES:
                 raise InvalidClusterConfig(f"{path}: node {node_id} has unknown state {state!r} "
                                            f"(known: {', '.join(NODE_STATES)})")
+            if "url" in table:
+                if "path" in table:
+                    raise InvalidClusterConfig(f"{path}: [nodes.{node_id}] has both path and url; "
+                                               "a node is a directory or a bucket")
+                nodes.append(NodeConfig(node_id, "", table.get("region", "default"), extra, state,
+                                        url=str(table["url"])))
+                continue
+            p = table["path"]
             nodes.append(NodeConfig(node_id, os.path.normpath(os.path.join(root, p)),
                                     table.get("region", "default"), extra, state))
         cfg = ClusterConfig(k=int(raw["k"]), m=int(raw["m"]), chunk_size=int(raw["chunk_size"]),

@@ -101,10 +101,22 @@ class Core:
         return loc if loc in self.regions else None
 
     def place(self, cid: bytes, home: str | None) -> list[str]:
-        """The nodes for a chunk's k+m shards: in its home region if that has enough."""
+        """The nodes for a chunk's k+m shards: in its home region if that has enough,
+        leaving out nodes known to be down (an S3 store not answering) while enough
+        others are up; otherwise the write fails naming the node (chunks.write_shards)."""
         self.refresh_config()  # nodes added or draining since this process started
-        return placement_for(cid, self.config.k + self.config.m,
-                             self.regions.get(home, []) if home else [], self.config.placeable_ids)
+        n = self.config.k + self.config.m
+        region = self.regions.get(home, []) if home else []
+        placeable = self.config.placeable_ids
+        up = [nid for nid in placeable if not self._down(nid)]
+        if len(up) >= n:
+            region = [nid for nid in region if not self._down(nid)]
+            placeable = up
+        return placement_for(cid, n, region, placeable)
+
+    def _down(self, node_id: str) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.marked_down
 
     def placement(self, cid: bytes, bucket: str | None) -> list[str]:
         """`place` for a chunk of `bucket` (blocking: reads the bucket's record)."""

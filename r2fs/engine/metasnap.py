@@ -564,12 +564,17 @@ class _Copier:
 
 
 def snapshots_apply(cluster: Core) -> bool:
-    """Does this cluster's metadata engine use these snapshots? (the embedded LMDB does)"""
-    return cluster.meta.url_scheme == "lmdb"
+    """Do these snapshots apply? They copy the embedded LMDB onto local node directories."""
+    return cluster.meta.url_scheme == "lmdb" and all(n.url is None for n in cluster.config.nodes)
 
 
 def require_lmdb(cluster: Core) -> None:
     """Refuse, saying what to use instead, where the metadata is not in LMDB."""
+    remote = [n.id for n in cluster.config.nodes if n.url is not None]
+    if cluster.meta.url_scheme == "lmdb" and remote:
+        raise ClusterError(f"metadata snapshots are stored on local node directories, and "
+                           f"node(s) {', '.join(remote)} of this cluster are S3 buckets; copy "
+                           "meta/ with `mdb_copy -c` (LMDB's tool) while it is in use instead")
     if not snapshots_apply(cluster):
         raise ClusterError(
             f"the metadata of this cluster is in {cluster.meta.describe()}, not in meta/: "

@@ -81,7 +81,7 @@ def refresh(c: "Cluster", *, force: bool = False) -> bool:
             del c.nodes[nid]
     for nid, node in fresh.items():
         old = c.nodes.get(nid)
-        if old is None or old.path != node.path:
+        if old is None or old.location != node.location:
             c.nodes[nid] = node
     c.config = cfg
     c.refresh_regions()

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import config as cfgmod
 from .errors import InvalidClusterConfig
-from .nodes import Buffer, LocalNode
+from .nodes import Buffer, LocalNode, NodeStore, open_node
 
 SIMULATE_TABLE = "simulate"
 RELOAD_INTERVAL = 0.5
@@ -235,13 +235,13 @@ class SimulatedNode:
         return not self.settings.down and self.inner.available()
 
 
-def build_nodes(config: cfgmod.ClusterConfig, root: str) -> dict[str, LocalNode]:
+def build_nodes(config: cfgmod.ClusterConfig, root: str) -> dict[str, NodeStore]:
     """The cluster's nodes by id; simulated only where cluster.toml has a simulate table.
 
     Announces simulation on stderr (once per cluster per process), because a
     cluster that lies about its nodes must never pass for a normal one.
     """
-    plain = {n.id: LocalNode(n.id, n.path, n.region) for n in config.nodes}
+    plain = {n.id: open_node(n) for n in config.nodes}
     tables = {n.id: Simulation.parse(n.id, n.extra[SIMULATE_TABLE])
               for n in config.nodes if SIMULATE_TABLE in n.extra}
     if not tables:

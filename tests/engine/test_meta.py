@@ -8,6 +8,8 @@ import pytest
 
 from r2fs.engine.meta.lmdb import LmdbMeta
 
+pytestmark = pytest.mark.lmdb_only  # the LMDB engine itself
+
 
 def test_group_commit_isolates_failures(tmp_path):
     meta = LmdbMeta(str(tmp_path / "meta"))

@@ -29,6 +29,8 @@ from r2fs.engine.errors import UnsupportedFormat
 from r2fs.engine.store import Cluster
 from r2fs.engine.types import KiB, MiB
 
+pytestmark = pytest.mark.lmdb_only  # snapshots copy the embedded LMDB engine
+
 
 def cli(cluster: str | Path, *args: object, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", "R2FS_DEBUG")}

@@ -22,7 +22,7 @@ async def test_round_trip_with_metadata_and_one_change_per_item(cluster, bucket)
                      http_metadata={"content-type": "text/plain"} if i % 2 else None)
              for i in range(300)]  # more than one group commit's batch
     out = await bucket.put_many(items)
-    assert cluster.change_seq() == seq + len(items)
+    assert len(cluster.changes_since(seq)) == len(items)  # seqs increase, not always by 1
     for it, info in zip(items, out):
         assert info.key == it.key and info.size == len(it.data) and info.inline
         got = await bucket.head(it.key)
@@ -105,4 +105,4 @@ async def test_kill_before_and_after_the_commit(cluster_dir, cluster, bucket, st
         else:
             with pytest.raises(NoSuchKey):
                 await bucket.head(f"k{i}")
-    assert cluster.change_seq() == seq + (600 if step == "committed" else 0)
+    assert len(cluster.changes_since(seq)) == (600 if step == "committed" else 0)

@@ -485,6 +485,7 @@ async def test_memory_stays_bounded_for_2gib(cluster_dir, bucket):
     assert peak_mib < 300, f"peak RSS {peak_mib} MiB"
 
 
+@pytest.mark.lmdb_only
 async def test_missing_metadata_is_refused_not_recreated(cluster_dir, cluster, bucket):
     await bucket.put("k", b"v")
     cluster.close()

@@ -104,4 +104,9 @@ class NodeStore(ABC):
 
     @abstractmethod
     def available(self) -> bool:
-        """Can the node be used now? (cheap: status and placement call it)"""
+        """Can the node be used now? (for status and gc; may probe the store)"""
+
+    @property
+    def marked_down(self) -> bool:
+        """Known not to answer right now (no probe: placement asks it for every chunk)."""
+        return False
