@@ -4,6 +4,7 @@
     r2fs meta snapshots                           list the snapshots on the nodes
     r2fs meta verify [ID]                         read back every shard (a scrub)
     r2fs meta restore [--snapshot ID] [--force]   rebuild meta/ from a snapshot
+    r2fs meta migrate --to postgresql://...       move the metadata into PostgreSQL (copy + verify)
 
 Everything but `snapshot` works without `meta/` (that is when it is needed):
 it uses only cluster.toml, master.key and the node directories. The logic is
@@ -123,6 +124,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ..engine.meta.migrate import migrate_to_postgresql
+
+    report = migrate_to_postgresql(cluster_path(args), args.to)
+    total = sum(report.counts.values())
+    parts = ", ".join(f"{n} {t}" for t, n in report.counts.items() if n)
+    print(f"copied and verified {total} metadata entries ({parts or 'none'}) into {report.url} "
+          f"in {report.seconds:.1f}s; cluster.toml now uses it; the LMDB metadata was moved to "
+          f"{report.old_meta}")
+    print("other hosts: copy cluster.toml and master.key (node paths must reach the same "
+          "nodes from there)")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "meta", help="metadata snapshots: take, list, verify, restore",
@@ -152,3 +167,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--no-check", action="store_true",
                    help="skip looking for the data of every chunk afterwards (a stat per shard)")
     r.set_defaults(func=cmd_restore)
+
+    mg = sub.add_parser("migrate", help="move the metadata from LMDB into a PostgreSQL database "
+                                        "(stop mounts and gateways first)")
+    mg.add_argument("--to", required=True, metavar="URL",
+                    help="postgresql://[user[:password]@]host[:port]/database (an empty database)")
+    mg.set_defaults(func=cmd_migrate)

@@ -25,7 +25,7 @@ from r2fs.engine.types import Conditional
 
 
 def cli(cluster: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", "R2FS_DEBUG")}
+    env = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", "R2FS_DEBUG", "R2FS_META_URL")}
     return subprocess.run([sys.executable, "-m", "r2fs", "--cluster", cluster, *args],
                           capture_output=True, env=env, timeout=120, check=False)
 
@@ -299,3 +299,36 @@ def test_snapshot_api_refuses_on_postgresql(pg_cluster):
     with pytest.raises(ClusterError, match="pg_dump"):
         metasnap.take_snapshot(pg_cluster)
     assert metasnap.gc_horizon(pg_cluster) is None
+
+
+def test_meta_migrate_copies_verifies_and_switches(tmp_path, pg_url):
+    """An LMDB cluster grows into PostgreSQL: every object, record and chunk comes along."""
+    path = str(tmp_path / "grow")
+    ok(cli(path, "init", "--nodes", "3", "--k", "2", "--m", "1"))
+
+    async def fill():
+        with Cluster.open(path) as c:
+            await c.create_bucket("grow")
+            b = c.bucket("grow")
+            for i in range(300):
+                await b.put(f"d/{i:04d}", b"x" * (i % 7))
+            await b.put("big", os.urandom(600 * 1024))
+            await c.put_record("keys", "ak", {"secret": "s"})
+            return [(o.key, o.etag) for o in (await b.list(limit=1000)).objects]
+
+    before = trio.run(fill)
+    out = ok(cli(path, "meta", "migrate", "--to", pg_url))
+    assert "copied and verified" in out and "meta.migrated-" in out
+    assert not os.path.exists(os.path.join(path, "meta"))
+
+    async def check():
+        with Cluster.open(path) as c:
+            assert c.meta.url_scheme == "postgresql"
+            b = c.bucket("grow")
+            assert [(o.key, o.etag) for o in (await b.list(limit=1000)).objects] == before
+            assert len(await (await b.get("big")).read()) == 600 * 1024
+            assert (await c.get_record("keys", "ak")) == {"secret": "s"}
+            await b.put("after", b"new")
+    trio.run(check)
+    again = cli(path, "meta", "migrate", "--to", pg_url)
+    assert again.returncode != 0 and b"already in" in again.stderr
