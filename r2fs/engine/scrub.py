@@ -49,12 +49,17 @@ class ScrubReport:
 
 
 def scrub(c: "Cluster", *, repair: bool = False, bucket: str | None = None,
-          rate: float | None = None, window: int = 4, fresh: bool = False,
+          rate: float | None = None, window: int = 8, fresh: bool = False,
           progress: Callable[[WalkProgress], None] | None = None,
           stop: threading.Event | None = None, state: str = STATE) -> ScrubReport:
     """Verify every shard of every chunk (of `bucket`); rewrite bad ones with `repair`.
 
     Blocking: run it in a worker thread. `rate`: bytes/s of logical data.
+    `window`: chunks verified at once (one worker thread each, reading its
+    shards one after another with O_DIRECT). Measured on the reference VM
+    (tools/bench durability, 1 GiB): 8 in flight gave 650-920 MB/s against
+    750-850 with 4; memory stays at window x (k+m) shard buffers (~48 MiB
+    for 4 MiB chunks), plus k payloads per chunk kept for a repair.
     """
     started = time.monotonic()
     only = c.chunks_of_bucket(bucket) if bucket is not None else None
