@@ -12,8 +12,9 @@ snapshotter (on by default):
   (`gc_grace` 60 s for unreferenced chunks, 600 s for orphan files), under
   `run/gc.lock`.
 
-Settings: the `[durability]` table of cluster.toml (`scrub_rate = 0` or
-`gc_interval = 0` turns that part off). A failure is logged and retried,
+Neither starts before `start_delay` seconds (default 60). Settings: the
+`[durability]` table of cluster.toml (`scrub_rate = 0` or `gc_interval = 0`
+turns that part off). A failure is logged and retried,
 never fatal to the process serving files.
 """
 
@@ -43,7 +44,7 @@ CONFIG_TABLE = "durability"
 SLICE = 30.0
 BACKGROUND_STATE = "scrub-background"
 DEFAULTS = {"scrub_rate": 4.0, "scrub_interval": 86400.0, "gc_interval": 300.0,
-            "gc_grace": 60.0, "orphan_grace": 600.0}
+            "gc_grace": 60.0, "orphan_grace": 600.0, "start_delay": 60.0}
 
 
 def settings(c: "Core") -> dict[str, float]:
@@ -91,11 +92,13 @@ async def run_maintenance(cluster: "Cluster", stop_event: trio.Event) -> None:
         log.error("%s; background scrub and gc use the defaults", e)
         cfg = dict(DEFAULTS)
     current: list[threading.Event] = []  # the slice under way, to end it when we stop
-    next_gc = time.monotonic() + min(cfg["gc_interval"], 60.0)
-    next_scrub = time.monotonic() + 60.0
+    # nothing in the first `start_delay` seconds: a short-lived process costs nothing
+    next_gc = time.monotonic() + cfg["start_delay"]
+    next_scrub = time.monotonic() + cfg["start_delay"]
     st = load_state(cluster, BACKGROUND_STATE)
     if st and st.get("done"):
-        next_scrub = time.monotonic() + max(60.0, cfg["scrub_interval"] - (time.time() - st["updated"]))
+        next_scrub = time.monotonic() + max(cfg["start_delay"],
+                                            cfg["scrub_interval"] - (time.time() - st["updated"]))
 
     async def stopper() -> None:
         await stop_event.wait()

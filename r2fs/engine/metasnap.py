@@ -148,6 +148,9 @@ class SnapshotInfo:
     cluster_id: str
     schema: int
     copies: tuple[str, ...] = ()  # nodes holding an authentic descriptor (filled by listing)
+    #: `state_fingerprint` of the copy (None in descriptors written before it existed; an
+    #: optional body key, so older builds read newer descriptors and vice versa)
+    fingerprint: bytes | None = None
 
     def body(self) -> dict[str, Any]:
         return {"id": self.id, "created": self.created, "seq": self.seq, "txnid": self.txnid,
@@ -155,7 +158,8 @@ class SnapshotInfo:
                 "piece_size": self.piece_size, "k": self.k, "m": self.m,
                 "stripe_size": self.stripe_size, "codec": self.codec,
                 "placement": list(self.placement), "digest": self.digest,
-                "cluster_id": self.cluster_id, "schema": self.schema}
+                "cluster_id": self.cluster_id, "schema": self.schema,
+                **({"fp": self.fingerprint} if self.fingerprint is not None else {})}
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> SnapshotInfo:
@@ -164,7 +168,8 @@ class SnapshotInfo:
                    pieces=int(b["pieces"]), piece_size=int(b["piece_size"]), k=int(b["k"]),
                    m=int(b["m"]), stripe_size=int(b["stripe_size"]), codec=int(b["codec"]),
                    placement=tuple(str(p) for p in b["placement"]), digest=bytes(b["digest"]),
-                   cluster_id=str(b["cluster_id"]), schema=int(b["schema"]))
+                   cluster_id=str(b["cluster_id"]), schema=int(b["schema"]),
+                   fingerprint=bytes(b["fp"]) if b.get("fp") is not None else None)
 
 
 @dataclass
@@ -517,6 +522,7 @@ class _Copier:
             pass
         self.seq = 0
         self.txnid = 0
+        self.fingerprint = b""
         self.error: BaseException | None = None
         self._finished = False
         self._ready = threading.Event()
@@ -530,6 +536,7 @@ class _Copier:
             with meta.env.begin(write=False, buffers=False) as txn:
                 self.seq = meta.get(txn, "info", b"seq") or 0
                 self.txnid = txn.id()
+                self.fingerprint = state_fingerprint(meta, txn)
                 self._ready.set()
                 meta.env.copyfd(self._write_fd, compact=True, txn=txn)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
@@ -659,7 +666,8 @@ def _write_snapshot(cluster: Core, site: Site, piece_size: int) -> SnapshotInfo:
                             db_size=size, stored=stored, pieces=pieces, piece_size=piece_size,
                             k=cfg.k, m=cfg.m, stripe_size=cfg.stripe_size, codec=erasure.codec,
                             placement=tuple(placement), digest=digest.digest(),
-                            cluster_id=cfg.cluster_id, schema=SCHEMA_VERSION)
+                            cluster_id=cfg.cluster_id, schema=SCHEMA_VERSION,
+                            fingerprint=copier.fingerprint)
         blob = site.pack_descriptor(info)
         failed = []
         for nid, node in site.nodes.items():  # replicated on every node; written last
@@ -728,15 +736,34 @@ def gc_horizon(cluster: Core) -> float | None:
 # --- automatic snapshots -----------------------------------------------------------------------
 
 
+def state_fingerprint(meta: Any, txn: Any) -> bytes:
+    """A digest of the metadata a snapshot must keep that the change sequence does not
+    count: buckets, multipart uploads, records of other layers (access keys, settings,
+    placement epochs after a rebalance) -- but not durability bookkeeping (scrub
+    positions, damage notes), which changes all the time and restores nothing."""
+    h = hashlib.blake2b(digest_size=16)
+    for table in ("buckets", "uploads", "records"):
+        h.update(table.encode() + b"\0")
+        for k, v in meta.scan(txn, table):
+            if table == "records" and k.startswith(b"durability\0"):
+                continue
+            h.update(len(k).to_bytes(4, "little") + k)
+            h.update(msgpack.packb(v, use_bin_type=True))
+    return h.digest()
+
+
 def maybe_snapshot(cluster: Core, *, min_interval: float | None = None,
                    keep: int | None = None) -> SnapshotInfo | None:
     """Take a snapshot if the metadata changed since the newest one and `min_interval`
     seconds have passed since it; None otherwise, or if another process is taking one.
 
     For long-running processes (mount, gateway), called periodically from a
-    worker thread. "Changed": the change sequence or the LMDB transaction id
-    differs from the newest snapshot's (the transaction id also catches
-    changes outside the change feed: buckets, settings, access keys).
+    worker thread. "Changed": the change sequence differs from the newest
+    snapshot's, or `state_fingerprint` does (buckets, uploads, access keys...).
+    Never a snapshot of an unchanged sequence and state: the LMDB transaction
+    id alone (used before) also moved with every chunk touch, gc pass,
+    replication lease and scrub position, so identical snapshots were taken
+    seconds apart. A descriptor without a fingerprint falls back to that rule.
     """
     interval, _ = settings(cluster.config)
     interval = interval if min_interval is None else min_interval
@@ -745,9 +772,15 @@ def maybe_snapshot(cluster: Core, *, min_interval: float | None = None,
     if newest is not None:
         if time.time() - newest.created < interval:
             return None
-        last_txnid = cluster.meta.env.info()["last_txnid"]
-        if (cluster.change_seq(), last_txnid) == (newest.seq, newest.txnid):
-            return None
+        with cluster.meta.read() as txn:
+            seq = cluster.meta.get(txn, "info", b"seq") or 0
+            fp = state_fingerprint(cluster.meta, txn) if newest.fingerprint is not None else None
+        if seq == newest.seq:
+            if newest.fingerprint is not None and fp == newest.fingerprint:
+                return None
+            if newest.fingerprint is None and \
+                    cluster.meta.env.info()["last_txnid"] == newest.txnid:
+                return None
     return take_snapshot(cluster, keep=keep, wait=False)
 
 

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from .store import Cluster
 
 MOVE_PREFIX = NAMESPACE.encode() + b"\0move/"
+#: bumped after a rebalance that changed placements (outside the durability namespace,
+#: so `metasnap.state_fingerprint` sees it and a fresh snapshot records the new places)
+PLACEMENT_EPOCH = b"placement\0epoch"
 LOCK_FILE = os.path.join("run", "shard-moves.lock")
 
 
@@ -242,6 +245,8 @@ def rebalance(c: "Cluster", *, rate: float | None = None, window: int = 4,
         prog = walk(c, "rebalance", work, select=select, scope=sorted(c.config.placeable_ids),
                     window=window, rate=rate, progress=progress, stop=stop)
     report = _report(prog, started)
+    if report.chunks_moved:  # placements changed: the next metadata snapshot must be taken
+        c.meta.write(lambda txn: c.meta.put(txn, "records", PLACEMENT_EPOCH, time.time()))
     report.problems = problems
     return report
 

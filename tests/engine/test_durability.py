@@ -1,6 +1,6 @@
 """Durability operations on real clusters: scrub/repair, heal on read, node add/drain/
 remove/replace with rebalancing, kill -9 at every crash point, space figures vs `du`,
-metadata compaction.
+metadata compaction, snapshots only of changed metadata, background scrub and gc.
 
 Clusters use 64 KiB chunks so that a few MiB of objects make ~100 chunks. The CLI
 runs as a real subprocess; damage is done to the real shard files.
@@ -17,10 +17,12 @@ import subprocess
 import sys
 
 import pytest
+import trio
 from helpers import one_line_error, rand
 
-from r2fs.engine import nodeops
+from r2fs.engine import config, metasnap, nodeops, rebalance
 from r2fs.engine.chunkwalk import TEST_KILL_ENV, iter_records, live_on_nodes
+from r2fs.engine.maintenance import run_maintenance
 from r2fs.engine.nodes import place
 from r2fs.engine.reader import render_metrics
 from r2fs.engine.repair import inspect
@@ -390,3 +392,54 @@ async def test_meta_compact_shrinks_and_keeps_data(filled):
     finally:
         c.close()
 
+
+
+async def test_no_snapshot_of_an_unchanged_sequence(filled, tmp_path):
+    path, _ = filled
+    c = Cluster.open(path)
+    try:
+        assert metasnap.take_snapshot(c) is not None
+        scrub(c)  # scrub positions, gc passes, chunk touches: not worth a snapshot
+        await c.gc(grace=0)
+        assert metasnap.maybe_snapshot(c, min_interval=0) is None
+        await c.create_bucket("fresh")  # outside the change feed, but it must be kept
+        assert metasnap.maybe_snapshot(c, min_interval=0) is not None
+        assert metasnap.maybe_snapshot(c, min_interval=0) is None
+        nodeops.add_node(c, str(tmp_path / "n6"))
+        assert rebalance.rebalance(c).chunks_moved > 0  # new placements: a new snapshot
+        assert metasnap.maybe_snapshot(c, min_interval=0) is not None
+    finally:
+        c.close()
+
+
+async def test_long_running_processes_scrub_and_gc_in_the_background(filled):
+    path, objects = filled
+    c = Cluster.open(path)
+    try:
+        cfg = config.load(path)
+        cfg.raw["durability"] = {"start_delay": 0, "scrub_rate": 100, "gc_interval": 1,
+                                 "gc_grace": 0}
+        config.save(cfg, path)
+        c.refresh_config(force=True)
+        info = await c.bucket("data").head("obj2")
+        cid = info.chunks[0].id
+        rec = c.chunk_record(cid)
+        os.unlink(os.path.join(c.nodes[rec["p"][5]].path, c.chunks.shard_names(cid, rec["g"])[5]))
+        doomed = (await c.bucket("data").head("obj5")).chunks[-1].id
+        await c.bucket("data").delete("obj5")
+        stop = trio.Event()
+        async with trio.open_nursery() as n:
+            n.start_soon(run_maintenance, c, stop)
+            with trio.fail_after(60):
+                while True:
+                    await trio.sleep(0.5)
+                    found = inspect(c, cid, rec)
+                    found.release()
+                    if not found.bad and c.chunk_record(doomed) is None:
+                        break
+            stop.set()
+        del objects["obj5"]
+    finally:
+        c.close()
+    await read_all(path, objects)
+    assert_clean(path)
