@@ -131,11 +131,16 @@ def cmd_node_add(args: argparse.Namespace) -> int:
 
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
-    from ..engine import nodeops
+    from ..engine import metasnap, nodeops
     with _open(args) as c:
         nodeops.drain_node(c, args.id)
         status = _run_rebalance(c, args, f"drained {args.id}")
         left = nodeops.shards_on(c, args.id)
+        if not left and metasnap.list_snapshots(c).snapshots:
+            # a fresh snapshot on the remaining nodes: the newest one must not need the node
+            info = metasnap.take_snapshot(c)
+            if info is not None:
+                print(f"metadata snapshot {info.id} taken on {', '.join(info.placement)}")
     if left:
         print(f"node {args.id} still holds shards of {left} chunks; run the drain again")
         return 1

@@ -623,7 +623,8 @@ def _write_snapshot(cluster: Core, site: Site, piece_size: int) -> SnapshotInfo:
     n = erasure.n
     now = time.time()
     sid = _new_id(now)
-    usable = [nid for nid, node in site.nodes.items() if node.available()]
+    placeable = set(cfg.placeable_ids)  # not on a node being drained (it is going away)
+    usable = [nid for nid, node in site.nodes.items() if node.available() and nid in placeable]
     if len(usable) < n:
         raise NodeUnavailable(f"metadata snapshot needs {n} usable nodes for RS({cfg.k},{cfg.m}), "
                               f"only {len(usable)} of {len(site.nodes)} are available")

@@ -255,13 +255,15 @@ async def test_drain_then_remove_and_refusals(filled):
         c.close()
     msg = one_line_error(r2fs(path, "node", "remove", "n1"))
     assert "still holds shards" in msg
+    assert r2fs(path, "meta", "snapshot").returncode == 0
     p = r2fs(path, "node", "drain", "n1")
     assert p.returncode == 0, p.stderr
     assert "can remove it" in p.stdout.decode()
+    newest = metasnap.list_snapshots(path).snapshots[0]
+    assert "n1" not in newest.placement  # the newest snapshot does not need the node either
     p = r2fs(path, "node", "remove", "n1")
     assert p.returncode == 0, p.stderr
-    assert not os.listdir(os.path.join(path, "nodes", "n1", "shards", )) or not any(
-        files for _, _, files in os.walk(os.path.join(path, "nodes", "n1")))
+    assert not any(files for _, _, files in os.walk(os.path.join(path, "nodes", "n1", "shards")))
     assert_clean(path)
     await read_all(path, objects)
     assert "no node" in one_line_error(r2fs(path, "node", "drain", "n1"))
