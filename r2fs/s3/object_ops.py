@@ -178,7 +178,11 @@ def _put_conditions(ctx: Ctx):
 
 
 def check_size(payload: Payload) -> None:
-    if payload.length is not None and payload.length > MAX_SINGLE_PUT:
+    """A PUT or part needs its size up front, as on S3: Content-Length, or the
+    decoded length of an aws-chunked body (a bare chunked transfer -> 411)."""
+    if payload.length is None:
+        raise S3Error("MissingContentLength")
+    if payload.length > MAX_SINGLE_PUT:
         raise S3Error("EntityTooLarge", f"a single PUT or part is limited to {MAX_SINGLE_PUT} bytes; "
                                         "use multipart upload")
 

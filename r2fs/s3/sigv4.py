@@ -205,7 +205,7 @@ def parse(request: Request, *, now: float | None = None) -> ParsedAuth | None:
     """
     now = time.time() if now is None else now
     auth = request.header("authorization")
-    if auth is not None:
+    if auth is not None and auth.strip():  # an empty header is no credentials: anonymous (403 later)
         return _parse_header(request, auth, now)
     if "X-Amz-Signature" in request.query or "X-Amz-Credential" in request.query:
         return _parse_query(request, now)

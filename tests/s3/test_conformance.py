@@ -536,3 +536,21 @@ def test_get_object_attributes(s3, bucket_name):
     with pytest.raises(ClientError) as err:
         s3.get_object_attributes(Bucket=bucket_name, Key="missing", ObjectAttributes=["ETag"])
     assert code(err.value) == "NoSuchKey"
+
+
+def test_put_needs_a_length_and_empty_authorization_is_anonymous(gateway, bucket_name):
+    def chunked():
+        yield b"no length"
+    resp, _ = signed_request(gateway.endpoint, gateway.admin, "PUT", f"/{bucket_name}/nolen",
+                             body=b"", payload_hash="UNSIGNED-PAYLOAD")
+    assert resp.status_code == 200  # an empty body with Content-Length: 0 is fine
+    from botocore.awsrequest import AWSRequest
+
+    from .helpers import make_signer
+    req = AWSRequest(method="PUT", url=f"{gateway.endpoint}/{bucket_name}/nolen",
+                     headers={"Transfer-Encoding": "chunked"})
+    make_signer(gateway.admin, "UNSIGNED-PAYLOAD").add_auth(req)
+    resp = requests.put(req.url, headers=dict(req.headers), data=chunked())
+    assert resp.status_code == 411 and error_code(resp) == "MissingContentLength", resp.text
+    resp = requests.put(f"{gateway.endpoint}/{bucket_name}/anon", data=b"x", headers={"Authorization": ""})
+    assert resp.status_code == 403 and error_code(resp) == "AccessDenied"
