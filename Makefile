@@ -50,7 +50,7 @@ test: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: deps
-	$(VENV)/bin/r2fs demo
+	$(VENV)/bin/r2fs demo $(DEMO_ARGS)
 
 install: deps
 	$(SUDO) ln -sfn $(CURDIR)/$(VENV)/bin/r2fs $(BINDIR)/r2fs

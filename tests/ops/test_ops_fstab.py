@@ -18,31 +18,16 @@ from fusehelp import BUCKET, Mount, make_cluster, published
 
 from r2fs.cli.fuse_cmds import is_r2fs_mount
 
-REPO = os.path.dirname(os.path.dirname(opshelp.FUSE_TESTS))
-LINKS = ("/usr/local/bin/r2fs", "/sbin/mount.fuse.r2fs")
-UNIT = os.path.join(REPO, "contrib", "systemd", "srv-demo.mount")
+UNIT = os.path.join(opshelp.REPO, "contrib", "systemd", "srv-demo.mount")
 
 
 @pytest.fixture(scope="module")
 def installed():
     if os.geteuid() != 0:
         pytest.skip("mount(8) helpers are installed in /sbin (root)")
-    before = {link: os.readlink(link) if os.path.islink(link) else None for link in LINKS}
-    try:
-        out = subprocess.run(["make", "-s", "install"], cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert os.path.realpath("/sbin/mount.fuse.r2fs").startswith(os.path.realpath(REPO))
+    with opshelp.installed_links():
+        assert os.path.realpath("/sbin/mount.fuse.r2fs").startswith(os.path.realpath(opshelp.REPO))
         yield
-    finally:
-        for link, target in before.items():
-            if target is None:
-                if os.path.islink(link):
-                    os.unlink(link)
-            elif os.readlink(link) != target if os.path.islink(link) else True:
-                if os.path.lexists(link):
-                    os.unlink(link)
-                os.symlink(target, link)
 
 
 def bare(*cmd: str) -> subprocess.CompletedProcess:
