@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -39,7 +40,20 @@ class MountContext:
     inline_threshold: int = 128 * 1024  # files up to this size may be published deferred
     table: InodeTable = field(default_factory=InodeTable)
     nursery: trio.Nursery | None = None  # background work (encoding completed slots)
+    trio_token: trio.lowlevel.TrioToken | None = None  # hands work to trio from the request thread
+    clock: trio.abc.Clock | None = None  # trio's clock, readable from the request thread too
     encoders: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
+
+    def now(self) -> float:
+        """trio.current_time(), from either thread."""
+        return self.clock.current_time() if self.clock is not None else trio.current_time()
+
+    def in_trio(self, fn: "Callable[..., object]", *args: object) -> None:
+        """Run `fn(*args)` in the trio thread soon (from either thread)."""
+        if self.trio_token is None:
+            fn(*args)
+        else:
+            self.trio_token.run_sync_soon(fn, *args)
 
     def context(self, key: str) -> str:
         return f"{self.bucket_name}/{key}"

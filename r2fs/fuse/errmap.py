@@ -14,6 +14,7 @@ import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .kernel import api as fuse
+from .kernel.session import WouldBlock
 
 from ..engine import errors as E
 
@@ -81,11 +82,34 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+def guarded_now(fn: Callable[..., T]) -> Callable[..., T]:
+    """Wrap one synchronous fast path (`now_<op>`) the same way; WouldBlock passes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (fuse.FUSEError, WouldBlock):
+            raise
+        except (E.R2fsError, OSError) as exc:
+            code = errno_for(exc)
+            if code == errno.EIO:
+                log.error("%s failed: %s", fn.__name__, exc)
+            raise fuse.FUSEError(code) from None
+        except Exception:  # noqa: BLE001 - the one place a bug becomes EIO
+            log.exception("internal error in %s", fn.__name__)
+            raise fuse.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
 def guard_operations(cls: type) -> type:
-    """Class decorator: wrap every async request handler defined on `cls`."""
+    """Class decorator: wrap every request handler (async, and `now_` fast path) defined on `cls`."""
     import inspect
 
     for name, member in list(vars(cls).items()):
         if inspect.iscoroutinefunction(member) and not name.startswith("_"):
             setattr(cls, name, guarded(member))
+        elif name.startswith("now_") and callable(member):
+            setattr(cls, name, guarded_now(member))
     return cls

@@ -150,7 +150,7 @@ class OpenFiles:
         ctx = self._ctx
         buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, base=None,
                          chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
-                         nursery=ctx.nursery, encoders=ctx.encoders)
+                         nursery=ctx.nursery, encoders=ctx.encoders, token=ctx.trio_token)
         buf.changed = True
         of = OpenFile(ino=ino, buf=buf, attrs=attrs, meta={}, http=None, pending=True, refs=1)
         self._files[ino] = of
@@ -172,7 +172,7 @@ class OpenFiles:
         attrs = A.from_metadata(info.custom_metadata, kind, ctx.owner, int(info.uploaded * A.NS))
         buf = FileBuffer(cluster=ctx.cluster, bucket=ctx.bucket, base=info,
                          chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
-                         nursery=ctx.nursery, encoders=ctx.encoders)
+                         nursery=ctx.nursery, encoders=ctx.encoders, token=ctx.trio_token)
         return OpenFile(ino=ino, buf=buf, attrs=attrs, meta=dict(info.custom_metadata),
                         http=dict(info.http_metadata) or None)
 
@@ -214,11 +214,15 @@ class OpenFiles:
 
     def _hold(self, of: OpenFile, delay: float) -> None:
         of.held = True
-        due = trio.current_time() + delay
+        due = self._ctx.now() + delay
         self._held[of.ino] = (due, of, of.buf.size)
         self._held_bytes += of.buf.size
         if due < self._next_due:  # (else the publisher is awake by then anyway)
-            self._wake.set()
+            self._next_due = due
+            self._ctx.in_trio(self._wake_publisher)
+
+    def _wake_publisher(self) -> None:
+        self._wake.set()
 
     def _unhold(self, of: OpenFile) -> None:
         """Hand the hold's reference to the caller, who releases it (and so publishes)."""
@@ -238,16 +242,39 @@ class OpenFiles:
         path = self._ctx.table.path_or_none(of.ino)
         if path is None or not of.dirty:
             return
-        ctx = self._ctx
-        journal = self.journal
-        now = trio.current_time()
-        bulk, self._last_close = now - self._last_close < BULK_WINDOW, now
-        if (not bulk or journal is None or ctx.nursery is None or of.buf.size > ctx.inline_threshold
-                or len(self._held) >= HELD_MAX_FILES
-                or self._held_bytes + of.buf.size > HELD_MAX_BYTES):
+        now = self._ctx.now()
+        deferred, self._last_close = self._deferrable(of, now), now
+        if not deferred:
             await self.commit(of)
             return
-        content = await of.buf.read(0, of.buf.size)
+        self._journal_and_hold(of, path, await of.buf.read(0, of.buf.size))
+
+    def flush_now(self, of: OpenFile) -> bool:
+        """`flush` without waiting (request thread, `of.lock` free): False if it must commit now."""
+        path = self._ctx.table.path_or_none(of.ino)
+        if path is None or not of.dirty:
+            return True
+        now = self._ctx.now()
+        if not self._deferrable(of, now):
+            return False  # (the async flush decides again, and commits)
+        content = of.buf.read_now(0, of.buf.size)
+        if content is None:
+            return False
+        self._last_close = now
+        self._journal_and_hold(of, path, content)
+        return True
+
+    def _deferrable(self, of: OpenFile, now: float) -> bool:
+        ctx = self._ctx
+        return (now - self._last_close < BULK_WINDOW and self.journal is not None
+                and ctx.nursery is not None and of.buf.size <= ctx.inline_threshold
+                and len(self._held) < HELD_MAX_FILES
+                and self._held_bytes + of.buf.size <= HELD_MAX_BYTES)
+
+    def _journal_and_hold(self, of: OpenFile, path: str, content: bytes) -> None:
+        ctx = self._ctx
+        journal = self.journal
+        assert journal is not None
         if of.jid is not None:
             journal.done(of.jid)  # superseded by this close
         if of.buf.base is not None:
@@ -260,6 +287,13 @@ class OpenFiles:
             of.refs += 1
             ctx.table.pin(of.ino)
             self._hold(of, PUBLISH_DELAY)
+
+    def release_now(self, of: OpenFile) -> bool:
+        """`release` without waiting: False if this last reference must commit."""
+        if of.users == 1 and of.dirty and not of.held:
+            return False
+        self._drop(of)
+        return True
 
     def attrs_changed(self, of: OpenFile) -> None:
         """Attributes of a closed, unpublished file changed: the journal follows."""
@@ -283,7 +317,7 @@ class OpenFiles:
         limit = trio.CapacityLimiter(PUBLISHERS)
         async with trio.open_nursery() as nursery:
             while True:
-                now = trio.current_time()
+                now = self._ctx.now()
                 due = [of for t, of, _ in self._held.values() if t <= now]
                 for of in due:
                     self._unhold(of)

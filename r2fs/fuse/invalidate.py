@@ -38,7 +38,7 @@ class ChangePoller:
 
     async def run(self) -> None:
         while True:
-            await trio.sleep(self._ctx.options.poll_interval)
+            await self._ctx.cluster.wait_for_change(self._ctx.options.poll_interval)
             try:
                 await self.poll_once()
             except Exception:  # noqa: BLE001 - never let the poller take the mount down
@@ -80,10 +80,11 @@ class ChangePoller:
         if ino is not None and not self._is_open(ino):
             await _quietly(session.invalidate_inode, ino, False)
         # the path and every directory leading to it may have appeared or vanished
+        # (names the kernel holds as negative entries, unknown here, too: new keys)
         while path:
             parent, name = split(path)
             pino = ROOT if parent == "" else table.known(parent)
-            if pino is not None and table.known(path) is not None:
+            if pino is not None:
                 await _quietly(session.invalidate_entry, pino, name.encode("utf-8"))
                 if pino != ROOT:
                     await _quietly(session.invalidate_inode, pino, True)

@@ -103,14 +103,14 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     ops = R2Operations(ctx)
     ops.files.journal = Journal(cluster, jdir)
     poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None,
-                          ops.forget_paths, ops.forget_all_paths)
+                          ops.changed_elsewhere, ops.forget_all_paths)
     state = StateLock()  # request thread <-> trio thread (docs/architecture.md)
     trio.lowlevel.add_instrument(state.instrument())
     try:
         mounted = mounting.mount(mountpoint, kernel_options(opts))
     except OSError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
-    session = Session(mounted.fd, ops, state, writeback=opts.writeback)
+    session = Session(mounted.fd, ops, state, writeback=opts.writeback, killpriv=True)
     poller.session = session
     log.info("mounted bucket %r at %s", bucket_name, mountpoint)
     stop = trio.Event()  # ends the replicator (draining local uploads) and the snapshotter
@@ -118,8 +118,11 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     try:
         async with trio.open_nursery() as nursery:
             ctx.nursery = nursery
+            ctx.trio_token = trio.lowlevel.current_trio_token()
+            ctx.clock = trio.lowlevel.current_clock()
             session.start(nursery)
             nursery.start_soon(_until_ended, session, quit)
+            nursery.start_soon(_publish_stats, session, stats_path(staging_dir))
             nursery.start_soon(run_replicator, cluster, stop)
             nursery.start_soon(run_snapshotter, cluster, stop)
             nursery.start_soon(run_maintenance, cluster, stop)  # background scrub + gc
@@ -142,6 +145,29 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
             mounting.unmount(mountpoint)
         mounted.close()
         log.info("unmounted %s", mountpoint)
+
+
+def stats_path(staging_dir: str, pid: int | None = None) -> str:
+    """Where a mount daemon keeps its request count (for `tools/bench mount`): beside its staging."""
+    return os.path.join(os.path.dirname(staging_dir), f"fuse-stats-{pid or os.getpid()}.json")
+
+
+async def _publish_stats(session: Session, path: str) -> None:
+    """Keep the request count readable from outside (every 0.5 s, when it changed)."""
+    last = -1
+    try:
+        while True:
+            if session.requests != last:
+                last = session.requests
+                with open(path + ".tmp", "w") as f:
+                    f.write(f'{{"requests": {last}}}\n')
+                os.replace(path + ".tmp", path)
+            await trio.sleep(0.5)
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 async def _until_ended(session: Session, quit: trio.Event) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable
 
 from .kernel import api as fuse
-from .kernel.session import Session
+from .kernel.session import Session, WouldBlock
 import trio
 
 from ..engine.types import Conditional, ObjectInfo
@@ -65,6 +65,11 @@ class R2Operations:
         # writers changed (the same staleness bound as the kernel's own caches).
         self._nodes: dict[str, Node] = {}
         self._nodes_gen = 0
+        # Directories whose complete set of entry names the mount knows (made
+        # here, or listed by readdir; kept by every change made here, dropped by
+        # the change poller): a name not in it is absent without asking the
+        # bucket -- the negative lookups of tar, rsync and cp -a into new trees.
+        self._listed: dict[str, set[str]] = {}
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
@@ -98,7 +103,7 @@ class R2Operations:
         nlink = 1 if self.table.path_or_none(of.ino) is not None else 0
         return self._entry(of.ino, of.attrs, of.buf.size, nlink)
 
-    async def _node_entry(self, ino: int, node: Node) -> fuse.EntryAttributes:
+    def _node_entry(self, ino: int, node: Node) -> fuse.EntryAttributes:
         of = self.files.get(ino)
         if of is not None and not node.is_dir:
             return self._open_entry(of)
@@ -110,6 +115,7 @@ class R2Operations:
         node = self._nodes.get(path)
         if node is not None:
             return node
+        self._check_listed(path)
         gen = self._nodes_gen
         node = await resolve(self.ctx, path)
         if gen == self._nodes_gen:  # nothing was invalidated while we read
@@ -124,6 +130,37 @@ class R2Operations:
             node = replace(node, info=replace(node.info, inline_data=None, chunks=()))
         self._nodes[path] = node
 
+    def _check_listed(self, path: str) -> None:
+        """ENOENT if `path`'s directory is listed and does not hold it."""
+        parent, name = split(path)
+        names = self._listed.get(parent)
+        if names is not None and name not in names:
+            raise fail(errno.ENOENT)
+
+    def _listing_add(self, path: str) -> None:
+        names = self._listed.get(split(path)[0])
+        if names is not None:
+            names.add(split(path)[1])
+        self._nodes_gen += 1
+
+    def _listing_discard(self, path: str) -> None:
+        names = self._listed.get(split(path)[0])
+        if names is not None:
+            names.discard(split(path)[1])
+        self._nodes_gen += 1
+
+    def _listing_drop_tree(self, path: str) -> None:
+        for p in [p for p in self._listed if is_under(p, path)]:
+            del self._listed[p]
+        self._nodes_gen += 1
+
+    def changed_elsewhere(self, *paths: str) -> None:
+        """The change poller saw other writers change these paths (and their directories)."""
+        self.forget_paths(*paths)
+        for p in paths:
+            self._listed.pop(p, None)
+        self._listed.pop("", None)  # (the root is no path of its own there)
+
     def forget_paths(self, *paths: str) -> None:
         """These paths changed (here or elsewhere): read them from the bucket again."""
         for p in paths:
@@ -132,6 +169,7 @@ class R2Operations:
 
     def forget_all_paths(self) -> None:
         self._nodes.clear()
+        self._listed.clear()
         self._nodes_gen += 1
 
     async def _keep_parent(self, path: str) -> None:
@@ -156,28 +194,174 @@ class R2Operations:
         if of is not None:
             entry = self._open_entry(of)
         else:
-            node = await self._resolve(path)
-            entry = await self._node_entry(self.table.ino(path), node)
+            try:
+                node = await self._resolve(path)
+            except fuse.FUSEError as exc:
+                if exc.errno == errno.ENOENT:
+                    return self._negative()
+                raise
+            entry = self._node_entry(self.table.ino(path), node)
         self.table.looked_up(entry.st_ino)
         return entry
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    def _negative(self) -> fuse.EntryAttributes:
+        """"No such name", cached by the kernel for entry_timeout (the poller invalidates it)."""
+        e = fuse.EntryAttributes()
+        e.entry_timeout = self.ctx.options.entry_timeout
+        return e
+
+    # --- answered from memory in the request thread (kernel/session.py) ---------
+    # Each `now_<op>` runs under the state lock, between trio task steps; it
+    # answers without waiting or raises WouldBlock, and then the async `<op>`
+    # runs in trio instead. No trio primitive is used here but Lock.locked().
+
+    def _known_node(self, path: str) -> Node:
+        """The cached node of `path`; ENOENT if a listing says it is absent; else WouldBlock."""
+        if path == "":
+            return Node("", self._root, 0, None)
+        node = self._nodes.get(path)
+        if node is not None:
+            return node
+        self._check_listed(path)
+        raise WouldBlock
+
+    def now_lookup(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        path = self._child(parent_inode, name)
+        known = self.table.known(path)
+        of = self.files.get(known) if known is not None else None
+        if of is not None:
+            entry = self._open_entry(of)
+        else:
+            try:
+                node = self._known_node(path)
+            except fuse.FUSEError as exc:
+                if exc.errno == errno.ENOENT:
+                    return self._negative()
+                raise
+            entry = self._node_entry(self.table.ino(path), node)
+        self.table.looked_up(entry.st_ino)
+        return entry
+
+    def now_forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.table.forget(ino, n)
             if not self.table.exists(ino):
                 self._cache_version.pop(ino, None)
 
-    async def getattr(self, inode: int, ctx: fuse.RequestContext | None = None) -> fuse.EntryAttributes:
+    def now_getattr(self, inode: int, ctx: fuse.RequestContext | None = None) -> fuse.EntryAttributes:
         of = self.files.get(inode)
         if of is not None:
             return self._open_entry(of)
         if inode == ROOT:
             return self._entry(ROOT, self._root, 0)
+        node = self._known_node(self.table.path(inode))
+        return self._entry(inode, node.attrs, node.size)
+
+    def now_setattr(self, inode: int, attr: fuse.EntryAttributes, fields: fuse.SetattrFields,
+                    fh: int | None, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        """Attribute-only changes of an open (or closed, unpublished) file: its commit carries them."""
+        of = self.files.get(inode)
+        if of is None or fields.update_size or of.lock.locked() or self.table.path_or_none(inode) is None:
+            raise WouldBlock
+        of.attrs, of.meta = self._attr_change(attr, fields)(of.attrs, of.meta)
+        of.meta_dirty = True
+        self.files.attrs_changed(of)
+        return self._open_entry(of)
+
+    def now_open(self, inode: int, flags: int, ctx: fuse.RequestContext) -> fuse.FileInfo:
+        """Another open of a file that is open (or held) with local changes: no bucket read."""
+        of = self.files.get(inode)
+        if (of is None or not (of.users > 0 or of.buf.changed) or of.lock.locked()
+                or stat.S_ISLNK(of.attrs.mode) or self.table.path_or_none(inode) is None):
+            raise WouldBlock
+        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and (
+                of.buf.size or ctx.kill_suidgid):
+            raise WouldBlock
+        of.refs += 1
+        self.table.pin(inode)
+        return self._file_info(of, flags)
+
+    def now_write(self, fh: int, off: int, buf: memoryview, kill_suidgid: bool = False) -> int:
+        h = self.files.handle(fh)
+        of = h.file
+        if of.lock.locked():
+            raise WouldBlock
+        if h.append and not self.enable_writeback_cache:
+            off = of.buf.size
+        n = of.buf.write_now(off, buf)
+        if n is None:
+            raise WouldBlock  # a partly overwritten chunk must first be read
+        self._written(of, kill_suidgid)
+        return n
+
+    def now_flush(self, fh: int) -> None:
+        of = self.files.handle(fh).file
+        if of.lock.locked() or not self.files.flush_now(of):
+            raise WouldBlock
+
+    def now_release(self, fh: int) -> None:
+        h = self.files.handle(fh)
+        if h.file.lock.locked() or not self.files.release_now(h.file):
+            raise WouldBlock
+        self.files.close_handle(fh)
+
+    def now_opendir(self, inode: int, ctx: fuse.RequestContext) -> int:
+        path = self.table.path(inode)
+        if not self._known_node(path).is_dir:
+            raise fail(errno.ENOTDIR)
+        return self._open_dir(inode, path)
+
+    def now_readdir(self, fh: int, start_id: int, token: fuse.ReaddirToken) -> None:
+        d = self._dirs[fh]
+        if d.entries is None or start_id == 0:
+            raise WouldBlock
+        self._readdir_from(d, start_id, token)
+
+    def now_releasedir(self, fh: int) -> None:
+        d = self._dirs.pop(fh)
+        self.table.unpin(d.ino)
+
+    def now_getxattr(self, inode: int, name: bytes, ctx: fuse.RequestContext) -> bytes:
+        return self._xattr(self._known_meta(inode), name)
+
+    def now_listxattr(self, inode: int, ctx: fuse.RequestContext) -> list[bytes]:
+        return [k.encode("utf-8") for k in A.get_xattrs(self._known_meta(inode))]
+
+    def now_statfs(self, ctx: fuse.RequestContext) -> fuse.StatvfsData:
+        cached = self._statfs
+        if cached is not None and time.monotonic() - cached[0] < 2.0:
+            return cached[1]
+        raise WouldBlock
+
+    def _known_meta(self, inode: int) -> dict[str, str]:
+        of = self.files.get(inode)
+        if of is not None:
+            return of.meta
+        if inode == ROOT:
+            return self._root_meta
+        node = self._known_node(self.table.path(inode))
+        return node.info.custom_metadata if node.info is not None else {}
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        self.now_forget(inode_list)
+
+    async def getattr(self, inode: int, ctx: fuse.RequestContext | None = None) -> fuse.EntryAttributes:
+        try:
+            return self.now_getattr(inode, ctx)
+        except WouldBlock:
+            pass
         node = await self._resolve(self.table.path(inode))
         return self._entry(inode, node.attrs, node.size)
 
     async def setattr(self, inode: int, attr: fuse.EntryAttributes, fields: fuse.SetattrFields,
                       fh: int | None, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        change = self._attr_change(attr, fields)
+        size = attr.st_size if fields.update_size else None
+        await self._change(inode, change, truncate=size)
+        return await self.getattr(inode)
+
+    @staticmethod
+    def _attr_change(attr: fuse.EntryAttributes, fields: fuse.SetattrFields) -> AttrChange:
         now = A.now_ns()
 
         def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
@@ -193,11 +377,13 @@ class R2Operations:
                 a = replace(a, atime_ns=attr.st_atime_ns)
             if fields.update_size:
                 a = replace(a, mtime_ns=now)
+            if (fields.update_uid or fields.update_gid) and not fields.update_mode:
+                a = _killed_suidgid(a)  # chown drops set-id bits (KILLPRIV_V2: ours to do)
+            elif fields.kill_suidgid:
+                a = _killed_suidgid(a)
             return replace(a, ctime_ns=now), meta
 
-        size = attr.st_size if fields.update_size else None
-        await self._change(inode, change, truncate=size)
-        return await self.getattr(inode)
+        return change
 
     async def _change(self, inode: int, change: AttrChange, truncate: int | None = None) -> None:
         """Apply an attribute/metadata change to a file, symlink or directory."""
@@ -259,6 +445,7 @@ class R2Operations:
         info = await self.ctx.bucket.put(path, content, custom_metadata=A.to_metadata(attrs),
                                          only_if=Conditional(etag_does_not_match="*"))
         self.forget_paths(path)
+        self._listing_add(path)
         ino = self.table.ino(path)
         node = file_node(self.ctx, path, info)
         self.table.looked_up(ino)
@@ -283,6 +470,8 @@ class R2Operations:
         attrs = A.new_attrs(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
         marker = await make_marker(self.ctx, path, attrs, create_only=True)
         self.forget_paths(path)
+        self._listing_add(path)
+        self._listed[path] = set()
         ino = self.table.ino(path)
         self.table.looked_up(ino)
         return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
@@ -302,6 +491,7 @@ class R2Operations:
             if not (of is not None and of.pending) and not await self.ctx.bucket.delete(path):
                 raise fail(errno.ENOENT)
             self.table.detach(path)
+            self._listing_discard(path)
             self.files.orphaned(of)
         if of is None or not of.pending:  # (an unpublished file's parent is as it was)
             await self._keep_parent(path)
@@ -317,6 +507,8 @@ class R2Operations:
         self.forget_paths(path)
         await self.ctx.bucket.delete(dir_prefix(path))
         self.table.detach(path)
+        self._listing_discard(path)
+        self._listing_drop_tree(path)
         await self._keep_parent(path)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -325,6 +517,18 @@ class R2Operations:
             raise fail(errno.EINVAL)
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
+        try:
+            await self._rename(old, new, flags)
+        finally:  # (whatever happened, the listings must not claim more than we know)
+            if old != new:
+                self._listing_drop_tree(old)
+                self._listing_drop_tree(new)
+                self._listing_discard(old)
+                self._listing_discard(new)
+        if old != new:
+            self._listing_add(new)
+
+    async def _rename(self, old: str, new: str, flags: int) -> None:
         known = self.table.known(old)
         await self.files.wait_inflight(known, self.table.known(new))
         sof = self.files.get(known) if known is not None else None
@@ -464,11 +668,16 @@ class R2Operations:
         try:
             if stat.S_ISLNK(of.attrs.mode):
                 raise fail(errno.ELOOP)
-            if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and of.buf.size:
+            if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and (
+                    of.buf.size or ctx.kill_suidgid):
                 async with of.lock:
-                    await of.buf.truncate(0)
-                    now = A.now_ns()
-                    of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
+                    if of.buf.size:
+                        await of.buf.truncate(0)
+                        now = A.now_ns()
+                        of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
+                    if ctx.kill_suidgid and _killed_suidgid(of.attrs) is not of.attrs:
+                        of.attrs = _killed_suidgid(of.attrs)
+                        of.meta_dirty = True
             return self._file_info(of, flags, await self._prefill(of, flags))
         except BaseException:
             await self.files.release(of)
@@ -476,17 +685,19 @@ class R2Operations:
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
+        return self.now_create(parent_inode, name, mode, flags, ctx)
+
+    def now_create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                   ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
+        """A new file lives in memory until its close publishes it: never waits."""
         path = self._child(parent_inode, name)
         ino = self.table.ino(path)
         if self.files.get(ino) is not None:
             raise fail(errno.EEXIST)
         of = self.files.create(ino, A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid))
-        try:
-            fi = self._file_info(of, flags)
-        except BaseException:
-            await self.files.release(of)
-            raise
+        fi = self._file_info(of, flags)
         self.table.looked_up(ino)
+        self._listing_add(path)
         return fi, self._open_entry(of)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -503,9 +714,15 @@ class R2Operations:
             if h.append and not self.enable_writeback_cache:  # (with it, the kernel appends)
                 off = of.buf.size
             n = await of.buf.write(off, buf)
-            now = A.now_ns()
-            of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
+            self._written(of, kill_suidgid)
             return n
+
+    def _written(self, of: OpenFile, kill_suidgid: bool) -> None:
+        now = A.now_ns()
+        a = _killed_suidgid(of.attrs) if kill_suidgid else of.attrs
+        if a is not of.attrs:
+            of.meta_dirty = True
+        of.attrs = replace(a, mtime_ns=now, ctime_ns=now)
 
     def _committed(self, ino: int, info: ObjectInfo) -> None:
         """Our own commit: the kernel's page cache (written through) matches it."""
@@ -545,6 +762,9 @@ class R2Operations:
         node = await self._resolve(path)
         if not node.is_dir:
             raise fail(errno.ENOTDIR)
+        return self._open_dir(inode, path)
+
+    def _open_dir(self, inode: int, path: str) -> int:
         fh = self._next_dir
         self._next_dir += 1
         self._dirs[fh] = DirHandle(inode, path)
@@ -555,6 +775,10 @@ class R2Operations:
         d = self._dirs[fh]
         if d.entries is None or start_id == 0:
             d.entries = await self._snapshot(d)
+        self._readdir_from(d, start_id, token)
+
+    def _readdir_from(self, d: DirHandle, start_id: int, token: fuse.ReaddirToken) -> None:
+        assert d.entries is not None
         for i in range(start_id, len(d.entries)):
             name, ino, attrs, size = d.entries[i]
             of = self.files.get(ino) if name not in (".", "..") else None
@@ -571,19 +795,25 @@ class R2Operations:
         parent_node = me if d.path == "" else await self._exists(split(d.path)[0])
         out = [(".", d.ino, me.attrs, 0),
                ("..", parent or d.ino, (parent_node or me).attrs, 0)]
+        gen = self._nodes_gen
         listed = await entries(self.ctx, d.path)
         names = {split(node.path)[1] for node in listed}
+        if gen == self._nodes_gen:  # nothing changed meanwhile: the listing is complete
+            for node in listed:
+                self._remember(node.path, node)
+            self._listed[d.path] = set(names)
         for path, of in self.files.pending_in(d.path):
             if split(path)[1] not in names:
                 listed.append(Node(path, of.attrs, of.buf.size, None))
+                if d.path in self._listed:
+                    self._listed[d.path].add(split(path)[1])
         listed.sort(key=lambda node: node.path.encode("utf-8"))
         for node in listed:
             out.append((split(node.path)[1], self.table.ino(node.path), node.attrs, node.size))
         return out
 
     async def releasedir(self, fh: int) -> None:
-        d = self._dirs.pop(fh)
-        self.table.unpin(d.ino)
+        self.now_releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None  # every directory change is committed when it is made
@@ -601,20 +831,22 @@ class R2Operations:
         return text
 
     async def _meta(self, inode: int) -> dict[str, str]:
-        of = self.files.get(inode)
-        if of is not None:
-            return of.meta
-        if inode == ROOT:
-            return self._root_meta
+        try:
+            return self._known_meta(inode)
+        except WouldBlock:
+            pass
         node = await self._resolve(self.table.path(inode))
         return node.info.custom_metadata if node.info is not None else {}
 
     async def getxattr(self, inode: int, name: bytes, ctx: fuse.RequestContext) -> bytes:
+        return self._xattr(await self._meta(inode), name)
+
+    def _xattr(self, meta: dict[str, str], name: bytes) -> bytes:
         try:
             key = self._xname(name)
         except fuse.FUSEError:
             raise fail(fuse.ENOATTR) from None
-        value = A.get_xattrs(await self._meta(inode)).get(key)
+        value = A.get_xattrs(meta).get(key)
         if value is None:
             raise fail(fuse.ENOATTR)
         return value
@@ -669,6 +901,17 @@ class R2Operations:
         data.f_namemax = 255
         self._statfs = (time.monotonic(), data)
         return data
+
+
+def _killed_suidgid(a: A.PosixAttrs) -> A.PosixAttrs:
+    """What the kernel does to a file's mode on write/truncate/chown by someone without CAP_FSETID.
+
+    (S_ISGID without group-execute is mandatory locking, not set-group-id: kept.)
+    """
+    if stat.S_ISDIR(a.mode):
+        return a
+    drop = stat.S_ISUID | (stat.S_ISGID if a.mode & stat.S_IXGRP else 0)
+    return a if not a.mode & drop else replace(a, mode=a.mode & ~drop)
 
 
 @contextlib.asynccontextmanager

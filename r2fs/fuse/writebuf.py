@@ -51,7 +51,8 @@ class FileBuffer:
     def __init__(self, *, cluster: Cluster, bucket: Bucket,
                  base: ObjectInfo | None, chunk_size: int, staging_dir: str,
                  nursery: trio.Nursery | None = None,
-                 encoders: trio.CapacityLimiter | None = None) -> None:
+                 encoders: trio.CapacityLimiter | None = None,
+                 token: trio.lowlevel.TrioToken | None = None) -> None:
         self._cluster = cluster
         self._bucket = bucket
         self._cs = chunk_size
@@ -65,6 +66,7 @@ class FileBuffer:
         self.dirty: set[int] = set()
         self.changed = False  # anything (data or size) differs from `base`
         self._nursery = nursery  # for background encoding of completed slots
+        self._token = token  # to start that encoding from the request thread
         self._encoders = encoders or trio.CapacityLimiter(2)
         self._gen: dict[int, int] = {}  # slot -> generation (bumped on every change)
         self._encoded: dict[int, tuple[int, ChunkRef]] = {}  # slot -> (generation, chunk)
@@ -149,6 +151,27 @@ class FileBuffer:
             pos = stop
         return b"".join(out)
 
+    def read_now(self, offset: int, length: int) -> bytes | None:
+        """`read` without waiting (request thread): None if `base` bytes are needed."""
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        pos = offset
+        while pos < end:
+            slot = pos // self._cs
+            stop = min(end, (slot + 1) * self._cs)
+            if slot not in self.dirty and self.base is not None and pos < min(stop, self._limit):
+                return None
+            pos = stop
+        out = []
+        pos = offset
+        while pos < end:
+            slot = pos // self._cs
+            stop = min(end, (slot + 1) * self._cs)
+            out.append(self._pread(stop - pos, pos) if slot in self.dirty else bytes(stop - pos))
+            pos = stop
+        return b"".join(out)
+
     # --- changes -----------------------------------------------------------------
 
     async def _make_dirty(self, slot: int, covered: tuple[int, int] | None = None) -> None:
@@ -168,6 +191,27 @@ class FileBuffer:
         end = offset + len(data)
         for slot in range(offset // self._cs, (end - 1) // self._cs + 1):
             await self._make_dirty(slot, (offset, end))
+        return self._write_dirty(offset, data, from_trio=True)
+
+    def write_now(self, offset: int, data: bytes | memoryview) -> int | None:
+        """`write` without waiting (request thread): None if a slot must first be filled from `base`."""
+        if not data:
+            return 0
+        end = offset + len(data)
+        slots = range(offset // self._cs, (end - 1) // self._cs + 1)
+        for slot in slots:
+            if slot in self.dirty:
+                continue
+            start = slot * self._cs
+            stop = min(start + self._cs, self.size, self._limit)
+            if start < stop and not (offset <= start and end >= stop):
+                return None
+        self.dirty.update(slots)
+        return self._write_dirty(offset, data, from_trio=False)
+
+    def _write_dirty(self, offset: int, data: bytes | memoryview, *, from_trio: bool) -> int:
+        """Write into slots that are dirty (complete in staging) already."""
+        end = offset + len(data)
         if offset > self.size:
             # the gap (old size .. offset) must read as zeros: it lies at or past
             # base_limit only if we say so.
@@ -178,9 +222,13 @@ class FileBuffer:
         self.changed = True
         done = end // self._cs - 1  # the slot this write just completed, if any
         if done >= offset // self._cs and self._nursery is not None and done in self.dirty \
-                and done not in self._inflight:
+                and done not in self._inflight and (from_trio or self._token is not None):
             self._inflight[done] = trio.Event()
-            self._nursery.start_soon(self._speculate, done)
+            if from_trio:
+                self._nursery.start_soon(self._speculate, done)
+            else:
+                assert self._token is not None
+                self._token.run_sync_soon(self._nursery.start_soon, self._speculate, done)
         return written
 
     async def truncate(self, size: int) -> None:

@@ -94,6 +94,7 @@ class RequestContext:
     gid: int = 0
     pid: int = 0
     umask: int = 0
+    kill_suidgid: bool = False  # (HANDLE_KILLPRIV_V2) open(O_TRUNC): drop suid/sgid
 
 
 class ReaddirToken:

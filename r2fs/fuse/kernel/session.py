@@ -388,6 +388,7 @@ class Session:
 
     def _open(self, unique: int, nodeid: int, body: memoryview, ctx: RequestContext) -> None:
         flags, open_flags = P.OPEN_IN.unpack_from(body, 0)
+        ctx.kill_suidgid = bool(open_flags & P.OPEN_KILL_SUIDGID)
         self._call(unique, "open", (nodeid, flags, ctx), _open_reply)
 
     def _read(self, unique: int, nodeid: int, body: memoryview, ctx: RequestContext) -> None:

@@ -1,0 +1,109 @@
+"""What r2fs's own FUSE loop negotiates with the kernel, seen through a real mount.
+
+HANDLE_KILLPRIV_V2 makes clearing set-id bits the filesystem's job: a
+non-owner's write or truncate, and chown, must leave exactly the mode a
+native file would have. Negative entries are cached (by the kernel and the
+mount) and must give way when another writer creates the name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from fusehelp import BUCKET, Mount, make_cluster
+
+NOBODY = 65534
+
+
+def as_nobody(*cmd: str) -> None:
+    subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
+                   check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def shared_mount(tmp_path):
+    """A mount other users can reach (allow_other, world-traversable mount point)."""
+    base = tempfile.mkdtemp(prefix="r2fs-kernel-", dir="/tmp")
+    os.chmod(base, 0o755)
+    native = os.path.join(base, "native")
+    os.mkdir(native)
+    os.chmod(native, 0o777)
+    mnt = os.path.join(base, "mnt")
+    os.mkdir(mnt)
+    cluster = str(tmp_path / "cluster")
+    make_cluster(cluster)
+    m = Mount(cluster, BUCKET, mnt, "allow_other")
+    try:
+        m.start()
+        os.chmod(mnt, 0o777)
+        yield m, native
+    finally:
+        m.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv (runs writes as another user)")
+def test_set_id_bits_cleared_as_the_kernel_would(shared_mount):
+    m, native = shared_mount
+
+    def modes(action) -> tuple[int, int]:
+        out = []
+        for root in (native, m.path):
+            p = os.path.join(root, f"f-{action.__name__}")
+            with open(p, "wb") as f:
+                f.write(b"0123456789")
+            os.chmod(p, 0o6777)  # setuid, setgid + group-exec, world-writable
+            action(p)
+            out.append(stat.S_IMODE(os.stat(p).st_mode))
+        return out[0], out[1]
+
+    def append_by_other(p: str) -> None:
+        as_nobody("sh", "-c", f"printf x >> {p}")
+
+    def truncate_by_other(p: str) -> None:
+        as_nobody("truncate", "-s", "3", p)
+
+    def open_trunc_by_other(p: str) -> None:
+        as_nobody("sh", "-c", f": > {p}")
+
+    def chown_by_root(p: str) -> None:
+        os.chown(p, NOBODY, NOBODY)
+
+    def write_by_root(p: str) -> None:  # (CAP_FSETID: the bits stay)
+        with open(p, "ab") as f:
+            f.write(b"y")
+
+    for action in (append_by_other, truncate_by_other, open_trunc_by_other, chown_by_root,
+                   write_by_root):
+        want, got = modes(action)
+        assert got == want, (action.__name__, oct(got), oct(want))
+    assert modes(append_by_other)[1] == 0o777  # (what the kernel does here, spelled out)
+    # and the cleared mode is what the bucket keeps
+    time.sleep(0.5)
+    info = m.api(lambda b: b.head("f-append_by_other"))
+    assert int(info.custom_metadata["mode"]) & 0o7777 == 0o777
+
+
+def test_negative_entries_give_way_to_other_writers(mnt):
+    os.mkdir(mnt.p("d"))  # made here: its listing is known, misses are answered from memory
+    for name in ("absent", "d/absent"):
+        assert not os.path.exists(mnt.p(name))
+    mnt.api(lambda b: b.put("absent", b"top"))
+    mnt.api(lambda b: b.put("d/absent", b"below"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (os.path.exists(mnt.p("absent"))
+                                               and os.path.exists(mnt.p("d/absent"))):
+        time.sleep(0.1)
+    with open(mnt.p("absent"), "rb") as f:
+        assert f.read() == b"top"
+    with open(mnt.p("d/absent"), "rb") as f:
+        assert f.read() == b"below"
+    assert sorted(os.listdir(mnt.p("d"))) == ["absent"]
