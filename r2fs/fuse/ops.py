@@ -110,12 +110,10 @@ class R2Operations:
         return self._entry(ino, node.attrs, node.size)
 
     async def _resolve(self, path: str) -> Node:
-        if path == "":
-            return Node("", self._root, 0, None)
-        node = self._nodes.get(path)
-        if node is not None:
-            return node
-        self._check_listed(path)
+        try:
+            return self._known_node(path)
+        except WouldBlock:
+            pass
         gen = self._nodes_gen
         node = await resolve(self.ctx, path)
         if gen == self._nodes_gen:  # nothing was invalidated while we read
@@ -130,11 +128,14 @@ class R2Operations:
             node = replace(node, info=replace(node.info, inline_data=None, chunks=()))
         self._nodes[path] = node
 
-    def _check_listed(self, path: str) -> None:
-        """ENOENT if `path`'s directory is listed and does not hold it."""
+    def _listed_absent(self, path: str) -> bool:
+        """`path`'s directory is listed and does not hold it."""
         parent, name = split(path)
         names = self._listed.get(parent)
-        if names is not None and name not in names:
+        return names is not None and name not in names
+
+    def _check_listed(self, path: str) -> None:
+        if self._listed_absent(path):
             raise fail(errno.ENOENT)
 
     def _listing_add(self, path: str) -> None:
@@ -188,19 +189,21 @@ class R2Operations:
         return join(self.table.path(parent), component(name))
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        try:
+            return self.now_lookup(parent_inode, name, ctx)
+        except WouldBlock:  # (not open, not cached)
+            pass
         path = self._child(parent_inode, name)
-        known = self.table.known(path)
-        of = self.files.get(known) if known is not None else None
-        if of is not None:
-            entry = self._open_entry(of)
-        else:
-            try:
-                node = await self._resolve(path)
-            except fuse.FUSEError as exc:
-                if exc.errno == errno.ENOENT:
-                    return self._negative()
-                raise
-            entry = self._node_entry(self.table.ino(path), node)
+        try:
+            node = await self._resolve(path)
+        except fuse.FUSEError as exc:
+            if exc.errno == errno.ENOENT:
+                return self._negative()
+            raise
+        return self._looked_up(path, node)
+
+    def _looked_up(self, path: str, node: Node) -> fuse.EntryAttributes:
+        entry = self._node_entry(self.table.ino(path), node)
         self.table.looked_up(entry.st_ino)
         return entry
 
@@ -231,16 +234,11 @@ class R2Operations:
         of = self.files.get(known) if known is not None else None
         if of is not None:
             entry = self._open_entry(of)
-        else:
-            try:
-                node = self._known_node(path)
-            except fuse.FUSEError as exc:
-                if exc.errno == errno.ENOENT:
-                    return self._negative()
-                raise
-            entry = self._node_entry(self.table.ino(path), node)
-        self.table.looked_up(entry.st_ino)
-        return entry
+            self.table.looked_up(entry.st_ino)
+            return entry
+        if self._listed_absent(path):
+            return self._negative()
+        return self._looked_up(path, self._known_node(path))
 
     def now_forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
