@@ -258,7 +258,7 @@ def run(cluster_path: str, bucket_name: str, mountpoint: str, options: str | Non
     opts.read_ahead_kb = kernel_read_ahead_kb(opts, cluster)
     base = cache_dir or os.path.join(cluster_path, "cache")
     os.makedirs(base, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="fuse-staging-", dir=base)
+    staging = tempfile.mkdtemp(prefix=f"fuse-staging-{os.getpid()}-", dir=base)  # pid: see cli.fuse_cmds.clean_leftovers
     try:
         trio.run(serve, cluster, bucket_name, mountpoint, opts, staging, on_ready)
     finally:
