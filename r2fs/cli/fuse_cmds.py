@@ -114,16 +114,16 @@ def clear_dead_mount(mountpoint: str) -> bool:
 
 def clean_leftovers(cache_base: str) -> None:
     """Remove what killed mounts left behind: pid files of daemons that are gone,
-    and their open-file staging folders (`fuse-staging-*`) under `cache_base`.
+    and their open-file staging folders (`fuse-staging-PID-*`) under `cache_base`.
 
     A staging folder holds only working copies of files that were open when
     the daemon died (what was closed is in the close journal), so nothing is
-    lost. The folders are only removed when no live mount daemon uses
-    `cache_base`: a live one's folder cannot be told apart from a dead one's.
+    lost. A folder is removed when its daemon (PID) is no r2fs process any
+    more; one without a pid in its name (older mounts) only when no live
+    mount daemon uses `cache_base` at all.
     """
     from .running import running_mounts
 
-    live = running_mounts()
     for name in os.listdir(runtime_dir()):
         if name.startswith("mount-") and name.endswith(".pid"):
             path = os.path.join(runtime_dir(), name)
@@ -136,12 +136,21 @@ def clean_leftovers(cache_base: str) -> None:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
     base = os.path.realpath(cache_base)
-    if any(os.path.realpath(m.cache_base) == base for m in live):
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("fuse-staging-")]
+    except OSError:
         return
-    with contextlib.suppress(OSError):
-        for name in os.listdir(base):
-            if name.startswith("fuse-staging-"):
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    shared = None  # whether a live daemon uses this cache dir (looked up only if needed)
+    for name in names:
+        pid = name.split("-")[2]
+        if pid.isdigit():
+            dead = not is_r2fs_process(int(pid))
+        else:
+            if shared is None:
+                shared = any(os.path.realpath(m.cache_base) == base for m in running_mounts())
+            dead = not shared
+        if dead:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
 def split_options(text: str | None) -> tuple[str | None, bool]:

@@ -39,15 +39,26 @@ def _one_line(proc) -> str:
     return lines[0]
 
 
-def test_dead_mount_is_cleared_and_remounted(mounted):
+def test_dead_mount_is_cleared_and_remounted(mounted, tmp_path):
     m: Mount = mounted
+    (tmp_path / "beside").mkdir()  # a second, live mount sharing the cache dir
+    beside = Mount(m.cluster_dir, BUCKET, str(tmp_path / "beside"))
+    try:
+        _dead_mount_cleared(m, beside)
+    finally:
+        beside.stop()
+
+
+def _dead_mount_cleared(m: Mount, beside: Mount) -> None:
     with open(m.p("kept.txt"), "w") as f:
         f.write("closed before the kill")
     f = open(m.p("open-at-kill.txt"), "w")  # a staging copy exists for this one
     f.write("x")
     pid = m.pid()
-    staging = glob.glob(os.path.join(m.cluster_dir, "cache", "fuse-staging-*"))
+    staging = glob.glob(os.path.join(m.cluster_dir, "cache", f"fuse-staging-{pid}-*"))
     assert staging
+    beside.start()
+    [kept] = glob.glob(os.path.join(m.cluster_dir, "cache", f"fuse-staging-{beside.pid()}-*"))
     os.kill(pid, signal.SIGKILL)
     assert wait_for_exit(pid, 10)
     try:
@@ -68,7 +79,8 @@ def test_dead_mount_is_cleared_and_remounted(mounted):
     with open(m.p("kept.txt")) as f:
         assert f.read() == "closed before the kill"  # replayed from the close journal
     assert not any(os.path.exists(s) for s in staging)  # the dead one's staging is gone
-    assert len(glob.glob(os.path.join(m.cluster_dir, "cache", "fuse-staging-*"))) == 1
+    assert os.path.isdir(kept)  # the live one's stays
+    assert len(glob.glob(os.path.join(m.cluster_dir, "cache", "fuse-staging-*"))) == 2
 
 
 def test_stale_pid_files_are_removed(tmp_path):
