@@ -80,23 +80,24 @@ def r2fs(*args: str) -> None:
 class Mounted:
     """A fresh cluster + bucket mounted at a temporary directory (always unmounted)."""
 
-    def __init__(self, base: str, options: str | None) -> None:
+    def __init__(self, base: str, options: str | None, *, meta_url: str | None = None) -> None:
         self.cluster = os.path.join(base, "cluster")
         self.path = os.path.join(base, "mnt")
         self.options = options
+        self.meta_url = meta_url  # metadata in this PostgreSQL database (tools/bench_meta.py)
 
     def __enter__(self) -> "Mounted":
         import trio
         from r2fs.engine.store import Cluster
 
         async def make() -> None:
-            c = Cluster.init(self.cluster)
+            c = Cluster.init(self.cluster, meta_url=self.meta_url)
             try:
                 await c.create_bucket(BUCKET)
             finally:
                 c.close()
         trio.run(make)
-        os.mkdir(self.path)
+        os.makedirs(self.path)
         args = ["--cluster", self.cluster, "mount", BUCKET, self.path]
         r2fs(*(args + (["-o", self.options] if self.options else [])))
         return self

@@ -136,7 +136,7 @@ class Pool:
         except psycopg.OperationalError as e:
             raise MetadataUnavailable(f"cannot reach the metadata database (PostgreSQL at {redact(self.url)}): "
                                       f"{_first_line(e)}") from None
-        conn.prepare_threshold = 2
+        conn.prepare_threshold = None  # server-side prepares do not survive a failed pipeline
         return conn
 
     def get(self) -> psycopg.Connection:
@@ -253,6 +253,20 @@ class PgTxn:
         self.write = write
         self.layer = _Layer(None)
         self._seen: dict[tuple[Any, bytes], bytes | None] = {}
+        self.begun = False  # BEGIN goes out with the first statement (one round trip, not two)
+
+    _BEGIN = {True: "BEGIN ISOLATION LEVEL SERIALIZABLE",
+              False: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"}
+
+    def execute(self, sql: str, args: Any = None) -> psycopg.Cursor:
+        """Run a statement in this transaction (starting it, pipelined, if not yet)."""
+        if self.begun:
+            return self.cur.execute(sql, args)
+        self.begun = True
+        with self.conn.pipeline():
+            self.cur.execute(self._BEGIN[self.write])
+            self.cur.execute(sql, args)
+        return self.cur
 
     # reads --------------------------------------------------------------------------------
 
@@ -264,10 +278,10 @@ class PgTxn:
         if ck in self._seen:
             return self._seen[ck]
         if isinstance(space, tuple):
-            self.cur.execute("SELECT v FROM r2fs_objects WHERE bucket = %s AND k = %s",
-                             (space[1], key))
+            self.execute("SELECT v FROM r2fs_objects WHERE bucket = %s AND k = %s",
+                         (space[1], key))
         else:
-            self.cur.execute("SELECT v FROM r2fs_kv WHERE tbl = %s AND k = %s", (space, key))
+            self.execute("SELECT v FROM r2fs_kv WHERE tbl = %s AND k = %s", (space, key))
         row = self.cur.fetchone()
         value = None if row is None else row[0]
         self._seen[ck] = value
@@ -320,8 +334,7 @@ class PgTxn:
             args.append(hi)
         sql += " ORDER BY k LIMIT %s"
         args.append(limit)
-        self.cur.execute(sql, args)
-        return self.cur.fetchall()
+        return self.execute(sql, args).fetchall()
 
     # writes -------------------------------------------------------------------------------
 
@@ -341,6 +354,15 @@ class PgTxn:
             else:
                 kv_del.append((space, key)) if v is _DELETED else kv_put.append((space, key, v))
         cur = self.cur
+        with self.conn.pipeline():
+            if not self.begun:
+                self.begun = True
+                cur.execute(self._BEGIN[True])
+            self._send(cur, kv_put, kv_del, obj_put, obj_del, layer.changes)
+
+    @staticmethod
+    def _send(cur: psycopg.Cursor, kv_put: list, kv_del: list, obj_put: list, obj_del: list,
+              changes: list[tuple[str, str]]) -> None:
         if kv_del:
             cur.executemany("DELETE FROM r2fs_kv WHERE tbl = %s AND k = %s", kv_del)
         if kv_put:
@@ -351,9 +373,9 @@ class PgTxn:
         if obj_put:
             cur.executemany("INSERT INTO r2fs_objects (bucket, k, v) VALUES (%s, %s, %s) "
                             "ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v", obj_put)
-        if layer.changes:
+        if changes:
             cur.executemany("INSERT INTO r2fs_changes (ord, bucket, key) VALUES (%s, %s, %s)",
-                            [(i, b, k) for i, (b, k) in enumerate(layer.changes)])
+                            [(i, b, k) for i, (b, k) in enumerate(changes)])
             cur.execute(f"NOTIFY {CHANNEL}")
         cur.execute("COMMIT")
 
@@ -385,7 +407,7 @@ class PgObjects(ObjectIndex):
             yield k.decode("utf-8"), unpack(v)
 
     def scan_all(self, txn: PgTxn) -> Iterator[tuple[str, str, dict]]:
-        buckets = [bytes(r[0]) for r in txn.cur.execute(
+        buckets = [bytes(r[0]) for r in txn.execute(
             "SELECT DISTINCT bucket FROM r2fs_objects ORDER BY bucket").fetchall()]
         for b in buckets:
             name = b.decode()
@@ -475,13 +497,13 @@ class PgMeta(MetaEngine):
         conn = self._conn()
         ok = False
         try:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             txn = PgTxn(conn, write=False)
             try:
                 yield txn
             except psycopg.OperationalError as e:
                 raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
-            conn.execute("COMMIT")
+            if txn.begun:
+                conn.execute("COMMIT")
             ok = True
         except psycopg.OperationalError as e:
             raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
@@ -521,11 +543,11 @@ class PgMeta(MetaEngine):
             conn = self._conn()
             ok = committing = False
             try:
-                conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
                 txn = PgTxn(conn, write=True)
                 results = [self._apply(txn, fn) for fn in fns]
                 if all(isinstance(r, _Failed) for r in results):
-                    conn.execute("ROLLBACK")
+                    if txn.begun:
+                        conn.execute("ROLLBACK")
                 else:
                     committing = True
                     txn.flush()
@@ -593,7 +615,7 @@ class PgMeta(MetaEngine):
     def count(self, txn: PgTxn, table: str) -> int:
         if txn.write:
             return sum(1 for _ in self.scan(txn, table))
-        return txn.cur.execute("SELECT count(*) FROM r2fs_kv WHERE tbl = %s",
+        return txn.execute("SELECT count(*) FROM r2fs_kv WHERE tbl = %s",
                                (_TBL[table],)).fetchone()[0]
 
     # --- change feed -------------------------------------------------------------------------------
@@ -633,23 +655,23 @@ class PgMeta(MetaEngine):
 
     def change_seq(self) -> int:
         with self.read() as txn:
-            row = txn.cur.execute(
+            row = txn.execute(
                 "SELECT xid::text::bigint, ord FROM r2fs_changes "
                 "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
                 "ORDER BY xid DESC, ord DESC LIMIT 1").fetchone()
             if row is not None:
                 return (row[0] << ORD_BITS) + row[1]
-            return txn.cur.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
+            return txn.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
 
     def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
         xid, ord_ = seq >> ORD_BITS, seq & ((1 << ORD_BITS) - 1)
         with self.read() as txn:
-            rows = txn.cur.execute(
+            rows = txn.execute(
                 "SELECT xid::text::bigint, ord, bucket, key FROM r2fs_changes "
                 "WHERE (xid, ord) > (%s::text::xid8, %s) "
                 "AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
                 "ORDER BY xid, ord LIMIT %s", (str(xid), ord_, limit)).fetchall()
-            pruned = txn.cur.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
+            pruned = txn.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
         return pruned + 1, [((x << ORD_BITS) + o, b, k) for x, o, b, k in rows]
 
     async def wait_for_change(self, timeout: float) -> None:
