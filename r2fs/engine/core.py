@@ -43,6 +43,8 @@ class Core:
         self.nodes: dict[str, NodeStore] = build_nodes(config, path)
         self.chunks = ChunkStore(master, self.nodes, config.k, config.m, config.stripe_size)
         self.staging = Staging(path)
+        #: this process's peer endpoint, recorded with the chunks it stages (reader.configure)
+        self.staged_url: str | None = None
         #: node ids by region that take new shards (placement keeps a bucket's
         #: chunks in its home region); a region of draining nodes maps to []
         self.regions: dict[str, list[str]] = {}

@@ -33,7 +33,7 @@ import trio
 from .cache import DiskCache, default_capacity
 from .crypto import open_chunk_into
 from .errors import ChunkCorrupt, DataUnavailable
-from .peers import PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
+from .peers import Peer, PeerApp, PeerError, PeerMiss, PeerServer, PeerSet, cluster_token
 from .readahead import ReadAhead
 from .types import ChunkRef, ObjectInfo
 from .writer import LOC_META, LOC_STAGING
@@ -118,6 +118,7 @@ class ChunkReader:
         self._snapshot_path: str | None = None
         self.configured = False
         self.self_url: str | None = None
+        self._writer_peers: dict[str, Peer] = {}  # peer endpoints of other hosts' writers
         _readers.add(self)
 
     # --- configuration -----------------------------------------------------------------
@@ -160,6 +161,10 @@ class ChunkReader:
             self.close()  # nothing half-configured stays behind (the L1 slot lock, a server)
             raise
         self.self_url = self.server.url if self.server else self_url
+        if self.server is not None:
+            # chunks this process stages are recorded with this URL, so that processes on
+            # other hosts read them from here until they are replicated
+            self.core.staged_url = self.self_url
         self.configured = True
         if snapshots:
             self._start_maintenance()
@@ -285,6 +290,11 @@ class ChunkReader:
             data = await trio.to_thread.run_sync(self._from_staging, cid, context)
             if data is not None:
                 return data
+            writer = rec.get("w")
+            if writer and writer != self.self_url:
+                data = await self._from_writer(cid, rec, writer, context)
+                if data is not None:
+                    return data
         if self.peers:
             data = await self._from_peer(cid, rec, context)
             if data is not None:
@@ -336,6 +346,8 @@ class ChunkReader:
                 sealed = c.staging.read(cid, now["g"])
                 if sealed is not None:
                     return sealed
+            if now.get("w") and now["w"] != self.self_url:
+                return None  # staged by a process on another host: read from it (_from_writer)
             raise DataUnavailable(f"chunk {cid.hex()} is recorded in local staging but "
                                   f"{c.staging.path_of(cid, now['g'])} is missing")
         return bytes(c.chunks.read_sealed(cid, now["g"], now["p"], now["l"]))
@@ -365,6 +377,26 @@ class ChunkReader:
         receive may still write into: that one is left to the garbage collector)."""
         if frame is not None and self.l1 is not None:
             self.l1.release(frame)
+
+    async def _from_writer(self, cid: bytes, rec: dict, url: str,
+                           context: str) -> bytearray | None:
+        """A chunk staged by a process on another host, from that process's peer endpoint
+        (it stays there until replicated); None if it cannot be had there (the caller goes on:
+        a chunk replicated meanwhile is on the nodes)."""
+        peer = self._writer_peers.get(url)
+        if peer is None:
+            if len(self._writer_peers) > 64:
+                self._writer_peers.clear()
+            peer = self._writer_peers[url] = Peer(url, self.token)
+        try:
+            sealed = await peer.fetch_chunk(cid, rec["l"])
+        except (PeerMiss, PeerError) as e:
+            log.info("%s: staged chunk %s not available from its writer (%s)",
+                     context or "read", cid.hex(), e)
+            return None
+        data = await trio.to_thread.run_sync(self._open, cid, sealed, context)
+        self.stats.hit("staging", len(data))  # staged, on its writer's host
+        return data
 
     async def _from_peer(self, cid: bytes, rec: dict, context: str) -> bytearray | None:
         assert self.peers is not None

@@ -211,6 +211,8 @@ class ChunkWriter:
                 give_back(sealed)
             record = {"r": 0, "n": len(data), "l": sealed_len, "g": gen, "p": placement,
                       "s": CHUNK_LIVE, "t": time.time(), "loc": LOC_STAGING}
+            if c.staged_url:  # where other hosts read it until it is replicated
+                record["w"] = c.staged_url
             journal: dict | None = new_journal_entry(bucket, gen, sealed_len, len(data))
         else:
             sealed_len, _ = c.chunks.seal_and_write(cid, gen, data, placement, sync_later=dirs)

@@ -359,3 +359,38 @@ async def test_pool_is_bounded_and_closed():
         assert all(s.fileno() == -1 for s in socks)
     finally:
         server.stop()
+
+
+async def test_staged_chunks_are_read_from_the_writers_peer_endpoint(tmp_path):
+    """A local-mode write on one "host" (a process with its own staging directory) is
+    readable from another before replication: through the writer's peer endpoint."""
+    import shutil
+    from r2fs.engine.store import Cluster as _Cluster
+    a_dir = str(tmp_path / "a")
+    a = _Cluster.init(a_dir, nodes=3, k=2, m=1)
+    b_dir = str(tmp_path / "b")
+    os.makedirs(b_dir)
+    for name in ("cluster.toml", "master.key"):
+        shutil.copy(os.path.join(a_dir, name), b_dir)
+    with open(os.path.join(b_dir, "cluster.toml")) as f:  # the same nodes and metadata
+        text = f.read().replace('path = "nodes/', f'path = "{a_dir}/nodes/')
+    with open(os.path.join(b_dir, "cluster.toml"), "w") as f:
+        f.write(text)
+    os.symlink(os.path.join(a_dir, "meta"), os.path.join(b_dir, "meta"))
+    b = _Cluster.open(b_dir)
+    try:
+        a.reader.configure(cache_dir=str(tmp_path / "ca"), cache_size=1 << 20,
+                           peer_listen="127.0.0.1:0", snapshots=False)
+        a.writer.configure(mode="local")
+        await a.create_bucket("stg")
+        data = os.urandom(300 * 1024)
+        await a.bucket("stg").put("k", data)
+        rec = a.chunk_record((await a.bucket("stg").head("k")).chunks[0].id)
+        assert rec["loc"] == "staging" and rec["w"] == a.reader.self_url
+        assert not os.listdir(os.path.join(b_dir, "staging")) if os.path.exists(
+            os.path.join(b_dir, "staging")) else True
+        assert await (await b.bucket("stg").get("k")).read() == data
+        assert b.reader.stats.hits["staging"] == 1
+    finally:
+        b.close()
+        a.close()
