@@ -60,6 +60,10 @@ class PgServer:
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run([os.path.join(bindir, "initdb"), "-D", self.data, "-A", "trust", "-U",
                    "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+        if listen != "127.0.0.1":  # addresses inside the test's own namespaces: let them in
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                for addr in listen.split(","):
+                    f.write(f"host all all {addr.strip()}/24 trust\n")
         self.start()
         self.sql(f"CREATE DATABASE {TEMPLATE}")
 
@@ -123,8 +127,12 @@ class PgServer:
 
     def sql(self, statement: str, db: str = "postgres") -> None:
         import psycopg
-        with psycopg.connect(self.url(db), autocommit=True) as conn:
+        with psycopg.connect(self.socket_url(db), autocommit=True) as conn:
             conn.execute(statement)
+
+    def socket_url(self, db: str) -> str:
+        """The database over the server's unix socket (reachable from any network namespace)."""
+        return f"postgresql://postgres@/{db}?host={self.dir}&port={self.port}"
 
     def url(self, db: str, host: str | None = None) -> str:
         return f"postgresql://postgres@{host or self.listen.split(',')[0]}:{self.port}/{db}"

@@ -1,0 +1,208 @@
+"""Several hosts sharing one cluster: r2fs processes in network namespaces of their own.
+
+Topology (made by the fixture, removed in its finally): a "hub" namespace with
+PostgreSQL, joined to each host namespace by a veth pair (10.199.N.1 in the
+hub, 10.199.N.2 in host N; the hub routes between hosts). The only addresses
+used are inside these namespaces. Each host has its own cluster directory
+(cluster.toml naming PostgreSQL at its hub address, the shared node
+directories, its own staging and cache) and runs tests/multihost/host_agent.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from r2fs.engine import config as cfgmod
+from r2fs.engine.store import Cluster
+from r2fs.engine.writer import TEST_KILL_ENV
+
+AGENT = os.path.join(os.path.dirname(__file__), "host_agent.py")
+HOSTS = 2
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                reason="network namespaces need root and iproute2")
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+class Net:
+    """The namespaces and veth pairs of one test module (all removed by close())."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.hub = f"r2t{tag}hub"
+        self.hosts = [f"r2t{tag}h{i}" for i in range(1, HOSTS + 1)]
+        self.made: list[str] = []
+        for ns in [self.hub, *self.hosts]:
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for i, ns in enumerate(self.hosts, start=1):
+            a, b = f"v{tag}a{i}", f"v{tag}b{i}"
+            sh("ip", "link", "add", a, "netns", self.hub, "type", "veth", "peer", "name", b,
+               "netns", ns)
+            sh("ip", "-n", self.hub, "addr", "add", f"10.199.{i}.1/24", "dev", a)
+            sh("ip", "-n", ns, "addr", "add", f"10.199.{i}.2/24", "dev", b)
+            sh("ip", "-n", self.hub, "link", "set", a, "up")
+            sh("ip", "-n", ns, "link", "set", b, "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", f"10.199.{i}.1")
+        sh("ip", "netns", "exec", self.hub, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+
+    def close(self) -> None:
+        for ns in reversed(self.made):  # deleting a namespace deletes its veth ends
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+class Host:
+    """host_agent.py in a namespace; `call(op, ...)` sends one command, returns its reply."""
+
+    def __init__(self, ns: str, path: str, peer_listen: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, AGENT, path]
+            + ([peer_listen] if peer_listen else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+        ready = self._reply()
+        self.peer_url = ready["ready"]
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("host agent died: " + self.proc.stderr.read()[-2000:])
+        return json.loads(line)
+
+    def send(self, op: str, **kw: object) -> None:
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+
+    def call(self, op: str, **kw: object) -> dict:
+        self.send(op, **kw)
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@pytest.fixture(scope="module")
+def net():
+    n = Net()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture(scope="module")
+def pg(net):
+    from pgserver import PgServer
+    server = PgServer(listen=",".join(f"10.199.{i}.1" for i in range(1, HOSTS + 1)),
+                      netns=net.hub)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def shared(tmp_path, net, pg):
+    """(control Cluster in this process over PostgreSQL's unix socket, [host dirs])."""
+    db = pg.new_database().rsplit("/", 1)[1]
+    root = str(tmp_path / "control")
+    control = Cluster.init(root, nodes=3, k=2, m=1, meta_url=pg.socket_url(db))
+    dirs = []
+    for i in range(1, HOSTS + 1):
+        d = str(tmp_path / f"host{i}")
+        os.makedirs(d)
+        shutil.copy(os.path.join(root, "master.key"), d)
+        cfg = cfgmod.load(root)
+        cfg.meta_url = f"postgresql://postgres@10.199.{i}.1:{pg.port}/{db}"
+        with open(os.path.join(d, cfgmod.CONFIG_FILE), "w") as f:
+            f.write(cfgmod.render(cfg, d))  # node paths relative to d: the same directories
+        dirs.append(d)
+    try:
+        yield control, dirs
+    finally:
+        control.close()
+
+
+@pytest.fixture
+def hosts(net, shared):
+    control, dirs = shared
+    made: list[Host] = []
+    try:
+        for i, d in enumerate(dirs, start=1):
+            made.append(Host(net.hosts[i - 1], d, peer_listen=f"10.199.{i}.2:0"))
+        made[0].call("create_bucket", bucket="hosts")
+        yield made
+    finally:
+        for h in made:
+            h.close()
+
+
+def test_read_and_list_after_write_across_hosts(hosts):
+    h1, h2 = hosts
+    for i in range(20):
+        assert "ok" in h1.call("put", key=f"k{i:02d}", data=f"v{i}")
+        assert h2.call("get", key=f"k{i:02d}") == {"ok": f"v{i}"}
+        assert h2.call("list", prefix="k")["ok"] == [f"k{j:02d}" for j in range(i + 1)]
+
+
+def test_conditional_put_race_between_hosts_exactly_one_wins(hosts):
+    h1, h2 = hosts
+    for round_ in range(10):
+        at = time.time() + 0.3
+        for h in hosts:
+            h.send("put", key=f"race{round_}", data=h.peer_url, if_absent=True, at=at)
+        replies = [h._reply() for h in hosts]
+        winners = [i for i, r in enumerate(replies) if "ok" in r]
+        assert len(winners) == 1, replies
+        assert all(r.get("error") == "PreconditionFailed" for r in replies if "ok" not in r)
+        assert h2.call("get", key=f"race{round_}")["ok"] == hosts[winners[0]].peer_url
+
+
+def test_rename_of_10000_keys_is_all_or_nothing_for_a_lister_on_another_host(hosts):
+    h1, h2 = hosts
+    h1.call("put_many", prefix="src/", n=10_000)
+    h2.send("watch", a="src/", b="dst/", seconds=4.0)
+    time.sleep(0.5)
+    assert h1.call("rename_prefix", src="src/", dst="dst/") == {"ok": 10_000}
+    seen = {tuple(x) for x in h2._reply()["ok"]}
+    assert seen <= {(10_000, 0), (0, 10_000)} and (0, 10_000) in seen, seen
+
+
+@pytest.mark.parametrize("step", ["stored", "committed"])
+def test_kill_9_of_a_host_mid_commit(net, shared, hosts, step):
+    control, dirs = shared
+    victim = Host(net.hosts[0], dirs[0], env={TEST_KILL_ENV: step})
+    try:
+        victim.send("put_many", prefix="batch/", n=500)
+        victim.proc.wait(timeout=60)
+        assert victim.proc.returncode == -9
+    finally:
+        victim.close()
+    listed = hosts[1].call("list", prefix="batch/")["ok"]
+    assert len(listed) == (500 if step == "committed" else 0)
+    assert "ok" in hosts[1].call("put", key="batch/after", data="still works")
+
+
+def test_local_mode_writes_on_one_host_read_on_another_before_replication(hosts):
+    h1, h2 = hosts
+    h1.call("local_mode")
+    data = "z" * (300 * 1024)  # above the inline threshold: a chunk in h1's staging
+    assert "ok" in h1.call("put", key="staged", data=data)
+    assert h2.call("record", key="staged")["ok"] == [{"loc": "staging"}]
+    assert h2.call("get", key="staged") == {"ok": data}
