@@ -34,6 +34,7 @@ from ..engine.store import PutItem
 from ..engine.types import ObjectInfo
 from . import attrs as A
 from .context import MountContext
+from .deletes import DeferredDeletes
 from .journal import Journal, condition
 from .names import is_under
 from .writebuf import FileBuffer
@@ -105,6 +106,7 @@ class OpenFiles:
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self.journal: Journal | None = None  # set by the mount: enables deferred publication
+        self.deletes: DeferredDeletes | None = None  # set by the mount: unlinks not yet committed
         self._held: dict[int, tuple[float, OpenFile, int]] = {}  # ino -> (due, file, bytes)
         self._held_bytes = 0
         self._wake = trio.Event()
@@ -322,6 +324,8 @@ class OpenFiles:
                 for of in due:
                     self._unhold(of)
                     self._inflight[of.ino] = (of, trio.Event())
+                if due and self.deletes is not None and len(self.deletes):
+                    await self.deletes.settle()  # a publication may take a name just unlinked
                 for i in range(0, len(due), BATCH_MAX):
                     nursery.start_soon(self._publish_batch, due[i:i + BATCH_MAX], limit, nursery)
                 # at most one round per PUBLISH_TICK: what falls due meanwhile goes together
@@ -442,6 +446,8 @@ class OpenFiles:
             return None
         if not of.dirty:
             return None
+        if self.deletes is not None and self.deletes.hidden(path):
+            await self.deletes.settle()  # the old object goes first, then this one
         meta = A.to_metadata(of.attrs, of.meta)
         if of.buf.changed:
             only_if = condition(of.cond) if conditional else None

@@ -15,7 +15,8 @@ A remount (any mount of the cluster) replays journals whose mount is gone
 only if the object there is still the version the file was based on (or
 still absent) -- a newer write from elsewhere wins, as it did live.
 
-Format 1 (`CLUSTER/fuse-journal/<random>.journal`): header `R2FJ` + u16
+Format 2 (`CLUSTER/fuse-journal/<random>.journal`; 1 = the same without
+`del` records, still read): header `R2FJ` + u16
 version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
 (crc mismatch, short record) ends the replay there. Records:
   {t: "put", i: id, b: bucket, k: key, d: sealed content, m: custom metadata,
@@ -23,6 +24,8 @@ version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
   {t: "move", i, k, c}     the unpublished file was renamed
   {t: "attrs", i, m}       attributes changed before publication
   {t: "done", i}           published, superseded or unlinked: nothing to replay
+  {t: "del", i, b, k, e}   unlinked here, the delete not yet committed: delete
+                           `k` if it still has ETag `e` (deletes.py)
 The content is sealed with the cluster's master key (`fuse-journal`
 context): no plaintext at rest. Condition `c`: None = unconditional, "" =
 only if absent, otherwise the ETag the object must still have.
@@ -41,14 +44,15 @@ from typing import Any
 
 import msgpack
 
-from ..engine.errors import NoSuchBucket, PreconditionFailed, R2fsError, UnsupportedFormat
+from ..engine.errors import NoSuchBucket, NoSuchKey, PreconditionFailed, R2fsError, UnsupportedFormat
 from ..engine.store import Cluster
 from ..engine.types import Conditional
 
 log = logging.getLogger("r2fs.fuse")
 
 MAGIC = b"R2FJ"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 HEADER = MAGIC + struct.pack("<H", VERSION)
 _REC = struct.Struct("<II")
 CONTEXT = "fuse-journal"
@@ -115,6 +119,17 @@ class Journal:
         self._segments[jid] = self._current
         return jid
 
+    def delete(self, bucket: str, key: str, etag: str) -> int:
+        """Record an unlink whose delete is committed a moment later; returns its journal id."""
+        if self._current.size > SEGMENT_LIMIT:
+            self._rotate()
+        jid = self._next
+        self._next += 1
+        self._append(self._current, {"t": "del", "i": jid, "b": bucket, "k": key, "e": etag})
+        self._current.outstanding.add(jid)
+        self._segments[jid] = self._current
+        return jid
+
     def move(self, jid: int, key: str, cond: str | None) -> None:
         seg = self._segments.get(jid)
         if seg is not None:
@@ -160,8 +175,9 @@ def _records(data: bytes) -> list[dict[str, Any]]:
     if not data.startswith(MAGIC):
         raise UnsupportedFormat("not an r2fs FUSE journal")
     (version,) = struct.unpack_from("<H", data, len(MAGIC))
-    if version != VERSION:
-        raise UnsupportedFormat(f"FUSE journal format {version} is not supported (this r2fs reads {VERSION})")
+    if version not in READABLE:
+        raise UnsupportedFormat(f"FUSE journal format {version} is not supported (this r2fs reads "
+                                f"{', '.join(map(str, READABLE))})")
     out, pos = [], len(HEADER)
     while pos + _REC.size <= len(data):
         length, crc = _REC.unpack_from(data, pos)
@@ -178,7 +194,7 @@ def _pending(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     state: dict[int, dict[str, Any]] = {}
     for r in records:
         jid, kind = r.get("i"), r.get("t")
-        if kind == "put":
+        if kind in ("put", "del"):
             state[jid] = dict(r)
         elif jid in state:
             if kind == "move":
@@ -231,21 +247,29 @@ async def replay(cluster: Cluster, directory: str) -> int:
 
 
 async def _publish(cluster: Cluster, r: dict[str, Any]) -> bool | None:
-    """True: published; False: nothing to do (newer elsewhere, bucket gone); None: failed."""
+    """True: done; False: nothing to do (newer elsewhere, bucket gone); None: failed."""
     bucket, key = r["b"], r["k"]
+    deleting = r["t"] == "del"
     try:
-        content = cluster.open_secret(r["d"], CONTEXT)
-        await cluster.bucket(bucket).put(key, content, custom_metadata=r["m"], http_metadata=r["h"],
-                                         only_if=condition(r["c"]))
-    except PreconditionFailed:
-        log.info("journal: %s/%s changed elsewhere after it was closed here; the newer version stays",
-                 bucket, key)
+        b = cluster.bucket(bucket)
+        if deleting:  # an unlink the dead mount had not committed yet
+            if (await b.head(key)).etag != r["e"]:
+                raise PreconditionFailed(key)
+            await b.delete(key)
+        else:
+            content = cluster.open_secret(r["d"], CONTEXT)
+            await b.put(key, content, custom_metadata=r["m"], http_metadata=r["h"],
+                        only_if=condition(r["c"]))
+    except (PreconditionFailed, NoSuchKey):
+        log.info("journal: %s/%s changed elsewhere after it was %s here; the newer version stays",
+                 bucket, key, "unlinked" if deleting else "closed")
         return False
     except NoSuchBucket:
         log.info("journal: bucket %s is gone; %s not published", bucket, key)
         return False
     except R2fsError as exc:
-        log.error("journal: could not publish %s/%s: %s", bucket, key, exc)
+        log.error("journal: could not %s %s/%s: %s", "delete" if deleting else "publish", bucket, key, exc)
         return None
-    log.info("journal: published %s/%s, closed before the mount went away", bucket, key)
+    log.info("journal: %s %s/%s, %s before the mount went away", "deleted" if deleting else "published",
+             bucket, key, "unlinked" if deleting else "closed")
     return True

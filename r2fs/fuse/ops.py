@@ -23,6 +23,7 @@ import trio
 from ..engine.types import Conditional, ObjectInfo
 from . import attrs as A
 from .context import MountContext
+from .deletes import DeferredDeletes
 from .dirs import Node, dir_node, entries, file_node, has_entries, keep_parent, make_marker, resolve
 from .errmap import fail, guard_operations
 from .handles import OpenFile, OpenFiles
@@ -70,6 +71,7 @@ class R2Operations:
         # the change poller): a name not in it is absent without asking the
         # bucket -- the negative lookups of tar, rsync and cp -a into new trees.
         self._listed: dict[str, set[str]] = {}
+        self.deletes: DeferredDeletes | None = None  # set by the mount (unlinks in group commits)
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
@@ -222,6 +224,8 @@ class R2Operations:
         """The cached node of `path`; ENOENT if a listing says it is absent; else WouldBlock."""
         if path == "":
             return Node("", self._root, 0, None)
+        if self.deletes is not None and self.deletes.hidden(path):
+            raise fail(errno.ENOENT)  # unlinked here, its delete not committed yet
         node = self._nodes.get(path)
         if node is not None:
             return node
@@ -437,6 +441,7 @@ class R2Operations:
                              ctx: fuse.RequestContext, content: bytes = b"") -> fuse.EntryAttributes:
         """A new object committed at once (symlinks, mknod): create-only, so never a clobber."""
         path = self._child(parent, name)
+        await self._settle_deletes(path)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
         attrs = A.new_attrs(kind, perm, ctx.uid, ctx.gid)
@@ -463,6 +468,7 @@ class R2Operations:
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         path = self._child(parent_inode, name)
+        await self._settle_deletes(path)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
         attrs = A.new_attrs(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
@@ -474,6 +480,29 @@ class R2Operations:
         self.table.looked_up(ino)
         return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
 
+    def now_unlink(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
+        path = self._child(parent_inode, name)
+        known = self.table.known(path)
+        if known is not None and self.files.get(known) is not None:
+            raise WouldBlock  # open or unpublished: the async path
+        self._unlink_closed(path, self._known_node(path))
+
+    def _unlink_closed(self, path: str, node: Node) -> None:
+        """A file nobody has open leaves the mount now; its delete joins the next group commit."""
+        if node.is_dir:
+            raise fail(errno.EISDIR)
+        if self.deletes is None or node.info is None:
+            raise WouldBlock
+        self.forget_paths(path)
+        self.table.detach(path)
+        self._listing_discard(path)
+        self.deletes.add(path, node.info.etag)
+
+    async def _settle_deletes(self, path: str | None = None) -> None:
+        """Commit pending unlinks first (all, or if `path` is one): what follows reads the bucket."""
+        if self.deletes is not None and len(self.deletes) and (path is None or self.deletes.hidden(path)):
+            await self.deletes.settle()
+
     async def unlink(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
         path = self._child(parent_inode, name)
         known = self.table.known(path)
@@ -482,6 +511,9 @@ class R2Operations:
             node = await self._resolve(path)
             if node.is_dir:
                 raise fail(errno.EISDIR)
+            if self.deletes is not None and node.info is not None:
+                self._unlink_closed(path, node)
+                return
         async with _locked(of):  # no commit of an open file may land after the delete
             if of is not None and of.users > 0:
                 await of.buf.materialize()  # the open handles keep the content, locally
@@ -500,6 +532,7 @@ class R2Operations:
         if not node.is_dir:
             raise fail(errno.ENOTDIR)
         await self.files.settle(path)  # closed files not yet published count as entries
+        await self._settle_deletes()  # and unlinked ones do not
         if await has_entries(self.ctx, path):
             raise fail(errno.ENOTEMPTY)
         self.forget_paths(path)
@@ -527,6 +560,7 @@ class R2Operations:
             self._listing_add(new)
 
     async def _rename(self, old: str, new: str, flags: int) -> None:
+        await self._settle_deletes()
         known = self.table.known(old)
         await self.files.wait_inflight(known, self.table.known(new))
         sof = self.files.get(known) if known is not None else None
@@ -794,7 +828,8 @@ class R2Operations:
         out = [(".", d.ino, me.attrs, 0),
                ("..", parent or d.ino, (parent_node or me).attrs, 0)]
         gen = self._nodes_gen
-        listed = await entries(self.ctx, d.path)
+        listed = [n for n in await entries(self.ctx, d.path)
+                  if self.deletes is None or not self.deletes.hidden(n.path)]
         names = {split(node.path)[1] for node in listed}
         if gen == self._nodes_gen:  # nothing changed meanwhile: the listing is complete
             for node in listed:

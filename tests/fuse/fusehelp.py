@@ -89,6 +89,16 @@ class Mount:
         return trio.run(main)
 
 
+def write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def make_cluster(path: str, bucket: str = BUCKET) -> None:
     async def main():
         c = Cluster.init(path, chunk_size=CHUNK)

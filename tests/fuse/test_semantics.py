@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from fusehelp import published
+from fusehelp import published, read, write
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -27,16 +27,6 @@ def errno_of(fn, *args) -> int:
     with pytest.raises(OSError) as info:
         fn(*args)
     return info.value.errno
-
-
-def write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # --- files -----------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Unlinks in group commits (deletes.py), through a real mount.
+
+An unlink returns before its delete is committed; the mount must behave as
+if it were (name gone, recreate works, rmdir sees an empty directory), the
+bucket must follow a moment later, and kill -9 in between must not bring
+the file back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from fusehelp import read, write
+
+
+def keys(m) -> list[str]:
+    async def ls(b):
+        return [o.key for o in (await b.list(limit=1000)).objects]
+    return m.api(ls)
+
+
+def test_unlinks_are_batched_and_behave_at_once(mnt):
+    os.mkdir(mnt.p("d"))
+    for i in range(50):
+        write(mnt.p("d", f"f{i}"), b"x" * 100)
+    write(mnt.p("lone"), b"y")
+    time.sleep(0.5)  # all published
+    assert len([k for k in keys(mnt) if k.startswith("d/f")]) == 50
+    for i in range(50):
+        os.unlink(mnt.p("d", f"f{i}"))
+    assert os.listdir(mnt.p("d")) == []
+    assert not os.path.exists(mnt.p("d", "f3"))
+    write(mnt.p("d", "f3"), b"again")  # the same name right after its unlink
+    assert read(mnt.p("d", "f3")) == b"again"
+    os.unlink(mnt.p("lone"))
+    try:
+        os.unlink(mnt.p("lone"))
+    except OSError as exc:
+        assert exc.errno == errno.ENOENT
+    else:
+        raise AssertionError("second unlink succeeded")
+    time.sleep(0.5)
+    assert sorted(k for k in keys(mnt) if k.startswith("d/")) == ["d/", "d/f3"]
+    assert read(mnt.p("d", "f3")) == b"again"
+    os.unlink(mnt.p("d", "f3"))
+    os.rmdir(mnt.p("d"))  # sees the directory empty although the delete may be pending
+    assert not os.path.exists(mnt.p("d"))
+    time.sleep(0.3)
+    assert [k for k in keys(mnt) if k.startswith(("d/", "lone"))] == []
+
+
+def test_implicit_directory_survives_losing_its_last_file(mnt):
+    mnt.api(lambda b: b.put("imp/only", b"z"))  # a directory with no marker
+    time.sleep(0.6)
+    os.unlink(mnt.p("imp", "only"))
+    time.sleep(0.5)
+    assert os.path.isdir(mnt.p("imp"))
+    assert "imp/" in keys(mnt)  # given a marker once its last key went
+
+
+def test_kill9_right_after_unlinks_keeps_them_unlinked(mount_factory):
+    m = mount_factory()
+    for i in range(20):
+        write(m.p(f"f{i}"), b"content")
+    time.sleep(0.5)
+    for i in range(20):
+        os.unlink(m.p(f"f{i}"))
+    os.kill(m.pid(), 9)
+    m.stop()
+    m.start()
+    assert [n for n in os.listdir(m.path) if n.startswith("f")] == []
+    assert [k for k in keys(m) if k.startswith("f")] == []
