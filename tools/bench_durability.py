@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
             def raw_run(_: int) -> float:
                 nonlocal dropped
                 dropped &= drop_caches()
-                seconds, nbytes = _raw_read(path, args.window or 8)
+                seconds, nbytes = _raw_read(path, args.window or 16)
                 return mb_per_s(nbytes * args.k // (args.k + args.m), seconds)
 
             progress("raw parallel read of the shard files")
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
         finally:
             cluster.close()
     table.add("disk sequential read (native, 4 MiB reads)", seq, seq)
-    table.add("raw read of the shard files, same parallelism (MB/s of logical data)", raw, seq)
+    table.add("raw O_DIRECT read of the shard files, scrub's parallelism (MB/s of logical)", raw, seq)
     table.add("scrub (MB/s of logical data)", sc, seq)
     table.add("rebuild one lost node (MB/s of logical data)", rb, seq)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import chunks as chunkmod
 from .chunkwalk import NAMESPACE, crash_point, live_on_nodes
-from .errors import UnsupportedFormat
+from .errors import DataUnavailable, UnsupportedFormat
 from .nodes import NodeUnavailable
 from .shards import ShardInvalid
 
@@ -185,36 +185,36 @@ class RepairResult:
 
 
 def check_and_repair(c: "Cluster", cid: bytes, rec: dict, *, repair: bool) -> RepairResult:
-    """Verify every shard of the chunk; with `repair`, rewrite the bad ones."""
+    """Verify every shard of the chunk; with `repair`, rewrite the bad ones.
+
+    Memory: one shard buffer at a time while verifying; only a damaged chunk
+    being repaired reads k good shards again (from the page cache, mostly).
+    """
     k = c.config.k
-    found = inspect(c, cid, rec, keep=k if repair else 0)
+    found = inspect(c, cid, rec)
+    found.release()
     result = RepairResult(found.bad, read_bytes=found.read_bytes)
     if not found.bad:
-        found.release()
         return result
     if found.ok < k:
-        found.release()
         result.error = f"only {found.ok} good shards of {k} needed"
         result.unreadable = True
         return result
     if not repair:
-        found.release()
         return result
     current = c.chunk_record(cid)  # gc or a rebalance may have changed it meanwhile
     if not live_on_nodes(current) or current["g"] != rec["g"] or current["p"] != rec["p"]:
-        found.release()
         result.bad = {}
         return result
     fixable = [i for i in sorted(found.bad) if _writable(c, rec["p"][i])]
     stuck = [i for i in sorted(found.bad) if i not in fixable]
     try:
         if fixable:
-            result.written_bytes = rewrite(c, cid, rec, fixable, found.good)
+            good = gather_good(c, cid, rec, exclude=sorted(found.bad))
+            result.written_bytes = rewrite(c, cid, rec, fixable, good)
             result.repaired = len(fixable)
-    except NodeUnavailable as e:
+    except (NodeUnavailable, DataUnavailable) as e:
         result.error = str(e)
-    finally:
-        found.release()
     if stuck and result.error is None:
         down = sorted({rec["p"][i] for i in stuck})
         result.error = (f"{len(stuck)} shards are on unavailable nodes ({', '.join(down)}): "

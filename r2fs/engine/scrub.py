@@ -49,17 +49,19 @@ class ScrubReport:
 
 
 def scrub(c: "Cluster", *, repair: bool = False, bucket: str | None = None,
-          rate: float | None = None, window: int = 8, fresh: bool = False,
+          rate: float | None = None, window: int = 16, fresh: bool = False,
           progress: Callable[[WalkProgress], None] | None = None,
           stop: threading.Event | None = None, state: str = STATE) -> ScrubReport:
     """Verify every shard of every chunk (of `bucket`); rewrite bad ones with `repair`.
 
     Blocking: run it in a worker thread. `rate`: bytes/s of logical data.
     `window`: chunks verified at once (one worker thread each, reading its
-    shards one after another with O_DIRECT). Measured on the reference VM
-    (tools/bench durability, 1 GiB): 8 in flight gave 650-920 MB/s against
-    750-850 with 4; memory stays at window x (k+m) shard buffers (~48 MiB
-    for 4 MiB chunks), plus k payloads per chunk kept for a repair.
+    shards one after another with O_DIRECT, one shard buffer at a time).
+    Measured on the reference VM (tools/bench durability, 1 GiB, medians of
+    3): 4 in flight ~750-850 MB/s, 8 ~800-860, 16 ~1,150-1,320 -- the
+    virtio disk wants a deep queue of 1 MiB requests. Memory: 16 shard
+    buffers (~32 MiB: 4 chunks' worth of shards), plus k shards per chunk
+    being repaired.
     """
     started = time.monotonic()
     only = c.chunks_of_bucket(bucket) if bucket is not None else None
