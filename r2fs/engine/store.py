@@ -54,13 +54,10 @@ from .errors import (
     WrongMasterKey,
 )
 from .keys import MasterKey
-from .gc import collect_garbage
 from .core import Core
 from .meta import CHUNK_LIVE, MetaEngine, create_engine, open_engine
 from .reader import ChunkReader
 from .repair import Healer
-from . import space
-from .maintenance import durability_status
 from .writer import ChunkBatch, ChunkWriter, _test_hook_kill_after
 from .names import MAX_KEY_BYTES, check_bucket_name, check_key
 from .slices import Merger, ReadFn, update as _update
@@ -1389,6 +1386,10 @@ class Cluster(Core):
         """Counts from the metadata and the nodes, plus `extra` sections from the
         read tiers and the writer (cache hits, replication backlog...)."""
         def gather() -> ClusterStatus:
+            # imported here, not at the top: every `r2fs` command (ls...) starts without them
+            from . import space
+            from .maintenance import durability_status
+
             self.refresh_config()
             nodes = []
             stored = 0
@@ -1433,4 +1434,5 @@ class Cluster(Core):
     async def gc(self, *, grace: float = 60.0, orphan_grace: float = 600.0) -> GcReport:
         """Remove shards of chunks unreferenced for at least `grace` seconds and
         orphaned shard files older than `orphan_grace`."""
+        from .gc import collect_garbage  # (here: see status)
         return await collect_garbage(self, grace=grace, orphan_grace=orphan_grace)
