@@ -40,7 +40,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat  # a path in a .pth: no import hook at every start (~20-40 ms)
 	@if [ -f tests/s3/js/package.json ]; then cd tests/s3/js && npm install --silent --no-audit --no-fund; fi
 	@touch $(STAMP)
 
