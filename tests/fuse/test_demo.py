@@ -56,6 +56,13 @@ def test_demo_mounts_bucket_and_stop_undoes_it(tmp_path):
         again = _r2fs(tmp_path, "demo", "--mountpoint", mp, "--listen", listen).stdout
         assert "already an r2fs mount" in again and "already exists" in again  # idempotent
         assert "already running" in again and f"AWS_ACCESS_KEY_ID={key_id}" in again
+        # the mount's daemon killed: the next demo clears the dead mount and mounts again
+        mount_pid = int(re.search(r"mounted at \S+ \(pid (\d+)", out).group(1))
+        os.kill(mount_pid, signal.SIGKILL)
+        assert wait_for_exit(mount_pid, 10)
+        revived = _r2fs(tmp_path, "demo", "--mountpoint", mp, "--listen", listen).stdout
+        assert f"mount     {mp} was a dead r2fs mount (its daemon had exited); cleared it" in revived
+        assert "bucket demo mounted at" in revived and is_r2fs_mount(mp)
         other = str(tmp_path / "other")
         make_cluster(other, "demo")
         proc = _r2fs(tmp_path, "--cluster", other, "demo", "--mountpoint", mp, "--no-gateway",

@@ -101,3 +101,18 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
             assert proc.returncode in (0, 124), (delay, args, proc.returncode)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]  # no half-written temp
     assert cluster.is_dir()
+
+
+def test_errors_out_of_nurseries_are_their_cause():
+    """ExceptionGroups (every trio nursery) reach the user as the one error inside."""
+    import trio
+
+    from r2fs.cli import root_cause
+    from r2fs.engine.errors import NoSuchBucket
+
+    cause = NoSuchBucket("no such bucket: x")
+    group = BaseExceptionGroup("outer", [ExceptionGroup("inner", [cause]), trio.Cancelled._create()])
+    assert root_cause(group) is cause
+    ki = KeyboardInterrupt()
+    assert root_cause(BaseExceptionGroup("g", [cause, ki])) is ki  # Ctrl-C wins
+    assert root_cause(cause) is cause
