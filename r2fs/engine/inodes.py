@@ -46,9 +46,7 @@ def _key(ino: int) -> bytes:
 
 
 def allocate(meta: "Meta", txn: Any) -> int:
-    last = meta.get(txn, "info", INO_KEY) or (FIRST_INO - 1)
-    meta.put(txn, "info", INO_KEY, last + 1)
-    return last + 1
+    return meta.next_id(txn, INO_KEY, FIRST_INO)
 
 
 def is_stub(m: dict | None) -> bool:

@@ -116,6 +116,24 @@ async def test_transaction_functions_rerun_after_serialization_failures(pg_clust
     assert pg_cluster.counters()["cnt"]["n"] == 40
 
 
+async def test_concurrent_creates_get_distinct_inode_numbers(pg_cluster):
+    await pg_cluster.create_bucket("inos")
+    clusters = [Cluster.open(pg_cluster.path) for _ in range(3)]
+    try:
+        async def make(c, j):
+            for i in range(15):
+                await c.bucket("inos").put(f"c{j}/{i}", b"x")
+        async with trio.open_nursery() as n:
+            for j, c in enumerate(clusters):
+                n.start_soon(make, c, j)
+    finally:
+        for c in clusters:
+            c.close()
+    with pg_cluster.meta.read() as txn:
+        inos = [m["i"] for _, m in pg_cluster.meta.objects.scan(txn, "inos")]
+    assert len(inos) == 45 and len(set(inos)) == 45
+
+
 async def test_rename_prefix_is_all_or_nothing_for_a_concurrent_lister(pg_cluster):
     await pg_cluster.create_bucket("ren")
     b = pg_cluster.bucket("ren")
@@ -329,6 +347,10 @@ def test_meta_migrate_copies_verifies_and_switches(tmp_path, pg_url):
             assert len(await (await b.get("big")).read()) == 600 * 1024
             assert (await c.get_record("keys", "ak")) == {"secret": "s"}
             await b.put("after", b"new")
+            with c.meta.read() as txn:
+                inos = {k: m["i"] for k, m in c.meta.objects.scan(txn, "grow")}
+            after = inos.pop("after")
+            assert after > max(inos.values())  # inode numbers go on where LMDB stopped
     trio.run(check)
     again = cli(path, "meta", "migrate", "--to", pg_url)
     assert again.returncode != 0 and b"already in" in again.stderr

@@ -170,6 +170,17 @@ class MetaEngine(ABC):
 
     # --- shared helpers ------------------------------------------------------------
 
+    def next_id(self, txn: Txn, key: bytes, first: int = 1) -> int:
+        """A number never handed out before under `key` (increasing; gaps allowed).
+
+        This default keeps the last one in `info` (fine where writers are serialised
+        anyway, as in LMDB); an engine with concurrent writers overrides it so that
+        allocations do not all update one row (PostgreSQL: a sequence)."""
+        last = self.get(txn, "info", key)
+        n = first if last is None else max(first, last + 1)
+        self.put(txn, "info", key, n)
+        return n
+
     def queue_for_gc(self, txn: Txn, cid: bytes) -> None:
         """The chunk's refcount is 0 as of now: gc's candidate once its grace passed and
         (with metadata snapshots) once a snapshot newer than this exists."""

@@ -23,8 +23,10 @@ from ..errors import ClusterError
 from .interface import TABLES, MetaEngine, pack
 
 BATCH = 2000
-#: Tables not copied: engine bookkeeping and the change feed (each engine keeps its own).
-NOT_COPIED = ("info", "changes", "objects")
+#: Tables not copied: the change feed (each engine keeps its own); objects go separately.
+NOT_COPIED = ("changes", "objects")
+#: `info` entries that are the LMDB engine's own bookkeeping.
+LMDB_INFO = (b"schema", b"seq")
 
 
 @dataclass
@@ -42,6 +44,8 @@ def _entries(meta: MetaEngine, txn: Any, table: str) -> Iterator[tuple[bytes, by
             yield bucket.encode() + b"\0" + key.encode("utf-8"), pack(manifest)
     else:
         for k, v in meta.scan(txn, table):
+            if table == "info" and bytes(k) in LMDB_INFO:
+                continue
             yield bytes(k), pack(v)
 
 
@@ -66,7 +70,8 @@ def copy_tables(src: MetaEngine, dst: MetaEngine,
             if table == "objects":
                 rows: Iterator[tuple[Any, ...]] = ((b, k, m) for b, k, m in src.objects.scan_all(txn))
             else:
-                rows = ((k, v) for k, v in src.scan(txn, table))
+                rows = ((k, v) for k, v in src.scan(txn, table)
+                        if not (table == "info" and bytes(k) in LMDB_INFO))
             batch: list[tuple[Any, ...]] = []
             for row in rows:
                 batch.append(row)

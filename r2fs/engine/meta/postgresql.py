@@ -87,6 +87,7 @@ _CREATE = [
     "ord integer NOT NULL, bucket text NOT NULL, key text NOT NULL, PRIMARY KEY (xid, ord))",
     "CREATE TABLE r2fs_feed (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
     "pruned bigint NOT NULL)",
+    "CREATE TABLE r2fs_ids (k bytea PRIMARY KEY, seq text NOT NULL)",
 ]
 
 #: version -> statements that bring a database from that version to the next.
@@ -427,6 +428,7 @@ class PgMeta(MetaEngine):
         self.pool = Pool(url, pool_size)
         self.objects = PgObjects()
         self._recorded = 0
+        self._sequences: dict[bytes, str] = {}
         self._listen: psycopg.Connection | None = None
         self._listen_lock = threading.Lock()
         try:
@@ -619,6 +621,33 @@ class PgMeta(MetaEngine):
                                (_TBL[table],)).fetchone()[0]
 
     # --- change feed -------------------------------------------------------------------------------
+
+    def next_id(self, txn: PgTxn, key: bytes, first: int = 1) -> int:
+        """From a sequence per key (made on first use): no row every allocation updates, so
+        concurrent creates do not conflict (a rolled-back allocation leaves a gap)."""
+        seq = self._sequences.get(key)
+        if seq is None:
+            seq = self._sequence(key, first)
+        return txn.execute("SELECT nextval(%s::regclass)", (seq,)).fetchone()[0]
+
+    def _sequence(self, key: bytes, first: int) -> str:
+        name = "r2fs_id_" + key.hex()
+        conn = self._conn()
+        ok = False
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(724552)")
+                if conn.execute("SELECT 1 FROM r2fs_ids WHERE k = %s", (key,)).fetchone() is None:
+                    row = conn.execute("SELECT v FROM r2fs_kv WHERE tbl = %s AND k = %s",
+                                       (_TBL["info"], key)).fetchone()
+                    start = max(first, unpack(row[0]) + 1 if row else first)
+                    conn.execute(f"CREATE SEQUENCE {name} START {int(start)}")
+                    conn.execute("INSERT INTO r2fs_ids (k, seq) VALUES (%s, %s)", (key, name))
+            ok = True
+        finally:
+            self._release(conn, ok)
+        self._sequences[key] = name
+        return name
 
     def record_change(self, txn: PgTxn, bucket: str, key: str) -> None:
         txn.layer.changes.append((bucket, key))
