@@ -251,10 +251,16 @@ def rebalance(c: "Cluster", *, rate: float | None = None, window: int = 4,
     return report
 
 
-def rebuild_node(c: "Cluster", node_id: str, *, rate: float | None = None, window: int = 4,
+def rebuild_node(c: "Cluster", node_id: str, *, rate: float | None = None, window: int = 8,
                  progress: Callable[[WalkProgress], None] | None = None,
                  stop: threading.Event | None = None) -> MoveReport:
-    """Re-create every missing or bad shard the records place on `node_id` (blocking; resumable)."""
+    """Re-create every missing or bad shard the records place on `node_id` (blocking; resumable).
+
+    `window` chunks at once; each holds k shard payloads, the sealed chunk and its k+m
+    re-encoded shards (~3.5 chunks: ~110 MiB at 8 x 4 MiB). Measured on the reference
+    VM (tools/bench durability, 1 GiB, same run as the disk): 8 in flight 554-608 MB/s
+    of data, 4 in flight 487-531 -- each rebuilt shard waits for its fdatasync.
+    """
     started = time.monotonic()
     c.refresh_config(force=True)
     node = c.chunks.node(node_id)
