@@ -479,3 +479,18 @@ async def test_scrub_draws_a_progress_bar_with_eta_on_a_terminal(filled):
     text = seen.decode(errors="replace")
     assert "scrub [" in text and "ETA" in text and "100%" in text, text
     assert "scrub healthy" in out and "ETA" not in out  # the bar never reaches stdout
+
+
+async def test_rate_throttles_and_region_is_recorded(filled, tmp_path):
+    path, _ = filled
+    c = Cluster.open(path)
+    try:
+        report = scrub(c, rate=2e6, fresh=True)  # 2 MB/s over ~3.7 MB of data
+        assert report.healthy == report.chunks and report.seconds >= 1.2, report.seconds
+        nid = nodeops.add_node(c, str(tmp_path / "west"), region="west")
+        assert next(n for n in c.config.nodes if n.id == nid).region == "west"
+        assert c.regions["west"] == [nid]
+    finally:
+        c.close()
+    assert "invalid region" in one_line_error(r2fs(path, "node", "add", str(tmp_path / "x"),
+                                                   "--region", "Bad Name"))
