@@ -612,11 +612,16 @@ class Bucket:
         """
         self._check_key(key)
         what = self._what(key)
-        with self.cluster.meta.read() as txn:  # fail fast, before storing any data
-            self._require_bucket(txn)
-            if only_if is not None:
-                cur = self._get(txn, key)
-                conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
+        small = (isinstance(value, (bytes, bytearray, memoryview))
+                 and len(value) <= self.cluster.config.inline_threshold)
+        if not small:  # fail fast, before storing any data (a small one stores none: the
+            # commit's own checks suffice, and a metadata round trip is saved)
+            with self.cluster.meta.read() as txn:
+                self._require_bucket(txn)
+                if only_if is not None:
+                    cur = self._get(txn, key)
+                    conditions.check_write(_info(self.name, key, cur) if cur else None, only_if,
+                                           what)
         got = await self._ingest(value, allow_inline=True)
         try:
             digest = got.md5.digest()
