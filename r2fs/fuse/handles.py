@@ -395,6 +395,10 @@ class OpenFiles:
             del self._inflight[of.ino]
             entry[1].set()
 
+    def in_flight(self, ino: int) -> bool:
+        """The publisher has taken this file and is committing it now."""
+        return ino in self._inflight
+
     async def wait_inflight(self, *inos: int | None) -> None:
         """Wait until none of these inodes has a publication in flight.
 

@@ -559,6 +559,26 @@ class R2Operations:
         if old != new:
             self._listing_add(new)
 
+    def now_rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                   name_new: bytes, flags: int, ctx: fuse.RequestContext) -> None:
+        """An unpublished file renamed to a name known to be free (rsync's temp -> final): local."""
+        if flags & fuse.RENAME_EXCHANGE:
+            raise fail(errno.EINVAL)
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        known = self.table.known(old)
+        sof = self.files.get(known) if known is not None else None
+        if (sof is None or old == new or not sof.pending or sof.lock.locked()
+                or self.files.in_flight(sof.ino) or self.table.known(new) is not None
+                or (self.deletes is not None and len(self.deletes))
+                or not self._listed_absent(new)):
+            raise WouldBlock
+        self.forget_paths(old, new)
+        self.table.move(old, new, tree=False)
+        self.files.moved(sof, new, "")
+        self._listing_discard(old)
+        self._listing_add(new)
+
     async def _rename(self, old: str, new: str, flags: int) -> None:
         await self._settle_deletes()
         known = self.table.known(old)
