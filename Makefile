@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 BINDIR ?= /usr/local/bin
 SBINDIR ?= /sbin
 
-.PHONY: demo test deps system-deps clean bench install uninstall
+.PHONY: demo test test-pg deps system-deps clean bench install uninstall
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -48,6 +48,10 @@ deps: system-deps $(STAMP)
 
 test: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the engine, uploads and cache suites again with every cluster's metadata in PostgreSQL
+test-pg: deps
+	R2FS_TEST_META=postgresql $(PY) -m pytest -q tests/engine tests/uploads tests/cache $(PYTEST_ARGS)
 
 demo: deps
 	$(VENV)/bin/r2fs demo $(DEMO_ARGS)

@@ -241,6 +241,7 @@ async def test_node_add_rebalance_matches_rendezvous(filled, tmp_path):
     assert p.returncode == 0 and "0 chunks changed placement" in p.stdout.decode()
 
 
+@pytest.mark.lmdb_only  # LMDB snapshots / meta/ on disk
 async def test_drain_then_remove_and_refusals(filled):
     path, objects = filled
     msg = one_line_error(r2fs(path, "node", "remove", "n1"))
@@ -346,6 +347,7 @@ def du(path: str) -> int:
                               text=True).stdout.split()[0])
 
 
+@pytest.mark.lmdb_only  # LMDB snapshots / meta/ on disk
 async def test_space_figures_equal_du(filled):
     path, _ = filled
     p = r2fs(path, "meta", "snapshot")
@@ -369,6 +371,7 @@ async def test_space_figures_equal_du(filled):
     assert "0 degraded" in text and "DU" in text
 
 
+@pytest.mark.lmdb_only  # LMDB snapshots / meta/ on disk
 async def test_meta_compact_shrinks_and_keeps_data(filled):
     path, objects = filled
     c = Cluster.open(path)
@@ -398,6 +401,7 @@ async def test_meta_compact_shrinks_and_keeps_data(filled):
 
 
 
+@pytest.mark.lmdb_only  # LMDB snapshots / meta/ on disk
 async def test_no_snapshot_of_an_unchanged_sequence(filled, tmp_path):
     path, _ = filled
     c = Cluster.open(path)
