@@ -68,6 +68,20 @@ async def run(c: Cluster, cmd: dict) -> object:
             seen.add((sum(k.startswith(cmd["a"]) for k in keys),
                       sum(k.startswith(cmd["b"]) for k in keys)))
         return sorted(seen)
+    elif op == "put_loop":  # write keys one by one for `seconds`; errors are noted, not fatal
+        acked, errors = [], []
+        end = time.monotonic() + cmd["seconds"]
+        i = 0
+        while time.monotonic() < end:
+            key = f"{cmd['prefix']}{i:06d}"
+            try:
+                await b.put(key, key.encode())
+                acked.append(key)
+                i += 1
+            except R2fsError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                await trio.sleep(0.05)
+        return {"acked": acked, "errors": errors}
     elif op == "local_mode":
         c.writer.configure(mode="local")
     elif op == "record":

@@ -248,8 +248,10 @@ class _Layer:
 class PgTxn:
     """One transaction on one connection: reads go to the server (cached), writes are buffered."""
 
-    def __init__(self, conn: psycopg.Connection, write: bool) -> None:
+    def __init__(self, conn: psycopg.Connection, write: bool,
+                 reconnect: Callable[[psycopg.Connection], psycopg.Connection] | None = None) -> None:
         self.conn = conn
+        self._reconnect = reconnect
         self.cur = conn.cursor()
         self.write = write
         self.layer = _Layer(None)
@@ -263,11 +265,23 @@ class PgTxn:
         """Run a statement in this transaction (starting it, pipelined, if not yet)."""
         if self.begun:
             return self.cur.execute(sql, args)
+        try:
+            self._first(sql, args)
+        except psycopg.OperationalError:
+            if self._reconnect is None:
+                raise
+            # nothing happened in this transaction yet: a pooled connection that died with
+            # its server (restarted meanwhile) is replaced once, transparently
+            self.conn = self._reconnect(self.conn)
+            self.cur = self.conn.cursor()
+            self._first(sql, args)
         self.begun = True
+        return self.cur
+
+    def _first(self, sql: str, args: Any) -> None:
         with self.conn.pipeline():
             self.cur.execute(self._BEGIN[self.write])
             self.cur.execute(sql, args)
-        return self.cur
 
     # reads --------------------------------------------------------------------------------
 
@@ -496,21 +510,26 @@ class PgMeta(MetaEngine):
 
     @contextmanager
     def read(self) -> Iterator[PgTxn]:
-        conn = self._conn()
+        txn = PgTxn(self._conn(), write=False, reconnect=self._replace)
         ok = False
         try:
-            txn = PgTxn(conn, write=False)
             try:
                 yield txn
             except psycopg.OperationalError as e:
                 raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
             if txn.begun:
-                conn.execute("COMMIT")
+                txn.conn.execute("COMMIT")
             ok = True
         except psycopg.OperationalError as e:
             raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
         finally:
-            self._release(conn, ok)
+            self._release(txn.conn, ok)
+
+    def _replace(self, dead: psycopg.Connection) -> psycopg.Connection:
+        """A fresh connection for one that failed (the idle ones likely died with it)."""
+        self.pool.put(dead, broken=True)
+        self.pool.drop_idle()
+        return self.pool.get()
 
     def _conn(self) -> psycopg.Connection:
         return self.pool.get()
