@@ -19,9 +19,18 @@ from r2fs.cli.fuse_cmds import is_r2fs_mount, wait_for_exit
 from r2fs.cli.running import running_gateways
 
 
-def _r2fs(home, *args, check=True):
+def _env(home):
+    """A user's environment, without /usr/local/bin: whether `make install` links are there
+    (they are global; other tests add and remove them) must not change what demo prints."""
     env = {k: v for k, v in os.environ.items() if k != "R2FS_CLUSTER"}
     env["HOME"] = str(home)
+    env["PATH"] = ":".join(p for p in env.get("PATH", "/usr/bin:/bin").split(":")
+                           if p.rstrip("/") != "/usr/local/bin")
+    return env
+
+
+def _r2fs(home, *args, check=True):
+    env = _env(home)
     proc = subprocess.run([sys.executable, "-m", "r2fs", *args], capture_output=True, text=True,
                           timeout=120, env=env)
     if check:
@@ -72,8 +81,7 @@ def test_demo_mounts_bucket_and_stop_undoes_it(tmp_path):
         # the stop command it printed, run as printed (a shell, the same PATH)
         stop = out.strip().splitlines()[-1].strip()
         assert stop.endswith(f"demo --stop --mountpoint {shlex.quote(mp)}"), stop
-        env = {k: v for k, v in os.environ.items() if k != "R2FS_CLUSTER"}
-        env["HOME"] = str(tmp_path)
+        env = _env(tmp_path)
         done = subprocess.run(stop, shell=True, capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0, done.stderr
         assert f"unmounted {mp}" in done.stdout and "stopped the S3 gateway" in done.stdout
