@@ -68,6 +68,14 @@ class MotoServer:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def make_buckets(self, *names: str) -> None:
+        if self.netns:  # reachable only from inside its namespace
+            code = ("import boto3,sys\n"
+                    f"c=boto3.client('s3',endpoint_url='{self.endpoint}',region_name='us-east-1',"
+                    "aws_access_key_id='testing',aws_secret_access_key='testing')\n"
+                    "[c.create_bucket(Bucket=b) for b in sys.argv[1:]]\n")
+            subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c", code, *names],
+                           check=True, capture_output=True)
+            return
         c = self.client()
         for n in names:
             c.create_bucket(Bucket=n)

@@ -60,13 +60,16 @@ async def run(c: Cluster, cmd: dict) -> object:
         return [o.key for o in (await b.list(prefix=cmd.get("prefix", ""), limit=100_000)).objects]
     elif op == "rename_prefix":
         return await b.rename_prefix(cmd["src"], cmd["dst"])
-    elif op == "watch":  # list two prefixes in one listing, repeatedly, for `seconds`
+    elif op == "watch":  # list two prefixes in one listing, repeatedly, until b holds `until`
         seen = set()
-        end = time.monotonic() + cmd["seconds"]
+        end = time.monotonic() + 120
         while time.monotonic() < end:
             keys = [o.key for o in (await b.list(prefix="", limit=100_000)).objects]
-            seen.add((sum(k.startswith(cmd["a"]) for k in keys),
-                      sum(k.startswith(cmd["b"]) for k in keys)))
+            counts = (sum(k.startswith(cmd["a"]) for k in keys),
+                      sum(k.startswith(cmd["b"]) for k in keys))
+            seen.add(counts)
+            if counts[1] == cmd["until"]:
+                break
         return sorted(seen)
     elif op == "put_loop":  # write keys one by one for `seconds`; errors are noted, not fatal
         acked, errors = [], []

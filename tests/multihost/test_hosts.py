@@ -117,8 +117,7 @@ def pg(net):
         server.close()
 
 
-@pytest.fixture
-def shared(tmp_path, net, pg):
+def make_shared(tmp_path, pg, s3_nodes=()):
     """(control Cluster in this process over PostgreSQL's unix socket, [host dirs])."""
     db = pg.new_database().rsplit("/", 1)[1]
     root = str(tmp_path / "control")
@@ -129,10 +128,18 @@ def shared(tmp_path, net, pg):
         os.makedirs(d)
         shutil.copy(os.path.join(root, "master.key"), d)
         cfg = cfgmod.load(root)
+        if s3_nodes:
+            cfg.nodes = cfg.nodes[:1] + list(s3_nodes)
         cfg.meta_url = f"postgresql://postgres@10.199.{i}.1:{pg.port}/{db}"
         with open(os.path.join(d, cfgmod.CONFIG_FILE), "w") as f:
             f.write(cfgmod.render(cfg, d))  # node paths relative to d: the same directories
         dirs.append(d)
+    return control, dirs
+
+
+@pytest.fixture
+def shared(tmp_path, net, pg):
+    control, dirs = make_shared(tmp_path, pg)
     try:
         yield control, dirs
     finally:
@@ -177,7 +184,7 @@ def test_conditional_put_race_between_hosts_exactly_one_wins(hosts):
 def test_rename_of_10000_keys_is_all_or_nothing_for_a_lister_on_another_host(hosts):
     h1, h2 = hosts
     h1.call("put_many", prefix="src/", n=10_000)
-    h2.send("watch", a="src/", b="dst/", seconds=4.0)
+    h2.send("watch", a="src/", b="dst/", until=10_000)
     time.sleep(0.5)
     renamed = h1.call("rename_prefix", src="src/", dst="dst/")
     watched = h2._reply()
@@ -229,3 +236,36 @@ def test_postgresql_crash_mid_workload_then_restart(net, pg, hosts):
     listed = set(h2.call("list", prefix="crash/")["ok"])
     assert set(acked) <= listed, sorted(set(acked) - listed)[:5]
     assert h2.call("get", key=acked[-1]) == {"ok": acked[-1]}
+
+
+def test_a_node_store_down_reads_still_correct_across_hosts(tmp_path, net, pg):
+    """Nodes on S3 stores (moto servers in the hub namespace): one store killed, the other
+    host still reads everything correctly (decoding around it)."""
+    from motoserver import CREDENTIALS, MotoServer
+    motos = [MotoServer(host="10.199.1.1", netns=net.hub) for _ in range(2)]
+    made: list[Host] = []
+    control = None
+    try:
+        nodes = []
+        for i, bucket in enumerate(("bkt0", "bkt1", "bkt2")):
+            server = motos[0 if i < 2 else 1]
+            server.make_buckets(bucket)
+            nodes.append(cfgmod.NodeConfig(f"s{i}", "", extra={"endpoint": server.endpoint},
+                                           url=f"s3://{bucket}/n"))
+        control, dirs = make_shared(tmp_path, pg, nodes)  # 1 directory + 3 buckets, k=2 m=1
+        made = [Host(net.hosts[i], d, env=CREDENTIALS) for i, d in enumerate(dirs)]
+        h1, h2 = made
+        h1.call("create_bucket", bucket="hosts")
+        blobs = {f"o{i}": chr(97 + i) * (200 * 1024 + i) for i in range(6)}
+        for k, v in blobs.items():
+            assert "ok" in h1.call("put", key=k, data=v)
+        motos[1].kill()  # node s2 stops answering
+        for k, v in blobs.items():
+            assert h2.call("get", key=k) == {"ok": v}
+    finally:
+        for h in made:
+            h.close()
+        for m in motos:
+            m.close()
+        if control is not None:
+            control.close()
