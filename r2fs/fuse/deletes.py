@@ -3,7 +3,7 @@
 An unlink of a file nobody has open is answered at once: the name leaves
 the mount (inode table, node cache, listings) and the journal records the
 delete (a `del` record: survives kill -9 like a deferred publication), and
-a moment later one `Bucket.delete([...])` commits every unlink that
+a moment later (gather.py) one `Bucket.delete([...])` commits every unlink that
 arrived meanwhile, in one transaction; then directories that would vanish
 get their marker (dirs.keep_parent), as a synchronous unlink did.
 
@@ -18,29 +18,24 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from .context import MountContext
+from .gather import GroupCommit
 from .dirs import keep_parent
 from .journal import Journal
 from .names import split
 
 log = logging.getLogger("r2fs.fuse")
 
-#: How long unlinks gather before their group commit.
-GATHER = 0.05
 #: Keys per Bucket.delete (one transaction).
 BATCH_MAX = 1024
 
 
-class DeferredDeletes:
+class DeferredDeletes(GroupCommit):
     def __init__(self, ctx: MountContext, journal: Journal) -> None:
+        super().__init__()
         self._ctx = ctx
         self._journal = journal
         self._pending: dict[str, int] = {}  # path -> journal id
-        self._wake = trio.Event()
-        self._idle = trio.Event()  # set when a running commit ends
-        self._running = False
 
     def hidden(self, path: str) -> bool:
         """Unlinked here, not yet deleted from the bucket."""
@@ -56,49 +51,22 @@ class DeferredDeletes:
         self._pending[path] = self._journal.delete(self._ctx.bucket_name, path, etag)
         self._ctx.in_trio(self._kick)
 
-    def _kick(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        """The committer: every GATHER, one delete of everything pending."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await trio.sleep(GATHER)
-            await self._commit()
-
-    async def settle(self) -> None:
-        """Commit every pending unlink now (the bucket must be right for what follows)."""
-        while self._pending or self._running:
-            if self._running:
-                await self._idle.wait()
-            else:
-                await self._commit()
-
-    async def _commit(self) -> None:
-        if self._running or not self._pending:
-            return
-        self._running = True
-        self._idle = trio.Event()
-        try:
-            while self._pending:
-                batch = list(self._pending.items())[:BATCH_MAX]
-                try:
-                    await self._ctx.bucket.delete([p for p, _ in batch])
-                except Exception:  # noqa: BLE001 - logged; the files stay (shown again)
-                    log.exception("could not delete %d unlinked files", len(batch))
-                    for p, jid in batch:
-                        del self._pending[p]
-                        self._journal.done(jid)
-                    return
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch = list(self._pending.items())[:BATCH_MAX]
+            try:
+                await self._ctx.bucket.delete([p for p, _ in batch])
+            except Exception:  # noqa: BLE001 - logged; the files stay (shown again)
+                log.exception("could not delete %d unlinked files", len(batch))
                 for p, jid in batch:
                     del self._pending[p]
                     self._journal.done(jid)
-                for path in {split(p)[0]: p for p, _ in batch if split(p)[0]}.values():
-                    try:
-                        await keep_parent(self._ctx, path)  # (its directory would vanish)
-                    except Exception:  # noqa: BLE001
-                        log.exception("could not keep the directory of %s", path)
-        finally:
-            self._running = False
-            self._idle.set()
+                return
+            for p, jid in batch:
+                del self._pending[p]
+                self._journal.done(jid)
+            for path in {split(p)[0]: p for p, _ in batch if split(p)[0]}.values():
+                try:
+                    await keep_parent(self._ctx, path)  # (its directory would vanish)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not keep the directory of %s", path)

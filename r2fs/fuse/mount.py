@@ -30,6 +30,7 @@ from .invalidate import ChangePoller
 from .kernel import mounting
 from .kernel.session import Session, StateLock
 from .deletes import DeferredDeletes
+from .dirattrs import DeferredDirAttrs
 from .journal import Journal, journal_dir, replay
 from .ops import R2Operations
 from .tracked import OwnChanges, TrackedBucket
@@ -104,6 +105,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     ops = R2Operations(ctx)
     ops.files.journal = Journal(cluster, jdir)
     ops.deletes = ops.files.deletes = DeferredDeletes(ctx, ops.files.journal)
+    ops.dir_attrs = DeferredDirAttrs(ctx)
     poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None,
                           ops.changed_elsewhere, ops.forget_all_paths)
     state = StateLock()  # request thread <-> trio thread (docs/architecture.md)
@@ -131,6 +133,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
             nursery.start_soon(poller.run)
             nursery.start_soon(ops.files.run_publisher)
             nursery.start_soon(ops.deletes.run)
+            nursery.start_soon(ops.dir_attrs.run)
             nursery.start_soon(_on_signals, ops, mountpoint, quit)
             # from a thread: the kernel finishes the knob only once FUSE INIT is answered
             nursery.start_soon(partial(trio.to_thread.run_sync, set_read_ahead, mountpoint,
@@ -144,6 +147,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
         with trio.CancelScope(shield=True):
             await ops.files.commit_all()
             await ops.deletes.settle()
+            await ops.dir_attrs.settle()
         ops.files.journal.close()
         if not session.ended.is_set():
             mounting.unmount(mountpoint)
@@ -227,6 +231,7 @@ async def _on_signals(ops: R2Operations, mountpoint: str, quit: trio.Event) -> N
             log.info("signal %s: flushing and unmounting", signal.Signals(signum).name)
             await ops.files.commit_all()
             await ops.deletes.settle()
+            await ops.dir_attrs.settle()
             await trio.to_thread.run_sync(mounting.unmount, mountpoint)
             quit.set()
             return

@@ -24,6 +24,7 @@ from ..engine.types import Conditional, ObjectInfo
 from . import attrs as A
 from .context import MountContext
 from .deletes import DeferredDeletes
+from .dirattrs import DeferredDirAttrs
 from .dirs import Node, dir_node, entries, file_node, has_entries, keep_parent, make_marker, resolve
 from .errmap import fail, guard_operations
 from .handles import OpenFile, OpenFiles
@@ -72,6 +73,7 @@ class R2Operations:
         # bucket -- the negative lookups of tar, rsync and cp -a into new trees.
         self._listed: dict[str, set[str]] = {}
         self.deletes: DeferredDeletes | None = None  # set by the mount (unlinks in group commits)
+        self.dir_attrs: DeferredDirAttrs | None = None  # set by the mount (directory attributes too)
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
@@ -117,7 +119,7 @@ class R2Operations:
         except WouldBlock:
             pass
         gen = self._nodes_gen
-        node = await resolve(self.ctx, path)
+        node = self._pending_attrs(await resolve(self.ctx, path))
         if gen == self._nodes_gen:  # nothing was invalidated while we read
             self._remember(path, node)
         return node
@@ -129,6 +131,11 @@ class R2Operations:
         if node.info is not None and node.info.inline_data is not None:
             node = replace(node, info=replace(node.info, inline_data=None, chunks=()))
         self._nodes[path] = node
+
+    def _pending_attrs(self, node: Node) -> Node:
+        """A directory whose attribute change is not committed yet shows the new attributes."""
+        pending = self.dir_attrs.get(node.path) if self.dir_attrs is not None and node.is_dir else None
+        return node if pending is None else replace(node, attrs=pending[0])
 
     def _listed_absent(self, path: str) -> bool:
         """`path`'s directory is listed and does not hold it."""
@@ -341,7 +348,11 @@ class R2Operations:
             return of.meta
         if inode == ROOT:
             return self._root_meta
-        node = self._known_node(self.table.path(inode))
+        path = self.table.path(inode)
+        pending = self.dir_attrs.get(path) if self.dir_attrs is not None else None
+        if pending is not None:
+            return pending[1]
+        node = self._known_node(path)
         return node.info.custom_metadata if node.info is not None else {}
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -397,15 +408,23 @@ class R2Operations:
         of = self.files.get(inode)
         if of is None:
             path = self.table.path(inode)
-            node = await resolve(self.ctx, path)  # fresh: its metadata is rewritten
+            pending = self.dir_attrs.get(path) if self.dir_attrs is not None else None
+            node = (Node(path, pending[0], 0, None) if pending is not None
+                    else await resolve(self.ctx, path))  # fresh: its metadata is rewritten
             if node.is_dir:
                 if truncate is not None:
                     raise fail(errno.EISDIR)
-                meta = dict(node.info.custom_metadata) if node.info else {}
+                meta = pending[1] if pending is not None else (
+                    dict(node.info.custom_metadata) if node.info else {})
                 new_attrs, new_meta = change(node.attrs, meta)
-                self.forget_paths(path)
-                await make_marker(self.ctx, path, new_attrs, base=new_meta)
-                self.forget_paths(path)
+                if self.dir_attrs is None:
+                    self.forget_paths(path)
+                    await make_marker(self.ctx, path, new_attrs, base=new_meta)
+                    self.forget_paths(path)
+                    return
+                self.dir_attrs.set(path, new_attrs, new_meta)  # committed with others soon
+                cached = self._nodes.get(path)
+                self._remember(path, Node(path, new_attrs, 0, cached.info if cached else node.info))
                 return
             of = await self.files.acquire(inode, path, node.info)
         else:
@@ -536,6 +555,8 @@ class R2Operations:
         if await has_entries(self.ctx, path):
             raise fail(errno.ENOTEMPTY)
         self.forget_paths(path)
+        if self.dir_attrs is not None:
+            self.dir_attrs.drop_tree(path)
         await self.ctx.bucket.delete(dir_prefix(path))
         self.table.detach(path)
         self._listing_discard(path)
@@ -581,6 +602,8 @@ class R2Operations:
 
     async def _rename(self, old: str, new: str, flags: int) -> None:
         await self._settle_deletes()
+        if self.dir_attrs is not None and len(self.dir_attrs):
+            await self.dir_attrs.settle()  # (markers move with their directories)
         known = self.table.known(old)
         await self.files.wait_inflight(known, self.table.known(new))
         sof = self.files.get(known) if known is not None else None
@@ -848,7 +871,7 @@ class R2Operations:
         out = [(".", d.ino, me.attrs, 0),
                ("..", parent or d.ino, (parent_node or me).attrs, 0)]
         gen = self._nodes_gen
-        listed = [n for n in await entries(self.ctx, d.path)
+        listed = [self._pending_attrs(n) for n in await entries(self.ctx, d.path)
                   if self.deletes is None or not self.deletes.hidden(n.path)]
         names = {split(node.path)[1] for node in listed}
         if gen == self._nodes_gen:  # nothing changed meanwhile: the listing is complete

@@ -72,3 +72,23 @@ def test_kill9_right_after_unlinks_keeps_them_unlinked(mount_factory):
     m.start()
     assert [n for n in os.listdir(m.path) if n.startswith("f")] == []
     assert [k for k in keys(m) if k.startswith("f")] == []
+
+
+def test_directory_attributes_are_batched_and_shown_at_once(mnt):
+    os.makedirs(mnt.p("a", "b"))
+    for d in ("a", "a/b"):
+        os.chmod(mnt.p(d), 0o700)
+        os.utime(mnt.p(d), ns=(1_000_000_000, 2_000_000_000))
+        os.setxattr(mnt.p(d), "user.k", d.encode())
+    st = os.stat(mnt.p("a", "b"))
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o700, 2_000_000_000)
+    assert os.getxattr(mnt.p("a"), "user.k") == b"a"
+    time.sleep(0.5)  # committed in one put_many
+    info = mnt.api(lambda b: b.head("a/b/"))
+    assert int(info.custom_metadata["mode"]) & 0o7777 == 0o700
+    os.rename(mnt.p("a"), mnt.p("c"))  # settles first: the marker moves with its attributes
+    assert os.stat(mnt.p("c", "b")).st_mtime_ns == 2_000_000_000
+    os.chmod(mnt.p("c", "b"), 0o750)
+    os.rmdir(mnt.p("c", "b"))  # what was pending for it goes with it
+    time.sleep(0.3)
+    assert sorted(k for k in keys(mnt) if k.startswith("c")) == ["c/"]

@@ -107,3 +107,54 @@ def test_negative_entries_give_way_to_other_writers(mnt):
     with open(mnt.p("d/absent"), "rb") as f:
         assert f.read() == b"below"
     assert sorted(os.listdir(mnt.p("d"))) == ["absent"]
+
+
+FUSERMOUNT_CHILD = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+import trio
+from nullfs import NullFS
+from r2fs.fuse.kernel import mounting
+from r2fs.fuse.kernel.session import Session, StateLock
+mp = sys.argv[1]
+m = mounting.mount_with_fusermount(mp, mounting.parse({"default_permissions", "subtype=r2fstest"}))
+s = Session(m.fd, NullFS(), StateLock())
+async def main():
+    async with trio.open_nursery() as n:
+        s.start(n)
+        def work():
+            with open(os.path.join(mp, "x"), "w") as f:
+                f.write("through fusermount3")
+            with open(os.path.join(mp, "x")) as f:
+                print(f.read(), flush=True)
+        await trio.to_thread.run_sync(work)
+        n.cancel_scope.cancel()
+trio.run(main)
+os._exit(0)  # like a killed daemon: nothing unmounts but fusermount3's auto_unmount
+"""
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+@pytest.mark.skipif(shutil.which("fusermount3") is None, reason="needs fusermount3")
+def test_fusermount3_mount_and_auto_unmount(tmp_path):
+    """The unprivileged path: fd passed back over _FUSE_COMMFD; a dead daemon leaves no mount."""
+    import sys
+    mp = tmp_path / "fm"
+    mp.mkdir()
+    tools = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
+    try:
+        proc = subprocess.run([sys.executable, "-c", FUSERMOUNT_CHILD, str(mp), tools],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "through fusermount3"
+        deadline = time.monotonic() + 10
+        while _mounted(str(mp)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _mounted(str(mp))
+    finally:
+        if _mounted(str(mp)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)

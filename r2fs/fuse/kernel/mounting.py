@@ -101,7 +101,7 @@ def mount(mountpoint: str, opts: KernelMountOptions) -> MountedFd:
     """Mount a fresh /dev/fuse connection at `mountpoint`; OSError if that fails."""
     if os.geteuid() == 0:
         return _mount_direct(mountpoint, opts)
-    return _mount_fusermount(mountpoint, opts)
+    return mount_with_fusermount(mountpoint, opts)
 
 
 def _mount_direct(mountpoint: str, opts: KernelMountOptions) -> MountedFd:
@@ -122,7 +122,8 @@ def _mount_direct(mountpoint: str, opts: KernelMountOptions) -> MountedFd:
     return MountedFd(fd, mountpoint)
 
 
-def _mount_fusermount(mountpoint: str, opts: KernelMountOptions) -> MountedFd:
+def mount_with_fusermount(mountpoint: str, opts: KernelMountOptions) -> MountedFd:
+    """The unprivileged way (also usable as root): Debian's setuid fusermount3 mounts."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     words = [w for w in opts.words if not w.startswith(("fsname=", "subtype="))]
     words += [f"fsname={opts.fsname}", f"subtype={opts.subtype}"]
