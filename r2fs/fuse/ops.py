@@ -517,6 +517,20 @@ class R2Operations:
         self._listing_discard(path)
         self.deletes.add(path, node.info.etag)
 
+    async def _drop_replaced(self, of: OpenFile, path: str) -> None:
+        """An unpublished file leaves `path`: if it was to replace an object there, that goes too.
+
+        (git renames `master.lock` over `master`, then `pack-refs` unlinks
+        `master` before the publication: the old `master` must not stay.)
+        """
+        if not of.cond:  # None: never published anything; "": nothing there to replace
+            return
+        if self.deletes is not None:
+            self.deletes.add(path, of.cond)
+        else:
+            await self.ctx.bucket.delete(path)
+        of.cond = ""
+
     async def _settle_deletes(self, path: str | None = None) -> None:
         """Commit pending unlinks first (all, or if `path` is one): what follows reads the bucket."""
         if self.deletes is not None and len(self.deletes) and (path is None or self.deletes.hidden(path)):
@@ -537,7 +551,9 @@ class R2Operations:
             if of is not None and of.users > 0:
                 await of.buf.materialize()  # the open handles keep the content, locally
             self.forget_paths(path)
-            if not (of is not None and of.pending) and not await self.ctx.bucket.delete(path):
+            if of is not None and of.pending:
+                await self._drop_replaced(of, path)
+            elif not await self.ctx.bucket.delete(path):
                 raise fail(errno.ENOENT)
             self.table.detach(path)
             self._listing_discard(path)
@@ -589,7 +605,7 @@ class R2Operations:
         new = self._child(parent_inode_new, name_new)
         known = self.table.known(old)
         sof = self.files.get(known) if known is not None else None
-        if (sof is None or old == new or not sof.pending or sof.lock.locked()
+        if (sof is None or old == new or not sof.pending or sof.cond or sof.lock.locked()
                 or self.files.in_flight(sof.ino) or self.table.known(new) is not None
                 or (self.deletes is not None and len(self.deletes))
                 or not self._listed_absent(new)):
@@ -690,6 +706,7 @@ class R2Operations:
             self.forget_paths(old, new)
             self.table.detach(new)
             self.files.orphaned(vof)
+            await self._drop_replaced(sof, old)
             self.table.move(old, new, tree=False)
             self.files.moved(sof, new, dst_info.etag if dst_info is not None else "")
         return True

@@ -92,3 +92,22 @@ def test_directory_attributes_are_batched_and_shown_at_once(mnt):
     os.rmdir(mnt.p("c", "b"))  # what was pending for it goes with it
     time.sleep(0.3)
     assert sorted(k for k in keys(mnt) if k.startswith("c")) == ["c/"]
+
+
+def test_unpublished_file_renamed_over_an_object_then_unlinked(mnt):
+    """git: master.lock renamed over master, then pack-refs unlinks master before publication."""
+    write(mnt.p("master"), b"first")
+    time.sleep(0.5)
+    assert mnt.api(lambda b: b.head("master")).size == len(b"first")
+    for name in ("other", "master.lock"):  # closes in bulk: master.lock stays unpublished
+        write(mnt.p(name), b"second")
+    os.rename(mnt.p("master.lock"), mnt.p("master"))
+    os.unlink(mnt.p("master"))
+    write(mnt.p("moved.lock"), b"third")
+    os.rename(mnt.p("moved.lock"), mnt.p("other"))  # over a published-or-not file
+    os.rename(mnt.p("other"), mnt.p("final"))
+    time.sleep(0.6)
+    assert not os.path.exists(mnt.p("master"))
+    assert not os.path.exists(mnt.p("other"))
+    assert sorted(k for k in keys(mnt) if k in ("master", "other", "final")) == ["final"]
+    assert read(mnt.p("final")) == b"third"
