@@ -111,8 +111,10 @@ def drop_name(meta: "Meta", txn: Any, bucket: str, key: str, m: dict) -> dict | 
     if not names:
         meta.delete(txn, TABLE, _key(ino))
         return rec["m"]
-    for name in names:
-        meta.record_change(txn, bucket, name)  # their st_nlink changed
+    # (no change record for the other names: their content is the same, only
+    # st_nlink dropped, which other mounts see when their attributes expire -- a
+    # change record would make every mount invalidate those paths and their
+    # directories, and git links and unlinks every object it writes)
     if len(names) == 1:  # one name left: a plain object again
         meta.delete(txn, TABLE, _key(ino))
         meta.objects.put(txn, bucket, names[0], rec["m"])

@@ -57,18 +57,21 @@ ReadFn = Callable[[int, int], Awaitable[bytes | memoryview]]
 
 async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: int, size: int,
                  writes: Sequence[tuple[int, int]], read: ReadFn,
+                 stored: Sequence[tuple[int, ChunkRef]] = (),
                  custom_metadata: dict[str, str] | None, http_metadata: dict[str, str] | None,
                  only_if: Conditional | None, keep_links: bool = True,
-                 touch: Sequence[DirTouch] = ()) -> ObjectInfo:
+                 touch: Sequence[DirTouch] = (), ino: int | None = None) -> ObjectInfo:
     """Commit `base` changed in place: bytes of `base` at or past `limit` are gone
     (zeros), the size is `size`, and each (offset, length) of `writes` holds the
-    bytes `read(offset, length)` returns. Stores only the written bytes."""
+    bytes `read(offset, length)` returns. Stores only the written bytes.
+    `stored`: (offset, chunk) already stored and recorded (a writer's whole chunks
+    encoded in the background), laid in as they are; disjoint from `writes`."""
     c = bucket.cluster
     cs = c.config.chunk_size
     what = bucket._what(key)
     X.check_size(size, what)
     writes = [(o, min(n, size - o)) for o, n in writes if o < size and n > 0]
-    if size <= c.config.inline_threshold and size < cs:  # small: one inline object
+    if size <= c.config.inline_threshold and size < cs and not stored:  # small: inline
         data = bytearray(size)
         if base is not None and limit > 0:
             old = await bucket.read_range(base, 0, min(limit, size))
@@ -77,21 +80,23 @@ async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: 
             data[o:o + n] = await read(o, n)
         return await bucket.put(key, bytes(data), custom_metadata=custom_metadata,
                                 http_metadata=http_metadata, only_if=only_if,
-                                keep_links=keep_links, touch=touch)
+                                keep_links=keep_links, touch=touch, ino=ino)
     base_refs = list(base.chunks) if base is not None and not base.inline else []
     if base is not None and base.inline and limit > 0:  # grows out of its manifest: its
         old = bytes(await bucket.read_range(base, 0, min(limit, base.size, size)))  # bytes
         read = _over(old, writes, read)  # are written again, with the new ones over them
-        writes = [(0, len(old)), *writes]
+        kept = subtract([(0, len(old))], sorted((o, r.size) for o, r in stored))
+        writes = _union([*kept, *writes])
     batch = ChunkBatch()
     try:
         slices = await _store(bucket, batch, writes, read, cs)
         while True:
             refs = X.resize(X.resize(base_refs, min(limit, X.total(base_refs))), size)
-            for off, piece in slices:
-                refs = X.overlay(refs, off, piece)
+            refs = X.overlay_many(refs, [*slices, *((o, [r]) for o, r in stored)])
             etag = X.layout_etag(refs) if X.is_layered(refs) else None
             manifest = _manifest_of(bucket, refs, etag, custom_metadata, http_metadata)
+            if ino:
+                manifest["i"] = ino
             try:
                 info = await bucket._commit(key, manifest, only_if, batch, keep_links, touch)
                 break
@@ -117,6 +122,34 @@ def _manifest_of(bucket: "Bucket", refs: list[ChunkRef], etag: str | None,
     from .store import _chunk_etag, _manifest
     return _manifest(size=X.total(refs), etag=etag or _chunk_etag(refs), chunks=refs,
                      http=http, custom=custom)
+
+
+def subtract(ranges: Sequence[tuple[int, int]],
+             cut: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, length) `ranges` without the bytes of `cut` (both sorted and disjoint)."""
+    out = []
+    for off, n in ranges:
+        pos, end = off, off + n
+        for c, cn in cut:
+            if c + cn <= pos or c >= end:
+                continue
+            if c > pos:
+                out.append((pos, c - pos))
+            pos = max(pos, c + cn)
+        if pos < end:
+            out.append((pos, end - pos))
+    return out
+
+
+def _union(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, length) ranges merged into disjoint ones, in order."""
+    out: list[list[int]] = []
+    for o, n in sorted(ranges):
+        if out and o <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], o + n - out[-1][0])
+        else:
+            out.append([o, n])
+    return [(o, n) for o, n in out]
 
 
 def _over(old: bytes, writes: Sequence[tuple[int, int]], read: ReadFn) -> ReadFn:
@@ -229,7 +262,14 @@ async def merge(bucket: "Bucket", key: str) -> bool:
             else:
                 bucket._replace_object(txn, key, new)
 
-        await c.writer.commit(batch, txn_fn)
+        if c.merger.expect is not None:
+            c.merger.expect(bucket.name, key)
+        try:
+            await c.writer.commit(batch, txn_fn)
+        except BaseException:
+            if c.merger.unexpect is not None:
+                c.merger.unexpect(bucket.name, key)
+            raise
         return True
     except (_Changed, ChunkMissing):
         await c.writer.discard(batch)
@@ -248,6 +288,10 @@ class Merger:
         self._wake: trio.Event | None = None
         self._token: Any = None
         self.merged = 0
+        #: called with (bucket, key) before a merge commits, and `unexpect` if it does
+        #: not: a mount counts the merge's change record as its own (it changes no content)
+        self.expect: Callable[[str, str], None] | None = None
+        self.unexpect: Callable[[str, str], None] | None = None
 
     def schedule(self, bucket: "Bucket", key: str, extents: int) -> None:
         now = trio.current_time()

@@ -23,6 +23,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from decimal import Decimal, InvalidOperation
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import (Any, AsyncIterable, AsyncIterator, BinaryIO, Callable, Iterable, Iterator,
@@ -92,6 +93,7 @@ class PutItem:
     only_if: Conditional | None = None
     keep_links: bool = False  # a write through the mount: all names of a link change
     touch: tuple["DirTouch", ...] = ()  # directory markers changed in the same commit
+    ino: int | None = None  # inode number for a new file (reserved by the mount)
 
 
 #: Plaintext bytes of one put in flight at once (hashed, sealed, encoded,
@@ -162,6 +164,14 @@ def _refs(m: dict | None) -> list[ChunkRef]:
     if not m:
         return []
     return [r for r in X.from_manifest(m.get("ch")) if not r.hole]
+
+
+def _later(a: str | None, b: str | None) -> bool:
+    """Whether the number a is larger than b (decimal strings; a missing b is smaller)."""
+    try:
+        return b is None or (a is not None and Decimal(a) > Decimal(b))
+    except (InvalidOperation, ValueError):
+        return True
 
 
 def _chunk_etag(chunks: list[ChunkRef]) -> str:
@@ -430,6 +440,9 @@ class Bucket:
                 self._replace_object(txn, t.key, marker)
                 continue
             cur = inodes.effective(meta, txn, raw) or raw
+            if t.newer is not None and not _later(t.entries.get(t.newer),
+                                                  (cur.get("c") or {}).get(t.newer)):
+                continue
             new = dict(cur)
             new.pop("nl", None)
             new["c"] = {**(cur.get("c") or {}), **t.entries}
@@ -596,7 +609,8 @@ class Bucket:
                   only_if: Conditional | None = None,
                   content_md5: bytes | None = None,
                   checksums: dict[str, str] | None = None,
-                  keep_links: bool = False, touch: Sequence[DirTouch] = ()) -> ObjectInfo:
+                  keep_links: bool = False, touch: Sequence[DirTouch] = (),
+                  ino: int | None = None) -> ObjectInfo:
         """Store a whole object; atomic: readers see the old or the new version.
 
         `value` may be bytes, an async iterable of bytes (a streamed HTTP body:
@@ -609,6 +623,8 @@ class Bucket:
         (the other names keep theirs), as S3 PUT replaces what a key names;
         `keep_links` (the mount's writes) changes the content all names share.
         `touch`: directory markers whose times change in the same commit.
+        `ino`: the inode number the new object gets (one the mount reserved for a
+        file it created; `Cluster.reserve_inodes`), else it keeps the old one.
         """
         self._check_key(key)
         what = self._what(key)
@@ -631,6 +647,8 @@ class Bucket:
             manifest = _manifest(size=got.size, etag=digest.hex(), chunks=got.chunks,
                                  http=http_metadata, custom=custom_metadata, checksums=checksums,
                                  inline=got.inline)
+            if ino:
+                manifest["i"] = ino
             return await self._commit(key, manifest, only_if, got.batch, keep_links, touch)
         except BaseException:
             await self.cluster.writer.discard(got.batch)
@@ -664,7 +682,7 @@ class Bucket:
             try:
                 results[i] = await self.put(it.key, it.data, http_metadata=it.http_metadata,
                                             custom_metadata=it.custom_metadata, only_if=it.only_if,
-                                            keep_links=it.keep_links, touch=it.touch)
+                                            keep_links=it.keep_links, touch=it.touch, ino=it.ino)
             except R2fsError as exc:
                 results[i] = exc
         if small:
@@ -676,6 +694,8 @@ class Bucket:
                     manifest = _manifest(size=len(data), etag=hashlib.md5(data).hexdigest(),
                                          chunks=(), http=it.http_metadata, custom=it.custom_metadata,
                                          inline=c._seal_inline_now(data))
+                    if it.ino:
+                        manifest["i"] = it.ino
                     staged.append((manifest, self._commit_fn(it.key, manifest, it.only_if,
                                                              keep_links=it.keep_links,
                                                              touch=it.touch)))
@@ -724,7 +744,8 @@ class Bucket:
                          http_metadata: dict[str, str] | None = None,
                          custom_metadata: dict[str, str] | None = None,
                          only_if: Conditional | None = None,
-                         keep_links: bool = False, touch: Sequence[DirTouch] = ()) -> ObjectInfo:
+                         keep_links: bool = False, touch: Sequence[DirTouch] = (),
+                         ino: int | None = None) -> ObjectInfo:
         """An object made of stored extents (whole chunks, slices of chunks, holes)."""
         self._check_key(key)
         chunks = X.normalise(chunks)
@@ -734,6 +755,8 @@ class Bucket:
             etag = X.layout_etag(chunks) if X.is_layered(chunks) else _chunk_etag(chunks)
         manifest = _manifest(size=size, etag=etag, chunks=chunks, http=http_metadata,
                              custom=custom_metadata)
+        if ino:
+            manifest["i"] = ino
         return await self._commit(key, manifest, only_if, keep_links=keep_links, touch=touch)
 
     async def update_metadata(self, key: str, *, http_metadata: dict[str, str] | None = None,
@@ -839,10 +862,11 @@ class Bucket:
 
     async def update(self, key: str, *, base: ObjectInfo | None, size: int,
                      writes: Sequence[tuple[int, int]], read: ReadFn, limit: int | None = None,
+                     stored: Sequence[tuple[int, ChunkRef]] = (),
                      custom_metadata: dict[str, str] | None = None,
                      http_metadata: dict[str, str] | None = None,
                      only_if: Conditional | None = None, keep_links: bool = True,
-                     touch: Sequence[DirTouch] = ()) -> ObjectInfo:
+                     touch: Sequence[DirTouch] = (), ino: int | None = None) -> ObjectInfo:
         """Commit the version `base` changed in place, storing only what was written.
 
         `writes`: (offset, length) ranges whose new bytes `read(offset, length)`
@@ -855,9 +879,9 @@ class Bucket:
         self._check_key(key)
         lim = (base.size if base is not None else 0) if limit is None else limit
         return await _update(self, key, base=base, limit=lim, size=size, writes=writes,
-                             read=read, custom_metadata=custom_metadata,
+                             read=read, stored=stored, custom_metadata=custom_metadata,
                              http_metadata=http_metadata, only_if=only_if, keep_links=keep_links,
-                             touch=touch)
+                             touch=touch, ino=ino)
 
     def _move(self, txn: Any, src_key: str, dst_key: str, src: dict) -> None:
         """The entry `src` at src_key now is at dst_key (replacing what was there)."""

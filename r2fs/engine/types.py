@@ -108,6 +108,9 @@ class DirTouch:
     key: str  # the marker's key, ending in "/"
     entries: dict[str, str]
     create: dict[str, str] | None = None
+    #: apply only if entries[newer] is a larger number than the marker's value of
+    #: that entry (a late publication must not undo a later explicit utimes)
+    newer: str | None = None
 
 
 @dataclass(frozen=True)

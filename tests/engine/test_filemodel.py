@@ -305,3 +305,16 @@ async def test_changes_touch_their_directories_in_the_same_commit(cluster, bucke
     assert (await bucket.head("e/")).custom_metadata["mtime"] == "6.0"
     await bucket.delete("nothing", touch=[DirTouch("e/", {"mtime": "7.0"})])  # nothing deleted
     assert (await bucket.head("e/")).custom_metadata["mtime"] == "6.0"
+
+
+async def test_update_with_stored_chunks_over_an_inline_base(cluster, bucket):
+    """A writer's whole chunks encoded in the background (`stored`) over a small inline
+    version: the old inline bytes under a stored chunk must not be laid in again."""
+    old = rand(8192, seed=20)
+    base = await bucket.put("f", old)
+    content = bytearray(rand(CHUNK + 5000, seed=21))
+    ref = await cluster.write_chunk(bytes(content[:CHUNK]), bucket="test-bucket")
+    info = await bucket.update("f", base=base, size=len(content), writes=[(CHUNK, 5000)],
+                               read=reader_of(content), stored=[(0, ref)], ino=base.ino)
+    assert info.size == len(content) and info.ino == base.ino
+    assert await body(bucket, "f") == bytes(content)
