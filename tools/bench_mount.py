@@ -177,12 +177,13 @@ class NullMounted:
         subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
         if self.proc is not None:
             try:
-                _, err = self.proc.communicate(timeout=10)
+                _, err = self.proc.communicate(timeout=60)
                 for line in err.splitlines():
                     if line.startswith("requests: "):
                         self.requests = int(line.split()[1])
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                progress("nullfs.py did not exit within 60 s of its unmount: no floor figure")
 
 
 def _writeback(options: str | None) -> bool:
