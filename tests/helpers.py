@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 
 
@@ -35,3 +37,29 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1 and lines[0].strip(), f"expected one stderr line, got: {err!r}"
     assert proc.returncode != 70, f"internal error instead of a clear message: {err}"
     return lines[0]
+
+
+def run_on_a_terminal(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[str, str, int]:
+    """Run cmd with stderr on a pseudo-terminal (where progress bars are drawn) and stdout piped.
+
+    Returns (what reached the terminal, stdout, exit status)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while select.select([master], [], [], timeout)[0]:
+            try:
+                piece = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not piece:
+                break
+            seen += piece
+        out = proc.stdout.read().decode()
+        return seen.decode(errors="replace"), out, proc.wait(timeout)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import random
-import select
 import shutil
 import signal
 import subprocess
@@ -20,7 +18,7 @@ import sys
 
 import pytest
 import trio
-from helpers import one_line_error, rand
+from helpers import one_line_error, rand, run_on_a_terminal
 
 from r2fs.engine import config, metasnap, nodeops, rebalance
 from r2fs.engine.chunkwalk import TEST_KILL_ENV, iter_records, live_on_nodes
@@ -455,32 +453,10 @@ async def test_long_running_processes_scrub_and_gc_in_the_background(filled):
 
 async def test_scrub_draws_a_progress_bar_with_eta_on_a_terminal(filled):
     path, _ = filled
-    master, slave = pty.openpty()
-    try:
-        e = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", TEST_KILL_ENV)}
-        proc = subprocess.Popen([sys.executable, "-m", "r2fs", "--cluster", path, "scrub",
-                                 "--rate", "20"], stdout=subprocess.PIPE, stderr=slave, env=e)
-        os.close(slave)
-        slave = -1
-        seen = b""
-        while True:
-            ready, _, _ = select.select([master], [], [], TIMEOUT)
-            if not ready:
-                break
-            try:
-                piece = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not piece:
-                break
-            seen += piece
-        out = proc.stdout.read().decode()
-        assert proc.wait(TIMEOUT) == 0
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    text = seen.decode(errors="replace")
+    e = {k: v for k, v in os.environ.items() if k not in ("R2FS_CLUSTER", TEST_KILL_ENV)}
+    text, out, status = run_on_a_terminal([sys.executable, "-m", "r2fs", "--cluster", path, "scrub",
+                                           "--rate", "20"], e, TIMEOUT)
+    assert status == 0
     assert "scrub [" in text and "ETA" in text and "100%" in text, text
     assert "scrub healthy" in out and "ETA" not in out  # the bar never reaches stdout
 

@@ -14,8 +14,6 @@ import hashlib
 import io
 import json
 import os
-import pty
-import select
 import stat
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import ok, one_line_error
+from helpers import ok, one_line_error, run_on_a_terminal
 
 from r2fs.cli.engine_cmds import BadArgument, parse_object_path, parse_size
 from r2fs.cli.progress import Progress, format_size
@@ -443,31 +441,9 @@ def test_wrong_master_key(tmp_path: Path) -> None:
 
 def test_progress_bar_only_on_a_terminal(cli_cluster: Path, big_file: Path) -> None:
     """On a tty stderr the bar is drawn; piped (every other test) it is absent."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "r2fs", "--cluster", str(cli_cluster),
-                                 "put", str(big_file), "data/tty"],
-                                stdout=subprocess.PIPE, stderr=slave, env=cli_env())
-        os.close(slave)
-        slave = -1
-        seen = b""
-        while True:
-            ready, _, _ = select.select([master], [], [], TIMEOUT)
-            if not ready:
-                break
-            try:
-                piece = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not piece:
-                break
-            seen += piece
-        assert proc.wait(TIMEOUT) == 0
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    text = seen.decode(errors="replace")
+    text, _, status = run_on_a_terminal([sys.executable, "-m", "r2fs", "--cluster", str(cli_cluster),
+                                         "put", str(big_file), "data/tty"], cli_env(), TIMEOUT)
+    assert status == 0
     assert "put data/tty" in text and "100%" in text and "10.0 MiB/10.0 MiB" in text
 
 
