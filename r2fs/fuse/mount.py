@@ -110,6 +110,10 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
                           ops.changed_elsewhere, ops.forget_all_paths)
     state = StateLock()  # request thread <-> trio thread (docs/architecture.md)
     trio.lowlevel.add_instrument(state.instrument())
+    # The instrument now ends this very task step with a release, yet no before_task_step
+    # took the lock for it: take it here, or that release fails and trio disables the
+    # instrument, leaving the request thread and trio unsynchronised for the whole mount.
+    state.acquire()
     try:
         mounted = mounting.mount(mountpoint, kernel_options(opts))
     except OSError as exc:

@@ -12,12 +12,15 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 
 from fusehelp import BUCKET, Mount, make_cluster
+
+from r2fs.cli.fuse_cmds import log_file
 
 NOBODY = 65534
 
@@ -108,6 +111,38 @@ def test_negative_entries_give_way_to_other_writers(mnt):
         assert f.read() == b"below"
     assert sorted(os.listdir(mnt.p("d"))) == ["absent"]
 
+
+
+def test_a_working_directory_survives_changes_from_elsewhere_below_it(mnt):
+    """A foreign change under a directory must not unhash the directories on its way:
+    a process working there (git, a shell) would get ENOENT from getcwd."""
+    os.makedirs(mnt.p("d", "e"))
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); print(os.getcwd())"],
+                             cwd=mnt.p("d", "e"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        mnt.api(lambda b: b.put("d/e/new", b"from elsewhere"))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not os.path.exists(mnt.p("d", "e", "new")):
+            time.sleep(0.1)
+        assert os.path.exists(mnt.p("d", "e", "new"))
+        time.sleep(1.5)  # the change poller has certainly run
+        out, err = child.communicate("go\n", timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert out.strip() == mnt.p("d", "e")
+
+
+def test_the_request_thread_and_trio_stay_synchronised(mnt):
+    """The state lock's trio instrument stays installed: its first release is balanced."""
+    with open(mnt.p("f"), "wb") as f:
+        f.write(b"x")
+    with open(log_file(mnt.path)) as f:
+        log = f.read()
+    assert "Instrument has been disabled" not in log and "release unlocked lock" not in log, log
 
 FUSERMOUNT_CHILD = r"""
 import os, sys
