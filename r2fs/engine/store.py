@@ -1242,6 +1242,13 @@ class Cluster(Core):
 
     # --- buckets -----------------------------------------------------------------------
 
+    async def reserve_inodes(self, n: int) -> list[int]:
+        """Reserve `n` inode numbers (one commit). A mount numbers the files it creates
+        from them before they exist in the bucket. Not necessarily contiguous: on
+        PostgreSQL each comes from the shared sequence (meta.next_id)."""
+        return await self.transact(
+            lambda txn: [inodes.allocate(self.meta, txn) for _ in range(n)])
+
     def bucket(self, name: str, *, max_key: int = MAX_KEY_BYTES) -> Bucket:
         """A handle on bucket `name`; `max_key` is the longest key it may write
         (a mount passes names.MAX_MOUNT_KEY_BYTES for PATH_MAX paths)."""

@@ -19,8 +19,12 @@ import time
 from dataclasses import dataclass, replace
 
 MODE, UID, GID, MTIME, CTIME, ATIME = "mode", "uid", "gid", "mtime", "ctime", "atime"
+RDEV = "rdev"  # device number of a character/block device (s3fs's name)
 XATTRS = "r2fs-xattrs"
-OWNED_KEYS = (MODE, UID, GID, MTIME, CTIME, ATIME, XATTRS)
+OWNED_KEYS = (MODE, UID, GID, MTIME, CTIME, ATIME, RDEV, XATTRS)
+#: File types stored as objects whose `mode` says what they are (as s3fs does);
+#: the kernel runs FIFOs, sockets and devices itself.
+SPECIAL_KINDS = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 
 DEFAULT_FILE_PERM = 0o644
 DEFAULT_DIR_PERM = 0o755
@@ -107,17 +111,20 @@ def from_metadata(meta: dict[str, str], kind: int, owner: Owner, fallback_ns: in
 
 
 def kind_of(key: str, meta: dict[str, str]) -> int:
-    """File type of an object: markers are directories, S_IFLNK mode is a symlink.
-
-    Any other type in `mode` on a plain key (s3fs's old directory objects,
-    devices) is shown as a regular file: the object's bytes are all we have.
-    """
+    """File type of an object: markers are directories; S_IFLNK, FIFO, socket and
+    device modes are what they say. A directory type in `mode` on a plain key
+    (s3fs's old directory objects) is shown as a regular file."""
     if key.endswith("/"):
         return stat.S_IFDIR
     mode = _parse_int(meta.get(MODE))
-    if mode is not None and stat.S_ISLNK(mode):
-        return stat.S_IFLNK
+    if mode is not None and (stat.S_ISLNK(mode) or stat.S_IFMT(mode) in SPECIAL_KINDS):
+        return stat.S_IFMT(mode)
     return stat.S_IFREG
+
+
+def rdev_of(meta: dict[str, str]) -> int:
+    value = _parse_int(meta.get(RDEV))
+    return value if value is not None and value >= 0 else 0
 
 
 def to_metadata(attrs: PosixAttrs, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -9,7 +9,7 @@ import trio
 
 from ..engine.store import Bucket, Cluster
 from .attrs import Owner
-from .inodes import InodeTable
+from .inodes import InodeTable, InoPool
 
 
 @dataclass
@@ -38,6 +38,7 @@ class MountContext:
     mounted_ns: int
     layout: tuple[int, int, list[str]]  # k, m, node directories (for statfs)
     inline_threshold: int = 128 * 1024  # files up to this size may be published deferred
+    inos: InoPool | None = None  # numbers for files the mount creates
     table: InodeTable = field(default_factory=InodeTable)
     nursery: trio.Nursery | None = None  # background work (encoding completed slots)
     trio_token: trio.lowlevel.TrioToken | None = None  # hands work to trio from the request thread

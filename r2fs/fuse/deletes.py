@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from ..engine.types import DirTouch
 from .context import MountContext
 from .gather import GroupCommit
 from .dirs import keep_parent
@@ -36,6 +37,7 @@ class DeferredDeletes(GroupCommit):
         self._ctx = ctx
         self._journal = journal
         self._pending: dict[str, int] = {}  # path -> journal id
+        self._touches: dict[str, DirTouch] = {}  # marker key -> its parent-times change
 
     def hidden(self, path: str) -> bool:
         """Unlinked here, not yet deleted from the bucket."""
@@ -44,8 +46,11 @@ class DeferredDeletes(GroupCommit):
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, path: str, etag: str) -> None:
-        """Unlink `path` (the version with `etag`) in the next group commit. Either thread."""
+    def add(self, path: str, etag: str, touch: tuple[DirTouch, ...] = ()) -> None:
+        """Unlink `path` (the version with `etag`) in the next group commit. Either thread.
+        `touch`: its parent's new times, committed with the delete."""
+        for t in touch:
+            self._touches[t.key] = t  # (the latest change of each directory)
         if path in self._pending:
             return
         self._pending[path] = self._journal.delete(self._ctx.bucket_name, path, etag)
@@ -55,7 +60,8 @@ class DeferredDeletes(GroupCommit):
         while self._pending:
             batch = list(self._pending.items())[:BATCH_MAX]
             try:
-                await self._ctx.bucket.delete([p for p, _ in batch])
+                touch, self._touches = tuple(self._touches.values()), {}
+                await self._ctx.bucket.delete([p for p, _ in batch], touch=touch)
             except Exception:  # noqa: BLE001 - logged; the files stay (shown again)
                 log.exception("could not delete %d unlinked files", len(batch))
                 for p, jid in batch:

@@ -26,17 +26,21 @@ class DeferredDirAttrs(GroupCommit):
     def __init__(self, ctx: MountContext) -> None:
         super().__init__()
         self._ctx = ctx
-        self._pending: dict[str, tuple[A.PosixAttrs, dict[str, str]]] = {}
+        self._pending: dict[str, tuple[A.PosixAttrs, dict[str, str], int | None]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def get(self, path: str) -> tuple[A.PosixAttrs, dict[str, str]] | None:
         """The directory's attributes and metadata not yet committed, if any."""
-        return self._pending.get(path)
+        pending = self._pending.get(path)
+        return pending[:2] if pending is not None else None
 
-    def set(self, path: str, attrs: A.PosixAttrs, meta: dict[str, str]) -> None:
-        self._pending[path] = (attrs, meta)
+    def set(self, path: str, attrs: A.PosixAttrs, meta: dict[str, str],
+            ino: int | None = None) -> None:
+        """`ino`: the directory's inode number (a marker made for an implicit
+        directory keeps the number it was shown with)."""
+        self._pending[path] = (attrs, meta, ino)
         self._kick()
 
     def drop_tree(self, path: str) -> None:
@@ -46,8 +50,8 @@ class DeferredDirAttrs(GroupCommit):
 
     async def _commit_pending(self) -> None:
         batch, self._pending = self._pending, {}
-        items = [PutItem(dir_prefix(p), b"", custom_metadata=A.to_metadata(a, m))
-                 for p, (a, m) in batch.items()]
+        items = [PutItem(dir_prefix(p), b"", custom_metadata=A.to_metadata(a, m), ino=ino)
+                 for p, (a, m, ino) in batch.items()]
         try:
             results = await self._ctx.bucket.put_many(items)
         except Exception:  # noqa: BLE001 - logged; the mount goes on

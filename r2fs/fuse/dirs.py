@@ -15,10 +15,11 @@ import stat
 from dataclasses import dataclass
 
 from ..engine.errors import NoSuchKey
-from ..engine.types import Conditional, ObjectInfo
+from ..engine.types import Conditional, DirTouch, ObjectInfo
 from . import attrs as A
 from .context import MountContext
 from .errmap import fail
+from .inodes import ROOT, implicit_ino
 from .names import dir_prefix, split, visible_name
 
 
@@ -34,6 +35,23 @@ class Node:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.attrs.mode)
+
+    @property
+    def ino(self) -> int:
+        """The persistent inode number (an implicit directory's comes from its path)."""
+        if self.path == "":
+            return ROOT
+        if self.info is not None and self.info.ino:
+            return self.info.ino
+        return implicit_ino(self.path)
+
+    @property
+    def nlink(self) -> int:
+        return self.info.nlink if self.info is not None and not self.is_dir else 1
+
+    @property
+    def rdev(self) -> int:
+        return A.rdev_of(self.info.custom_metadata) if self.info is not None else 0
 
 
 def file_node(ctx: MountContext, path: str, info: ObjectInfo) -> Node:
@@ -67,6 +85,19 @@ async def resolve(ctx: MountContext, path: str) -> Node:
     return dir_node(ctx, path, first if first.key == prefix else None)
 
 
+def parent_touch(path: str, ns: int, *, late: bool = False) -> tuple[DirTouch, ...]:
+    """The engine change that sets the parent directory's mtime and ctime to `ns` in
+    the same commit as a change of `path` (a parent without a marker, or the
+    root, keeps its times in the mount only). `late`: a deferred publication, which
+    must not undo times set explicitly after the change (rsync sets them last)."""
+    parent = split(path)[0]
+    if parent == "":
+        return ()
+    t = A.format_time(ns)
+    return (DirTouch(dir_prefix(parent), {A.MTIME: t, A.CTIME: t},
+                     newer=A.CTIME if late else None),)
+
+
 async def has_entries(ctx: MountContext, path: str) -> bool:
     """Whether directory `path` holds any key besides its own marker."""
     prefix = dir_prefix(path)
@@ -81,16 +112,18 @@ async def keep_parent(ctx: MountContext, path: str) -> None:
         return
     prefix = dir_prefix(parent)
     listing = await ctx.bucket.list(prefix=prefix, limit=1)
-    if not listing.objects:
+    if not listing.objects:  # (the marker keeps the number the implicit directory had)
         await make_marker(ctx, parent, A.new_attrs(stat.S_IFDIR, A.DEFAULT_DIR_PERM,
-                                                   ctx.owner.uid, ctx.owner.gid))
+                                                   ctx.owner.uid, ctx.owner.gid),
+                          ino=implicit_ino(parent))
 
 
 async def make_marker(ctx: MountContext, path: str, attrs: A.PosixAttrs, *,
-                      base: dict[str, str] | None = None, create_only: bool = False) -> ObjectInfo:
+                      base: dict[str, str] | None = None, create_only: bool = False,
+                      ino: int | None = None, touch: tuple = ()) -> ObjectInfo:
     only_if = Conditional(etag_does_not_match="*") if create_only else None
     return await ctx.bucket.put(dir_prefix(path), b"", custom_metadata=A.to_metadata(attrs, base),
-                                only_if=only_if)
+                                only_if=only_if, ino=ino, touch=touch)
 
 
 async def entries(ctx: MountContext, path: str) -> list[Node]:

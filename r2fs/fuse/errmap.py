@@ -25,6 +25,7 @@ _ERRNO: dict[type[BaseException], int] = {
     E.NoSuchKey: errno.ENOENT,
     E.NoSuchBucket: errno.ENOENT,
     E.KeyExists: errno.EEXIST,
+    E.NotLinkable: errno.EPERM,
     E.PreconditionFailed: errno.EEXIST,  # only used for create-only puts
     E.KeyTooLong: errno.ENAMETOOLONG,
     E.InvalidKey: errno.EINVAL,

@@ -37,6 +37,7 @@ from .context import MountContext
 from .deletes import DeferredDeletes
 from .journal import Journal, condition
 from .names import is_under
+from .dirs import parent_touch
 from .writebuf import FileBuffer
 
 log = logging.getLogger("r2fs.fuse")
@@ -360,7 +361,8 @@ class OpenFiles:
             async with limit:
                 items = [PutItem(path, await of.buf.read(0, of.buf.size), http_metadata=of.http,
                                  custom_metadata=A.to_metadata(of.attrs, of.meta),
-                                 only_if=condition(of.cond))
+                                 only_if=condition(of.cond), keep_links=True, ino=of.ino,
+                                 touch=self._created(of, path))
                          for of, path in batch]
                 results = await ctx.bucket.put_many(items)
             for (of, path), result in zip(batch, results):
@@ -457,7 +459,8 @@ class OpenFiles:
             only_if = condition(of.cond) if conditional else None
             try:
                 info = await of.buf.commit(path, custom_metadata=meta, http_metadata=of.http,
-                                           only_if=only_if)
+                                           only_if=only_if, ino=of.ino,
+                                           touch=self._created(of, path))
             except PreconditionFailed:
                 self._lost(of, path)
                 return None
@@ -470,6 +473,12 @@ class OpenFiles:
             of.buf.base = info
         self._published(of, info)
         return info
+
+    @staticmethod
+    def _created(of: OpenFile, path: str) -> tuple:
+        """A file created through the mount appears in its directory with this commit:
+        the directory's times change with it (to the creation time)."""
+        return parent_touch(path, of.attrs.ctime_ns, late=True) if of.pending else ()
 
     def _published(self, of: OpenFile, info: ObjectInfo) -> None:
         """`of`'s changes are the bucket's version `info` now."""

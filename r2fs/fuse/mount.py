@@ -33,6 +33,8 @@ from .deletes import DeferredDeletes
 from .dirattrs import DeferredDirAttrs
 from .journal import Journal, journal_dir, replay
 from .ops import R2Operations
+from .inodes import InoPool
+from .names import KEY_MAX
 from .tracked import OwnChanges, TrackedBucket
 
 log = logging.getLogger("r2fs.fuse")
@@ -96,12 +98,16 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     # the layout from cluster.toml (status() would walk every shard file)
     cfg = cluster.config
     own = OwnChanges()
-    bucket = TrackedBucket(cluster.bucket(bucket_name), own)
+    bucket = TrackedBucket(cluster.bucket(bucket_name, max_key=KEY_MAX), own)
+    # background merges of slices change layouts, not content: not a foreign change
+    cluster.merger.expect = lambda b, k: own.expect(k) if b == bucket_name else None
+    cluster.merger.unexpect = lambda b, k: own.unexpect(k) if b == bucket_name else None
     ctx = MountContext(cluster=cluster, bucket=bucket, bucket_name=bucket_name,  # type: ignore[arg-type]
                        owner=Owner(os.getuid(), os.getgid()), chunk_size=cfg.chunk_size,
                        staging_dir=staging_dir, inline_threshold=cfg.inline_threshold,
                        options=opts, mounted_ns=time.time_ns(),
-                       layout=(cfg.k, cfg.m, [n.path for n in cfg.nodes]))
+                       layout=(cfg.k, cfg.m, [n.path for n in cfg.nodes]),
+                       inos=InoPool(cluster.reserve_inodes))
     ops = R2Operations(ctx)
     ops.files.journal = Journal(cluster, jdir)
     ops.deletes = ops.files.deletes = DeferredDeletes(ctx, ops.files.journal)

@@ -20,7 +20,7 @@ import errno
 from .errmap import fail
 
 NAME_MAX = 255  # bytes per component (POSIX NAME_MAX on Linux)
-KEY_MAX = 1024  # bytes per key (S3 / R2 limit)
+KEY_MAX = 4096  # bytes per key: PATH_MAX (S3 clients cannot name keys past 1,024; docs)
 
 
 def component(name: bytes) -> str:
@@ -41,7 +41,7 @@ def component(name: bytes) -> str:
 
 
 def join(parent: str, name: str) -> str:
-    """Path of `name` inside directory `parent`, with the 1024-byte key check."""
+    """Path of `name` inside directory `parent`, with the PATH_MAX (4,096-byte) key check."""
     path = f"{parent}/{name}" if parent else name
     if len(path.encode("utf-8")) + 1 > KEY_MAX:  # +1: room for the marker's "/"
         raise fail(errno.ENAMETOOLONG)

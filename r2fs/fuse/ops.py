@@ -20,12 +20,14 @@ from .kernel import api as fuse
 from .kernel.session import Session, WouldBlock
 import trio
 
-from ..engine.types import Conditional, ObjectInfo
+from ..engine.extents import check_size
+from ..engine.types import Conditional, DirTouch, ObjectInfo
 from . import attrs as A
 from .context import MountContext
 from .deletes import DeferredDeletes
 from .dirattrs import DeferredDirAttrs
-from .dirs import Node, dir_node, entries, file_node, has_entries, keep_parent, make_marker, resolve
+from .dirs import (Node, dir_node, entries, file_node, has_entries, keep_parent, make_marker,
+                   parent_touch, resolve)
 from .errmap import fail, guard_operations
 from .handles import OpenFile, OpenFiles
 from .inodes import ROOT
@@ -45,6 +47,7 @@ class DirHandle:
     ino: int
     path: str
     entries: list[tuple[str, int, A.PosixAttrs, int]] | None = None  # name, ino, attrs, size
+    links: dict[int, tuple[int, int]] | None = None  # ino -> (st_nlink, st_rdev)
 
 
 @guard_operations
@@ -74,6 +77,7 @@ class R2Operations:
         self._listed: dict[str, set[str]] = {}
         self.deletes: DeferredDeletes | None = None  # set by the mount (unlinks in group commits)
         self.dir_attrs: DeferredDirAttrs | None = None  # set by the mount (directory attributes too)
+        self._dir_times: dict[str, int] = {}  # directory -> when this mount changed its entries
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
@@ -84,7 +88,8 @@ class R2Operations:
 
     # --- attributes ------------------------------------------------------------------
 
-    def _entry(self, ino: int, attrs: A.PosixAttrs, size: int, nlink: int = 1) -> fuse.EntryAttributes:
+    def _entry(self, ino: int, attrs: A.PosixAttrs, size: int, nlink: int = 1,
+               rdev: int = 0) -> fuse.EntryAttributes:
         e = fuse.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
@@ -94,7 +99,7 @@ class R2Operations:
         e.st_nlink = nlink
         e.st_uid = attrs.uid
         e.st_gid = attrs.gid
-        e.st_rdev = 0
+        e.st_rdev = rdev
         e.st_size = size
         e.st_blksize = BLKSIZE
         e.st_blocks = (size + 511) // 512
@@ -104,14 +109,47 @@ class R2Operations:
         return e
 
     def _open_entry(self, of: OpenFile) -> fuse.EntryAttributes:
-        nlink = 1 if self.table.path_or_none(of.ino) is not None else 0
-        return self._entry(of.ino, of.attrs, of.buf.size, nlink)
+        names = len(self.table.paths(of.ino))
+        base = of.buf.base.nlink if of.buf.base is not None else 1
+        nlink = max(names, base, 1) if names else 0
+        return self._entry(of.ino, of.attrs, of.buf.size, nlink,
+                           A.rdev_of(of.meta) if A.kind_of("", {A.MODE: str(of.attrs.mode)})
+                           in A.SPECIAL_KINDS else 0)
+
+    def _node_attrs(self, node: Node) -> A.PosixAttrs:
+        """A node's attributes, with a directory's times as this mount last changed them
+        (a directory without a marker keeps them only here)."""
+        t = self._dir_times.get(node.path) if node.is_dir else None
+        if t is None or (t <= node.attrs.mtime_ns and t <= node.attrs.ctime_ns):
+            return node.attrs
+        return replace(node.attrs, mtime_ns=max(t, node.attrs.mtime_ns),
+                       ctime_ns=max(t, node.attrs.ctime_ns))
+
+    def _node_entry_now(self, ino: int, node: Node) -> fuse.EntryAttributes:
+        return self._entry(ino, self._node_attrs(node), node.size, node.nlink, node.rdev)
 
     def _node_entry(self, ino: int, node: Node) -> fuse.EntryAttributes:
         of = self.files.get(ino)
         if of is not None and not node.is_dir:
             return self._open_entry(of)
-        return self._entry(ino, node.attrs, node.size)
+        return self._node_entry_now(ino, node)
+
+    def _dir_changed(self, *paths: str, now: int | None = None,
+                     late: bool = False) -> tuple[DirTouch, ...]:
+        """Entries of the parents of `paths` changed now: their mtime and ctime move, in
+        the same commit as the change (the DirTouch returned) and here at once.
+        `late`: the change is committed later (a group commit; dirs.parent_touch)."""
+        now = now or A.now_ns()
+        touches: list[DirTouch] = []
+        for parent in {split(p)[0] for p in paths}:
+            if len(self._dir_times) >= NODE_CACHE_MAX:
+                self._dir_times.clear()
+            self._dir_times[parent] = now
+            self.forget_paths(parent)
+            if parent == "":
+                self._root = replace(self._root, mtime_ns=now, ctime_ns=now)
+            touches.extend(parent_touch(parent + "/x", now, late=late))
+        return tuple(touches)
 
     async def _resolve(self, path: str) -> Node:
         try:
@@ -212,7 +250,7 @@ class R2Operations:
         return self._looked_up(path, node)
 
     def _looked_up(self, path: str, node: Node) -> fuse.EntryAttributes:
-        entry = self._node_entry(self.table.ino(path), node)
+        entry = self._node_entry(self.table.bind(path, node.ino), node)
         self.table.looked_up(entry.st_ino)
         return entry
 
@@ -364,12 +402,14 @@ class R2Operations:
         except WouldBlock:
             pass
         node = await self._resolve(self.table.path(inode))
-        return self._entry(inode, node.attrs, node.size)
+        return self._node_entry_now(inode, node)
 
     async def setattr(self, inode: int, attr: fuse.EntryAttributes, fields: fuse.SetattrFields,
                       fh: int | None, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         change = self._attr_change(attr, fields)
         size = attr.st_size if fields.update_size else None
+        if size is not None:
+            check_size(size, self.ctx.context(self.table.path_or_none(inode) or ""))  # EFBIG
         await self._change(inode, change, truncate=size)
         return await self.getattr(inode)
 
@@ -403,6 +443,7 @@ class R2Operations:
         if inode == ROOT:
             if truncate is not None:
                 raise fail(errno.EISDIR)
+            self._dir_times.pop("", None)
             self._root, self._root_meta = change(self._root, self._root_meta)
             return
         of = self.files.get(inode)
@@ -416,13 +457,15 @@ class R2Operations:
                     raise fail(errno.EISDIR)
                 meta = pending[1] if pending is not None else (
                     dict(node.info.custom_metadata) if node.info else {})
-                new_attrs, new_meta = change(node.attrs, meta)
+                new_attrs, new_meta = change(node.attrs if pending is not None
+                                             else self._node_attrs(node), meta)
+                self._dir_times.pop(path, None)  # explicit times win over entry changes
                 if self.dir_attrs is None:
                     self.forget_paths(path)
-                    await make_marker(self.ctx, path, new_attrs, base=new_meta)
+                    await make_marker(self.ctx, path, new_attrs, base=new_meta, ino=inode)
                     self.forget_paths(path)
                     return
-                self.dir_attrs.set(path, new_attrs, new_meta)  # committed with others soon
+                self.dir_attrs.set(path, new_attrs, new_meta, ino=inode)  # committed with others soon
                 cached = self._nodes.get(path)
                 self._remember(path, Node(path, new_attrs, 0, cached.info if cached else node.info))
                 return
@@ -457,27 +500,37 @@ class R2Operations:
         return await self.ctx.bucket.read_range(node.info, 0, node.size)
 
     async def _create_object(self, parent: int, name: bytes, kind: int, perm: int,
-                             ctx: fuse.RequestContext, content: bytes = b"") -> fuse.EntryAttributes:
+                             ctx: fuse.RequestContext, content: bytes = b"",
+                             rdev: int = 0) -> fuse.EntryAttributes:
         """A new object committed at once (symlinks, mknod): create-only, so never a clobber."""
         path = self._child(parent, name)
         await self._settle_deletes(path)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
         attrs = A.new_attrs(kind, perm, ctx.uid, ctx.gid)
-        info = await self.ctx.bucket.put(path, content, custom_metadata=A.to_metadata(attrs),
-                                         only_if=Conditional(etag_does_not_match="*"))
+        meta = A.to_metadata(attrs)
+        if rdev:
+            meta[A.RDEV] = str(rdev)
+        info = await self.ctx.bucket.put(path, content, custom_metadata=meta,
+                                         only_if=Conditional(etag_does_not_match="*"),
+                                         touch=self._dir_changed(path, now=attrs.ctime_ns))
         self.forget_paths(path)
         self._listing_add(path)
-        ino = self.table.ino(path)
+        ino = self.table.bind(path, info.ino)
         node = file_node(self.ctx, path, info)
         self.table.looked_up(ino)
-        return self._entry(ino, node.attrs, node.size)
+        return self._node_entry_now(ino, node)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: fuse.RequestContext) -> fuse.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise fail(errno.EPERM)  # only regular files can be objects
-        return await self._create_object(parent_inode, name, stat.S_IFREG, mode, ctx)
+        """Regular files, FIFOs, sockets, character and block devices: objects whose
+        mode (and rdev) say what they are, as s3fs stores them; the kernel runs
+        pipes, sockets and devices itself."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, *A.SPECIAL_KINDS):
+            raise fail(errno.EINVAL)
+        keep = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        return await self._create_object(parent_inode, name, kind, mode, ctx, rdev=keep)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: fuse.RequestContext) -> fuse.EntryAttributes:
@@ -491,11 +544,12 @@ class R2Operations:
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
         attrs = A.new_attrs(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
-        marker = await make_marker(self.ctx, path, attrs, create_only=True)
+        marker = await make_marker(self.ctx, path, attrs, create_only=True,
+                                   touch=self._dir_changed(path, now=attrs.ctime_ns))
         self.forget_paths(path)
         self._listing_add(path)
         self._listed[path] = set()
-        ino = self.table.ino(path)
+        ino = self.table.bind(path, marker.ino)
         self.table.looked_up(ino)
         return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
 
@@ -510,12 +564,20 @@ class R2Operations:
         """A file nobody has open leaves the mount now; its delete joins the next group commit."""
         if node.is_dir:
             raise fail(errno.EISDIR)
-        if self.deletes is None or node.info is None:
+        if not self._deferrable(node):
             raise WouldBlock
+        assert self.deletes is not None and node.info is not None
         self.forget_paths(path)
         self.table.detach(path)
         self._listing_discard(path)
-        self.deletes.add(path, node.info.etag)
+        # the parent's times move now (here) and in the group commit (late: an
+        # explicit utimes of the directory meanwhile wins)
+        self.deletes.add(path, node.info.etag, self._dir_changed(path, late=True))
+
+    def _deferrable(self, node: Node) -> bool:
+        """Whether an unlink of closed `node` can join a group commit: not a name of a
+        hard-linked file (the other names' st_nlink must change with it)."""
+        return self.deletes is not None and node.info is not None and node.nlink <= 1
 
     async def _drop_replaced(self, of: OpenFile, path: str) -> None:
         """An unpublished file leaves `path`: if it was to replace an object there, that goes too.
@@ -544,20 +606,21 @@ class R2Operations:
             node = await self._resolve(path)
             if node.is_dir:
                 raise fail(errno.EISDIR)
-            if self.deletes is not None and node.info is not None:
+            if self._deferrable(node):
                 self._unlink_closed(path, node)
                 return
         async with _locked(of):  # no commit of an open file may land after the delete
-            if of is not None and of.users > 0:
+            others = [p for p in self.table.paths(known) if p != path] if known else []
+            if of is not None and of.users > 0 and not others:
                 await of.buf.materialize()  # the open handles keep the content, locally
-            self.forget_paths(path)
+            self.forget_paths(path, *others)  # (the other names' st_nlink changed)
             if of is not None and of.pending:
                 await self._drop_replaced(of, path)
-            elif not await self.ctx.bucket.delete(path):
+            elif not await self.ctx.bucket.delete(path, touch=self._dir_changed(path)):
                 raise fail(errno.ENOENT)
             self.table.detach(path)
             self._listing_discard(path)
-            self.files.orphaned(of)
+            self._name_gone(of, known)
         if of is None or not of.pending:  # (an unpublished file's parent is as it was)
             await self._keep_parent(path)
 
@@ -573,7 +636,7 @@ class R2Operations:
         self.forget_paths(path)
         if self.dir_attrs is not None:
             self.dir_attrs.drop_tree(path)
-        await self.ctx.bucket.delete(dir_prefix(path))
+        await self.ctx.bucket.delete(dir_prefix(path), touch=self._dir_changed(path))
         self.table.detach(path)
         self._listing_discard(path)
         self._listing_drop_tree(path)
@@ -632,6 +695,9 @@ class R2Operations:
         dst = await self._exists(new)
         if dst is not None and flags & fuse.RENAME_NOREPLACE:
             raise fail(errno.EEXIST)
+        if dst is not None and not src.is_dir and dst.ino == src.ino:
+            return  # two names of one file: POSIX says rename does nothing
+        touch = self._dir_changed(old, new)
         if src.is_dir:
             await self.files.settle(old)  # its closed, unpublished files must move too
             await self.files.settle(new)  # and count as entries of the target
@@ -647,7 +713,7 @@ class R2Operations:
             self.forget_all_paths()
             try:
                 await self.ctx.bucket.rename_prefix(dir_prefix(old), dir_prefix(new),
-                                                    replace_keys=replace_keys)
+                                                    replace_keys=replace_keys, touch=touch)
             finally:
                 self.forget_all_paths()
         else:
@@ -655,15 +721,17 @@ class R2Operations:
                 raise fail(errno.EISDIR)
             victim = self.table.known(new)
             vof = self.files.get(victim) if victim is not None else None
+            self.forget_paths(*(self.table.paths(victim) if victim is not None else ()))
             async with _locked(sof, vof):  # commits of either file wait for the new names
                 if vof is not None and vof.users > 0:
                     await vof.buf.materialize()
                 self.forget_paths(old, new)
-                await self.ctx.bucket.rename(old, new, replace=True)
+                await self.ctx.bucket.rename(old, new, replace=True, touch=touch)
                 self.forget_paths(old, new)
                 self.table.detach(new)
-                self.files.orphaned(vof)
+                self._name_gone(vof, victim)
                 self.table.move(old, new, tree=False)
+            await self._touch_ctime(new)
             await self._keep_parent(old)
             return
         self.table.detach(new)
@@ -705,7 +773,7 @@ class R2Operations:
                 await vof.buf.materialize()
             self.forget_paths(old, new)
             self.table.detach(new)
-            self.files.orphaned(vof)
+            self._name_gone(vof, victim)
             await self._drop_replaced(sof, old)
             self.table.move(old, new, tree=False)
             self.files.moved(sof, new, dst_info.etag if dst_info is not None else "")
@@ -713,7 +781,60 @@ class R2Operations:
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
-        raise fail(errno.EPERM)  # objects have one name; documented
+        """A hard link: the engine moves the file into an inode record both names share."""
+        src = self.table.path(inode)
+        new = self._child(new_parent_inode, new_name)
+        of = self.files.get(inode)
+        if of is not None:
+            async with of.lock:
+                await self.files.commit(of)  # its content and attributes, in the bucket
+        node = await resolve(self.ctx, src)
+        if node.is_dir:
+            raise fail(errno.EPERM)
+        if await self._exists(new) is not None:
+            raise fail(errno.EEXIST)
+        now = A.now_ns()
+        attrs = replace(of.attrs if of is not None else node.attrs, ctime_ns=now)
+        base = of.meta if of is not None else (node.info.custom_metadata if node.info else {})
+        info = await self.ctx.bucket.link(src, new, custom_metadata=A.to_metadata(attrs, base),
+                                          touch=self._dir_changed(new, now=now))
+        self.forget_paths(src, new, *self.table.paths(inode))
+        if of is not None:
+            of.attrs, of.meta = attrs, dict(info.custom_metadata)
+            of.buf.base = replace(of.buf.base, nlink=info.nlink) if of.buf.base else None
+        ino = self.table.bind(new, info.ino)
+        self.table.looked_up(ino)
+        if of is not None:
+            return self._open_entry(of)
+        return self._node_entry_now(ino, file_node(self.ctx, new, info))
+
+    def _name_gone(self, of: OpenFile | None, ino: int | None) -> None:
+        """A name of `ino` was unlinked or replaced: an open file with no name left is an
+        orphan; one with other names (hard links) goes on under them."""
+        if of is None:
+            return
+        if ino is None or not self.table.paths(ino):
+            self.files.orphaned(of)
+        elif of.buf.base is not None:
+            of.buf.base = replace(of.buf.base, nlink=max(1, of.buf.base.nlink - 1))
+
+    async def _touch_ctime(self, path: str) -> None:
+        """A renamed file's ctime changes (POSIX; Linux file systems do)."""
+        ino = self.table.known(path)
+        of = self.files.get(ino) if ino is not None else None
+        now = A.now_ns()
+
+        def change(a: A.PosixAttrs, meta: dict[str, str]) -> tuple[A.PosixAttrs, dict[str, str]]:
+            return replace(a, ctime_ns=now), meta
+
+        if of is not None or ino is None:
+            if of is not None:
+                async with of.lock:
+                    of.attrs = replace(of.attrs, ctime_ns=now)
+                    of.meta_dirty = True
+                    self.files.attrs_changed(of)
+            return
+        await self._change(ino, change)
 
     # --- files -------------------------------------------------------------------------
 
@@ -777,16 +898,28 @@ class R2Operations:
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
-        return self.now_create(parent_inode, name, mode, flags, ctx)
+        while True:
+            try:
+                return self.now_create(parent_inode, name, mode, flags, ctx)
+            except WouldBlock:  # no inode number reserved: reserve more
+                assert self.ctx.inos is not None
+                await self.ctx.inos.refill()
 
     def now_create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                    ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
         """A new file lives in memory until its close publishes it: never waits."""
         path = self._child(parent_inode, name)
-        ino = self.table.ino(path)
-        if self.files.get(ino) is not None:
+        known = self.table.known(path)
+        if known is not None and self.files.get(known) is not None:
             raise fail(errno.EEXIST)
-        of = self.files.create(ino, A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid))
+        assert self.ctx.inos is not None
+        ino = self.ctx.inos.take_now()  # the persistent number it will be published with
+        if ino is None:
+            raise WouldBlock  # none reserved: `create` reserves more first
+        self.table.bind(path, ino)
+        attrs = A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid)
+        self._dir_changed(path, now=attrs.ctime_ns)  # (committed with the file's publication)
+        of = self.files.create(ino, attrs)
         fi = self._file_info(of, flags)
         self.table.looked_up(ino)
         self._listing_add(path)
@@ -805,6 +938,7 @@ class R2Operations:
         async with of.lock:
             if h.append and not self.enable_writeback_cache:  # (with it, the kernel appends)
                 off = of.buf.size
+            check_size(off + len(buf), self.ctx.context(self.table.path_or_none(of.ino) or ""))
             n = await of.buf.write(off, buf)
             self._written(of, kill_suidgid)
             return n
@@ -874,7 +1008,9 @@ class R2Operations:
         for i in range(start_id, len(d.entries)):
             name, ino, attrs, size = d.entries[i]
             of = self.files.get(ino) if name not in (".", "..") else None
-            entry = self._open_entry(of) if of is not None else self._entry(ino, attrs, size)
+            nlink, rdev = (d.links or {}).get(ino, (1, 0)) if name not in (".", "..") else (1, 0)
+            entry = self._open_entry(of) if of is not None else \
+                self._entry(ino, attrs, size, nlink, rdev)
             if not fuse.readdir_reply(token, name.encode("utf-8"), entry, i + 1):
                 return
             if token.plus and name not in (".", ".."):
@@ -901,8 +1037,15 @@ class R2Operations:
                 if d.path in self._listed:
                     self._listed[d.path].add(split(path)[1])
         listed.sort(key=lambda node: node.path.encode("utf-8"))
+        d.links = {}
         for node in listed:
-            out.append((split(node.path)[1], self.table.ino(node.path), node.attrs, node.size))
+            ino = node.ino
+            known = self.table.known(node.path)
+            if node.info is None and not node.is_dir and known is not None:
+                ino = known  # a file not published yet: the number the mount gave it
+            self.table.bind(node.path, ino)
+            d.links[ino] = (node.nlink, node.rdev)
+            out.append((split(node.path)[1], ino, self._node_attrs(node), node.size))
         return out
 
     async def releasedir(self, fh: int) -> None:

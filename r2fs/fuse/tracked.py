@@ -70,28 +70,45 @@ class TrackedBucket:
                 self._own.unexpect(k)
             raise
 
+    @staticmethod
+    def _touched(kw: dict[str, Any]) -> list[str]:
+        """The directory markers a change also updates (engine DirTouch)."""
+        return [t.key for t in kw.get("touch") or ()]
+
     async def put(self, key: str, value: Any, **kw: Any) -> Any:
-        return await self._tracked([key], self._b.put(key, value, **kw))
+        return await self._tracked([key, *self._touched(kw)], self._b.put(key, value, **kw))
 
     async def put_many(self, items: list[Any]) -> list[Any]:
-        results = await self._tracked([it.key for it in items], self._b.put_many(items))
+        keys = [k for it in items for k in (it.key, *(t.key for t in it.touch))]
+        results = await self._tracked(keys, self._b.put_many(items))
         for it, r in zip(items, results):
             if isinstance(r, Exception):  # not committed: no change of ours to skip
-                self._own.unexpect(it.key)
+                for k in (it.key, *(t.key for t in it.touch)):
+                    self._own.unexpect(k)
         return results
 
     async def put_chunks(self, key: str, chunks: Any, **kw: Any) -> Any:
-        return await self._tracked([key], self._b.put_chunks(key, chunks, **kw))
+        return await self._tracked([key, *self._touched(kw)], self._b.put_chunks(key, chunks, **kw))
+
+    async def update(self, key: str, **kw: Any) -> Any:
+        return await self._tracked([key, *self._touched(kw)], self._b.update(key, **kw))
 
     async def update_metadata(self, key: str, **kw: Any) -> Any:
         return await self._tracked([key], self._b.update_metadata(key, **kw))
 
     async def rename(self, src: str, dst: str, **kw: Any) -> Any:
-        return await self._tracked([src, dst], self._b.rename(src, dst, **kw))
+        return await self._tracked([src, dst, *self._touched(kw)], self._b.rename(src, dst, **kw))
 
-    async def delete(self, keys: str | Iterable[str]) -> list[str]:
+    async def link(self, src: str, dst: str, **kw: Any) -> Any:
+        return await self._tracked([src, dst, *self._touched(kw)], self._b.link(src, dst, **kw))
+
+    async def delete(self, keys: str | Iterable[str], **kw: Any) -> list[str]:
         keys = [keys] if isinstance(keys, str) else list(keys)
-        existed = await self._tracked(keys, self._b.delete(keys))
+        touched = self._touched(kw)
+        existed = await self._tracked([*keys, *touched], self._b.delete(keys, **kw))
         for k in set(keys) - set(existed):
             self._own.unexpect(k)
+        if not existed:  # nothing deleted: the directories were not touched either
+            for k in touched:
+                self._own.unexpect(k)
         return existed

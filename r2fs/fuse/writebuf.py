@@ -1,21 +1,23 @@
-"""The write buffer of an open file: a local staging file plus dirty chunks.
+"""The write buffer of an open file: a local staging file plus dirty byte ranges.
 
 An open file is its last committed manifest (`base`, an immutable snapshot)
 overlaid with the changes made since. Changes go to a local staging file
-(anonymous, on the cache disk) at their file offsets; the chunk-sized slots
-they touch are "dirty". A slot that is only partly overwritten is first
-filled from `base`, so a dirty slot in the staging file is always complete.
-Memory stays bounded for any file size: at most one chunk is in memory while
-committing.
+(anonymous, on the cache disk) at their file offsets; `Ranges` says which
+bytes there are the file's (merged, sorted intervals). Nothing is copied
+from `base` on a partial write: a read takes the staged bytes where they
+are and `base` elsewhere. Memory stays bounded for any file size, also for
+sparse ones: a truncate only moves `size` and `base_limit`.
 
 Truncation: bytes of `base` at or past `base_limit` (the smallest size the
 file was truncated to since the last commit) are gone; reading there gives
 zeros, as POSIX says for a file shrunk and then grown.
 
-Commit: files up to one chunk go through `Bucket.put` (so the engine may
-keep them inline in their manifest); larger files are committed with
-`Bucket.put_chunks`, re-encoding only dirty slots and reusing `base`'s chunk
-references for the others (when `base` is chunked on the same grid).
+Commit (`Bucket.update`): only the dirty ranges are stored -- a range of at
+most 64 KiB as a slice kept in the metadata, larger ones as chunks cut on
+the chunk grid -- and layered over `base`'s extents; a truncate to any size
+(up to 1 PiB) is one small manifest change. An fsync after a 4 KiB write
+stores ~4 KiB plus metadata. The engine merges slices into whole chunks in
+the background (engine/slices.py).
 
 Small files never touch the disk: the staging "file" is a bytearray until
 the file grows past MEMORY_LIMIT (a temporary file per small file cost a
@@ -23,15 +25,16 @@ third of a small-file write, and files whose publication is deferred would
 each hold a descriptor).
 
 Sequential writers would otherwise pay for all the encoding at close(): so
-when a write crosses a slot boundary, the slot just completed is encoded
-(`Cluster.write_chunk`) in the background, and its reference is used at
-commit unless the slot changed again meanwhile (a generation number per slot
-tells). A speculative chunk that ends up unused is unreferenced garbage the
-engine's gc removes.
+when a write completes a whole chunk-grid slot that is dirty from end to
+end, the slot is encoded (`Cluster.write_chunk`) in the background, and its
+reference is handed to the commit (`stored`) unless the slot changed again
+meanwhile (a generation number per slot tells). A speculative chunk that ends
+up unused is unreferenced garbage the engine's gc removes.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import tempfile
@@ -39,12 +42,72 @@ import tempfile
 import trio
 
 from ..engine.errors import ChunkMissing
+from ..engine.slices import subtract
 from ..engine.store import Bucket, Cluster
-from ..engine.types import ChunkRef, Conditional, ObjectInfo
+from ..engine.types import ChunkRef, Conditional, DirTouch, ObjectInfo
 
 log = logging.getLogger("r2fs.fuse")
-COMMIT_INFLIGHT = 3  # chunks encoded concurrently by one commit
 MEMORY_LIMIT = 256 * 1024  # staging bytes kept in memory before a file takes over
+
+
+class Ranges:
+    """Sorted, disjoint, merged [start, end) intervals (the staged bytes)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def add(self, start: int, end: int) -> None:
+        i = bisect.bisect_left(self.ends, start)  # first interval ending at/after start
+        j = bisect.bisect_right(self.starts, end)  # intervals starting at/before end
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+
+    def cut(self, size: int) -> None:
+        """Forget everything at or past `size`."""
+        i = bisect.bisect_left(self.ends, size + 1)
+        del self.starts[i + 1:], self.ends[i + 1:]
+        if i < len(self.starts):
+            if self.starts[i] >= size:
+                del self.starts[i], self.ends[i]
+            else:
+                self.ends[i] = size
+
+    def covers(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and self.ends[i] >= end
+
+    def pieces(self, start: int, end: int) -> list[tuple[int, int, bool]]:
+        """[start, end) as (piece start, piece end, staged?) in order."""
+        out = []
+        pos = start
+        i = max(0, bisect.bisect_right(self.starts, start) - 1)
+        while pos < end:
+            if i < len(self.starts) and self.starts[i] <= pos < self.ends[i]:
+                stop = min(end, self.ends[i])
+                out.append((pos, stop, True))
+                pos = stop
+                i += 1
+                continue
+            if i < len(self.starts) and self.ends[i] <= pos:
+                i += 1
+                continue
+            stop = min(end, self.starts[i]) if i < len(self.starts) else end
+            out.append((pos, stop, False))
+            pos = stop
+        return out
+
+    def items(self) -> list[tuple[int, int]]:
+        return [(a, b - a) for a, b in zip(self.starts, self.ends)]
+
+    def clear(self) -> None:
+        self.starts, self.ends = [], []
 
 
 class FileBuffer:
@@ -63,7 +126,7 @@ class FileBuffer:
         self.base = base
         self.size = base.size if base else 0
         self._limit = self.size  # base bytes at or beyond this offset are gone
-        self.dirty: set[int] = set()
+        self.dirty = Ranges()
         self.changed = False  # anything (data or size) differs from `base`
         self._nursery = nursery  # for background encoding of completed slots
         self._token = token  # to start that encoding from the request thread
@@ -139,89 +202,55 @@ class FileBuffer:
         if not self.dirty:
             return await self._base(offset, end, view=view)
         out = []
-        pos = offset
-        while pos < end:
-            slot = pos // self._cs
-            stop = min(end, (slot + 1) * self._cs)
-            if slot in self.dirty:
-                piece = self._pread(stop - pos, pos)
-            else:
-                piece = await self._base(pos, stop)
-            out.append(piece)
-            pos = stop
-        return b"".join(out)
+        for a, b, staged in self.dirty.pieces(offset, end):
+            out.append(self._pread(b - a, a) if staged else await self._base(a, b))
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    async def _staged(self, offset: int, length: int) -> bytes:
+        """What the commit stores for a dirty range (the engine asks piece by piece)."""
+        return self._pread(length, offset)
 
     def read_now(self, offset: int, length: int) -> bytes | None:
         """`read` without waiting (request thread): None if `base` bytes are needed."""
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
-        pos = offset
-        while pos < end:
-            slot = pos // self._cs
-            stop = min(end, (slot + 1) * self._cs)
-            if slot not in self.dirty and self.base is not None and pos < min(stop, self._limit):
-                return None
-            pos = stop
         out = []
-        pos = offset
-        while pos < end:
-            slot = pos // self._cs
-            stop = min(end, (slot + 1) * self._cs)
-            out.append(self._pread(stop - pos, pos) if slot in self.dirty else bytes(stop - pos))
-            pos = stop
-        return b"".join(out)
+        for a, b, staged in self.dirty.pieces(offset, end):
+            if staged:
+                out.append(self._pread(b - a, a))
+            elif self.base is not None and a < self._limit:
+                return None
+            else:
+                out.append(bytes(b - a))  # a hole or past the base's limit: zeros
+        return out[0] if len(out) == 1 else b"".join(out)
 
     # --- changes -----------------------------------------------------------------
 
-    async def _make_dirty(self, slot: int, covered: tuple[int, int] | None = None) -> None:
-        """Fill slot `slot` of the staging file from `base` unless `covered` overwrites it all."""
-        if slot in self.dirty:
-            return
-        start = slot * self._cs
-        end = min(start + self._cs, self.size, self._limit)
-        if start < end and not (covered and covered[0] <= start and covered[1] >= end):
-            data = await self._base(start, end)
-            self._pwrite(data, start)
-        self.dirty.add(slot)
-
     async def write(self, offset: int, data: bytes | memoryview) -> int:
-        if not data:
-            return 0
-        end = offset + len(data)
-        for slot in range(offset // self._cs, (end - 1) // self._cs + 1):
-            await self._make_dirty(slot, (offset, end))
-        return self._write_dirty(offset, data, from_trio=True)
+        return self._write(offset, data, from_trio=True)
 
     def write_now(self, offset: int, data: bytes | memoryview) -> int | None:
-        """`write` without waiting (request thread): None if a slot must first be filled from `base`."""
+        """`write` without waiting (request thread). Only dirty byte ranges are staged,
+        so a write never needs `base` first: this always succeeds."""
+        return self._write(offset, data, from_trio=False)
+
+    def _write(self, offset: int, data: bytes | memoryview, *, from_trio: bool) -> int:
         if not data:
             return 0
-        end = offset + len(data)
-        slots = range(offset // self._cs, (end - 1) // self._cs + 1)
-        for slot in slots:
-            if slot in self.dirty:
-                continue
-            start = slot * self._cs
-            stop = min(start + self._cs, self.size, self._limit)
-            if start < stop and not (offset <= start and end >= stop):
-                return None
-        self.dirty.update(slots)
-        return self._write_dirty(offset, data, from_trio=False)
-
-    def _write_dirty(self, offset: int, data: bytes | memoryview, *, from_trio: bool) -> int:
-        """Write into slots that are dirty (complete in staging) already."""
         end = offset + len(data)
         if offset > self.size:
             # the gap (old size .. offset) must read as zeros: it lies at or past
             # base_limit only if we say so.
             self._limit = min(self._limit, self.size)
         written = self._pwrite(data, offset)
+        self.dirty.add(offset, end)
         self._touch(range(offset // self._cs, (end - 1) // self._cs + 1))
         self.size = max(self.size, end)
         self.changed = True
         done = end // self._cs - 1  # the slot this write just completed, if any
-        if done >= offset // self._cs and self._nursery is not None and done in self.dirty \
+        if done >= offset // self._cs and self._nursery is not None \
+                and self.dirty.covers(done * self._cs, (done + 1) * self._cs) \
                 and done not in self._inflight and (from_trio or self._token is not None):
             self._inflight[done] = trio.Event()
             if from_trio:
@@ -232,52 +261,58 @@ class FileBuffer:
         return written
 
     async def truncate(self, size: int) -> None:
+        """Constant work whatever the size: only `size`, `base_limit` and the ranges move."""
         if size == self.size:
             return
         if size < self.size:
-            if size % self._cs:
-                await self._make_dirty(size // self._cs)
-            self.dirty = {s for s in self.dirty if s * self._cs < size}
-            self._touch([k for k in self._encoded if k >= size // self._cs] + [size // self._cs])
+            self.dirty.cut(size)
+            self._touch([k for k in self._encoded if (k + 1) * self._cs > size])
             self._shrink(size)
             self._limit = min(self._limit, size)
         else:
             self._limit = min(self._limit, self.size)
-            self._touch([self.size // self._cs])
         self.size = size
         self.changed = True
 
     async def materialize(self) -> None:
-        """Copy everything into the staging file (the base may soon be deleted)."""
-        for slot in range((self.size + self._cs - 1) // self._cs):
-            await self._make_dirty(slot)
+        """Copy what still comes from `base` into the staging file (the base may soon be
+        deleted). Holes of a sparse base cost nothing: only its data is read."""
+        end = min(self._limit, self.size)
+        if self.base is not None:
+            for a, b, staged in self.dirty.pieces(0, end):
+                if not staged:
+                    pos = a
+                    while pos < b:
+                        stop = min(b, pos + self._cs)
+                        data = await self._base(pos, stop)
+                        if data.count(0) != len(data):
+                            self._pwrite(data, pos)
+                            self.dirty.add(pos, stop)
+                        pos = stop
         self.base = None
         self._limit = 0
 
-    # --- commit ------------------------------------------------------------------
+    # --- background encoding of completed slots ---------------------------------------
 
     def _touch(self, slots: "range | list[int]") -> None:
         for slot in slots:
             self._gen[slot] = self._gen.get(slot, 0) + 1
             self._encoded.pop(slot, None)
 
-    async def _encode(self, slot: int) -> ChunkRef:
-        """Store slot `slot` as a chunk; remember it if the slot is unchanged meanwhile."""
-        start = slot * self._cs
-        gen = self._gen.get(slot, 0)
-        data = await self.read(start, min(start + self._cs, self.size) - start)
-        ref = await self._cluster.write_chunk(data, bucket=self._bucket.name)
-        if slot in self.dirty and self._gen.get(slot, 0) == gen:
-            self._encoded[slot] = (gen, ref)
-        return ref
-
     async def _speculate(self, slot: int) -> None:
         done = self._inflight[slot]
         try:
             async with self._encoders:
-                if slot in self.dirty and slot not in self._encoded and not self._closed:
-                    await self._encode(slot)
-        except Exception as exc:  # noqa: BLE001 - the commit encodes it again
+                start = slot * self._cs
+                gen = self._gen.get(slot, 0)
+                if self._closed or slot in self._encoded or \
+                        not self.dirty.covers(start, start + self._cs):
+                    return
+                ref = await self._cluster.write_chunk(self._pread(self._cs, start),
+                                                      bucket=self._bucket.name)
+                if self._gen.get(slot, 0) == gen and self.dirty.covers(start, start + self._cs):
+                    self._encoded[slot] = (gen, ref)
+        except Exception as exc:  # noqa: BLE001 - the commit stores it again
             log.debug("background encoding of slot %d failed: %s", slot, exc)
         finally:
             del self._inflight[slot]
@@ -287,57 +322,35 @@ class FileBuffer:
 
     async def commit(self, key: str, *, custom_metadata: dict[str, str],
                      http_metadata: dict[str, str] | None,
-                     only_if: Conditional | None = None) -> ObjectInfo:
-        """Store the current content as the new version of `key` (if `only_if` holds)."""
-        if self.size <= self._cs:
-            info = await self._bucket.put(key, await self.read(0, self.size), only_if=only_if,
-                                          custom_metadata=custom_metadata, http_metadata=http_metadata)
-        else:
-            refs = await self._chunk_refs()
-            try:
-                info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
-                                                     http_metadata=http_metadata, only_if=only_if)
-            except ChunkMissing:  # a background chunk was collected before we used it
-                self._encoded.clear()
-                refs = await self._chunk_refs()
-                info = await self._bucket.put_chunks(key, refs, custom_metadata=custom_metadata,
-                                                     http_metadata=http_metadata, only_if=only_if)
+                     only_if: Conditional | None = None, ino: int | None = None,
+                     touch: tuple[DirTouch, ...] = ()) -> ObjectInfo:
+        """Store the changes as the new version of `key` (if `only_if` holds)."""
+        for pending in list(self._inflight.values()):
+            await pending.wait()
+        try:
+            info = await self._update(key, custom_metadata, http_metadata, only_if, ino, touch)
+        except ChunkMissing:  # a background chunk was collected before we used it
+            self._encoded.clear()
+            info = await self._update(key, custom_metadata, http_metadata, only_if, ino, touch)
         self._committed(info)
         return info
 
-    async def _chunk_refs(self) -> list[ChunkRef]:
-        for pending in list(self._inflight.values()):
-            await pending.wait()
-        reusable: dict[int, ChunkRef] = {}
-        if self.base is not None and not self.base.inline:
-            reusable = {off: ref for off, ref in self.base.chunk_spans()}
-        nslots = (self.size + self._cs - 1) // self._cs
-        refs: list[ChunkRef | None] = [None] * nslots
-        todo = []
-        for slot in range(nslots):
-            start = slot * self._cs
-            end = min(start + self._cs, self.size)
-            ref = reusable.get(start)
-            done = self._encoded.get(slot)
-            if slot not in self.dirty and ref is not None and ref.size == end - start and end <= self._limit:
-                refs[slot] = ref
-            elif done is not None and done[0] == self._gen.get(slot, 0) and done[1].size == end - start:
-                refs[slot] = done[1]
-            else:
-                todo.append(slot)
-        limit = trio.Semaphore(COMMIT_INFLIGHT)
-
-        async def one(slot: int) -> None:
-            try:
-                refs[slot] = await self._encode(slot)
-            finally:
-                limit.release()
-
-        async with trio.open_nursery() as nursery:
-            for slot in todo:
-                await limit.acquire()
-                nursery.start_soon(one, slot)
-        return refs  # type: ignore[return-value]
+    async def _update(self, key: str, custom: dict[str, str], http: dict[str, str] | None,
+                      only_if: Conditional | None, ino: int | None,
+                      touch: tuple[DirTouch, ...]) -> ObjectInfo:
+        stored = []
+        writes = self.dirty.items()
+        if self.size > self._cs:  # whole slots already encoded in the background
+            for slot, (gen, ref) in sorted(self._encoded.items()):
+                start = slot * self._cs
+                if self._gen.get(slot, 0) == gen and start + ref.size <= self.size:
+                    stored.append((start, ref))
+            if stored:
+                writes = subtract(writes, [(o, r.size) for o, r in stored])
+        return await self._bucket.update(key, base=self.base, size=self.size, limit=self._limit,
+                                         writes=writes, read=self._staged, stored=stored,
+                                         custom_metadata=custom, http_metadata=http,
+                                         only_if=only_if, keep_links=True, touch=touch, ino=ino)
 
     def committed(self, info: ObjectInfo) -> None:
         """The current content was stored as `info` by someone else (a batched publication)."""
@@ -356,4 +369,4 @@ class FileBuffer:
         self._encoded.clear()
         self._gen.clear()
         self.changed = False
-        self._shrink(0)  # give the space back; slots refill on demand
+        self._shrink(0)  # give the space back; ranges refill on demand
