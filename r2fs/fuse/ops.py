@@ -676,6 +676,7 @@ class R2Operations:
         self.forget_paths(old, new)
         self.table.move(old, new, tree=False)
         self.files.moved(sof, new, "")
+        self._dir_changed(old, new)  # (here; the publication commits the new parent's)
         self._listing_discard(old)
         self._listing_add(new)
 
@@ -777,6 +778,7 @@ class R2Operations:
             await self._drop_replaced(sof, old)
             self.table.move(old, new, tree=False)
             self.files.moved(sof, new, dst_info.etag if dst_info is not None else "")
+            self._dir_changed(old, new)  # (here; the publication commits the new parent's)
         return True
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -791,6 +793,7 @@ class R2Operations:
         node = await resolve(self.ctx, src)
         if node.is_dir:
             raise fail(errno.EPERM)
+        await self._settle_deletes(new)
         if await self._exists(new) is not None:
             raise fail(errno.EEXIST)
         now = A.now_ns()
@@ -804,6 +807,7 @@ class R2Operations:
             of.buf.base = replace(of.buf.base, nlink=info.nlink) if of.buf.base else None
         ino = self.table.bind(new, info.ino)
         self.table.looked_up(ino)
+        self._listing_add(new)
         if of is not None:
             return self._open_entry(of)
         return self._node_entry_now(ino, file_node(self.ctx, new, info))
