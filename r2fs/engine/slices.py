@@ -89,7 +89,7 @@ async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: 
         writes = _union([*kept, *writes])
     batch = ChunkBatch()
     try:
-        slices = await _store(bucket, batch, writes, read, cs)
+        slices = await _store(bucket, batch, writes, read, cs, in_meta_ok=base is not None)
         while True:
             refs = X.resize(X.resize(base_refs, min(limit, X.total(base_refs))), size)
             refs = X.overlay_many(refs, [*slices, *((o, [r]) for o, r in stored)])
@@ -168,8 +168,12 @@ def _over(old: bytes, writes: Sequence[tuple[int, int]], read: ReadFn) -> ReadFn
 
 
 async def _store(bucket: "Bucket", batch: ChunkBatch, writes: Sequence[tuple[int, int]],
-                 read: ReadFn, cs: int) -> list[tuple[int, list[ChunkRef]]]:
-    """Store the written ranges; (offset, extents) of each piece, in order."""
+                 read: ReadFn, cs: int, *,
+                 in_meta_ok: bool = True) -> list[tuple[int, list[ChunkRef]]]:
+    """Store the written ranges; (offset, extents) of each piece, in order.
+    `in_meta_ok`: small pieces may be sealed into the metadata (an in-place change
+    of an existing object); a new object's pieces are all chunks, stored (and
+    replicated, in local write mode) as a put stores them."""
     pieces: list[tuple[int, int]] = []
     for off, n in writes:
         pos, end = off, off + n
@@ -185,7 +189,7 @@ async def _store(bucket: "Bucket", batch: ChunkBatch, writes: Sequence[tuple[int
         try:
             data = bytes(await read(off, n))
             ref = await writer.write(data, bucket=bucket.name, batch=batch,
-                                     in_meta=n <= SLICE_INLINE_MAX)
+                                     in_meta=in_meta_ok and n <= SLICE_INLINE_MAX)
             out[i] = (off, [ref])
         finally:
             limit.release()
