@@ -1,65 +1,24 @@
-"""Several hosts sharing one cluster: r2fs processes in network namespaces of their own.
-
-Topology (made by the fixture, removed in its finally): a "hub" namespace with
-PostgreSQL, joined to each host namespace by a veth pair (10.199.N.1 in the
-hub, 10.199.N.2 in host N; the hub routes between hosts). The only addresses
-used are inside these namespaces. Each host has its own cluster directory
-(cluster.toml naming PostgreSQL at its hub address, the shared node
-directories, its own staging and cache) and runs tests/multihost/host_agent.py.
-"""
+"""Several hosts sharing one cluster: r2fs processes in network namespaces of their own
+(netns.py: the topology), each running tests/multihost/host_agent.py over the store API."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
+from netns import make_shared, needs_netns
+
 from r2fs.engine import config as cfgmod
-from r2fs.engine.store import Cluster
 from r2fs.engine.writer import TEST_KILL_ENV
 
 AGENT = os.path.join(os.path.dirname(__file__), "host_agent.py")
-HOSTS = 2
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                                reason="network namespaces need root and iproute2")
-
-
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
-class Net:
-    """The namespaces and veth pairs of one test module (all removed by close())."""
-
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.hub = f"r2t{tag}hub"
-        self.hosts = [f"r2t{tag}h{i}" for i in range(1, HOSTS + 1)]
-        self.made: list[str] = []
-        for ns in [self.hub, *self.hosts]:
-            sh("ip", "netns", "add", ns)
-            self.made.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for i, ns in enumerate(self.hosts, start=1):
-            a, b = f"v{tag}a{i}", f"v{tag}b{i}"
-            sh("ip", "link", "add", a, "netns", self.hub, "type", "veth", "peer", "name", b,
-               "netns", ns)
-            sh("ip", "-n", self.hub, "addr", "add", f"10.199.{i}.1/24", "dev", a)
-            sh("ip", "-n", ns, "addr", "add", f"10.199.{i}.2/24", "dev", b)
-            sh("ip", "-n", self.hub, "link", "set", a, "up")
-            sh("ip", "-n", ns, "link", "set", b, "up")
-            sh("ip", "-n", ns, "route", "add", "default", "via", f"10.199.{i}.1")
-        sh("ip", "netns", "exec", self.hub, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-
-    def close(self) -> None:
-        for ns in reversed(self.made):  # deleting a namespace deletes its veth ends
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+pytestmark = needs_netns
 
 
 class Host:
@@ -95,55 +54,6 @@ class Host:
         self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             f.close()
-
-
-@pytest.fixture(scope="module")
-def net():
-    n = Net()
-    try:
-        yield n
-    finally:
-        n.close()
-
-
-@pytest.fixture(scope="module")
-def pg(net):
-    from pgserver import PgServer
-    server = PgServer(listen=",".join(f"10.199.{i}.1" for i in range(1, HOSTS + 1)),
-                      netns=net.hub)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def make_shared(tmp_path, pg, s3_nodes=()):
-    """(control Cluster in this process over PostgreSQL's unix socket, [host dirs])."""
-    db = pg.new_database().rsplit("/", 1)[1]
-    root = str(tmp_path / "control")
-    control = Cluster.init(root, nodes=3, k=2, m=1, meta_url=pg.socket_url(db))
-    dirs = []
-    for i in range(1, HOSTS + 1):
-        d = str(tmp_path / f"host{i}")
-        os.makedirs(d)
-        shutil.copy(os.path.join(root, "master.key"), d)
-        cfg = cfgmod.load(root)
-        if s3_nodes:
-            cfg.nodes = cfg.nodes[:1] + list(s3_nodes)
-        cfg.meta_url = f"postgresql://postgres@10.199.{i}.1:{pg.port}/{db}"
-        with open(os.path.join(d, cfgmod.CONFIG_FILE), "w") as f:
-            f.write(cfgmod.render(cfg, d))  # node paths relative to d: the same directories
-        dirs.append(d)
-    return control, dirs
-
-
-@pytest.fixture
-def shared(tmp_path, net, pg):
-    control, dirs = make_shared(tmp_path, pg)
-    try:
-        yield control, dirs
-    finally:
-        control.close()
 
 
 @pytest.fixture
