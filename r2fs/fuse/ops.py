@@ -321,8 +321,7 @@ class R2Operations:
         if (of is None or not (of.users > 0 or of.buf.changed) or of.lock.locked()
                 or stat.S_ISLNK(of.attrs.mode) or self.table.path_or_none(inode) is None):
             raise WouldBlock
-        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and (
-                of.buf.size or ctx.kill_suidgid):
+        if flags & os.O_TRUNC:
             raise WouldBlock
         of.refs += 1
         self.table.pin(inode)
@@ -430,7 +429,10 @@ class R2Operations:
                 a = replace(a, atime_ns=attr.st_atime_ns)
             if fields.update_size:
                 a = replace(a, mtime_ns=now)
-            if (fields.update_uid or fields.update_gid) and not fields.update_mode:
+            chown = fields.update_uid or fields.update_gid or not (
+                fields.update_mode or fields.update_size or fields.update_atime
+                or fields.update_mtime)  # (nothing but ctime: chown(f, -1, -1))
+            if chown and not fields.update_mode:
                 a = _killed_suidgid(a)  # chown drops set-id bits (KILLPRIV_V2: ours to do)
             elif fields.kill_suidgid:
                 a = _killed_suidgid(a)
@@ -621,6 +623,8 @@ class R2Operations:
             self.table.detach(path)
             self._listing_discard(path)
             self._name_gone(of, known)
+        if others:  # its st_nlink changed: so does its ctime (names known here)
+            await self._touch_ctime(others[0])
         if of is None or not of.pending:  # (an unpublished file's parent is as it was)
             await self._keep_parent(path)
 
@@ -733,10 +737,14 @@ class R2Operations:
                 self._name_gone(vof, victim)
                 self.table.move(old, new, tree=False)
             await self._touch_ctime(new)
+            left = self.table.paths(victim) if victim is not None else ()
+            if left:  # the replaced file lives on under other names: its st_nlink changed
+                await self._touch_ctime(left[0])
             await self._keep_parent(old)
             return
         self.table.detach(new)
         self.table.move(old, new)
+        await self._touch_ctime(new)  # a renamed directory's ctime changes too
         await self._keep_parent(old)
 
     async def _rename_unpublished(self, sof: OpenFile, old: str, new: str, flags: int) -> bool:
@@ -823,7 +831,8 @@ class R2Operations:
             of.buf.base = replace(of.buf.base, nlink=max(1, of.buf.base.nlink - 1))
 
     async def _touch_ctime(self, path: str) -> None:
-        """A renamed file's ctime changes (POSIX; Linux file systems do)."""
+        """`path`'s ctime changes: renamed, or another of its names went (Linux file
+        systems do; a name not known here keeps its old ctime)."""
         ino = self.table.known(path)
         of = self.files.get(ino) if ino is not None else None
         now = A.now_ns()
@@ -885,16 +894,15 @@ class R2Operations:
         try:
             if stat.S_ISLNK(of.attrs.mode):
                 raise fail(errno.ELOOP)
-            if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and (
-                    of.buf.size or ctx.kill_suidgid):
+            if flags & os.O_TRUNC:  # (any access mode: the kernel checked write permission)
                 async with of.lock:
                     if of.buf.size:
                         await of.buf.truncate(0)
-                        now = A.now_ns()
-                        of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
-                    if ctx.kill_suidgid and _killed_suidgid(of.attrs) is not of.attrs:
+                    now = A.now_ns()  # (an empty file's times move too, as on Linux)
+                    of.attrs = replace(of.attrs, mtime_ns=now, ctime_ns=now)
+                    if ctx.kill_suidgid:
                         of.attrs = _killed_suidgid(of.attrs)
-                        of.meta_dirty = True
+                    of.meta_dirty = True
             return self._file_info(of, flags, await self._prefill(of, flags))
         except BaseException:
             await self.files.release(of)

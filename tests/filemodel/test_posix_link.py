@@ -81,7 +81,7 @@ def link_permissions(s: Sweep) -> None:
     s.stat("mine", "rw/mine", NLINK)
 
 
-CASES = [(link_counts_and_times, {'times after unlink': "r2fs: unlinking one name leaves the others' ctime"}), link_every_kind, link_errors, link_permissions]
+CASES = [link_counts_and_times, link_every_kind, link_errors, link_permissions]
 
 
 @parametrize(CASES)
