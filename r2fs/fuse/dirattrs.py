@@ -27,13 +27,16 @@ class DeferredDirAttrs(GroupCommit):
         super().__init__()
         self._ctx = ctx
         self._pending: dict[str, tuple[A.PosixAttrs, dict[str, str], int | None]] = {}
+        #: the batch being committed: still what `get` answers until the put is done
+        #: (else a lookup meanwhile reads the old marker and the mount caches that)
+        self._inflight: dict[str, tuple[A.PosixAttrs, dict[str, str], int | None]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def get(self, path: str) -> tuple[A.PosixAttrs, dict[str, str]] | None:
         """The directory's attributes and metadata not yet committed, if any."""
-        pending = self._pending.get(path)
+        pending = self._pending.get(path) or self._inflight.get(path)
         return pending[:2] if pending is not None else None
 
     def set(self, path: str, attrs: A.PosixAttrs, meta: dict[str, str],
@@ -47,9 +50,12 @@ class DeferredDirAttrs(GroupCommit):
         """The directory (and all below) is gone: nothing to commit there."""
         for p in [p for p in self._pending if is_under(p, path)]:
             del self._pending[p]
+        for p in [p for p in self._inflight if is_under(p, path)]:
+            del self._inflight[p]
 
     async def _commit_pending(self) -> None:
         batch, self._pending = self._pending, {}
+        self._inflight = batch
         items = [PutItem(dir_prefix(p), b"", custom_metadata=A.to_metadata(a, m), ino=ino)
                  for p, (a, m, ino) in batch.items()]
         try:
@@ -57,6 +63,8 @@ class DeferredDirAttrs(GroupCommit):
         except Exception:  # noqa: BLE001 - logged; the mount goes on
             log.exception("could not commit the attributes of %d directories", len(items))
             return
+        finally:
+            self._inflight = {}
         for item, result in zip(items, results):
             if isinstance(result, Exception):
                 log.error("could not commit the attributes of %s: %s", item.key, result)
