@@ -78,6 +78,9 @@ class R2Operations:
         self.deletes: DeferredDeletes | None = None  # set by the mount (unlinks in group commits)
         self.dir_attrs: DeferredDirAttrs | None = None  # set by the mount (directory attributes too)
         self._dir_times: dict[str, int] = {}  # directory -> when this mount changed its entries
+        # Directories' (mode, gid) as last seen, for what new entries inherit from a
+        # set-group-id directory; kept apart from _nodes, which a change inside drops.
+        self._dir_modes: dict[str, tuple[int, int]] = {}
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
@@ -169,6 +172,38 @@ class R2Operations:
         if node.info is not None and node.info.inline_data is not None:
             node = replace(node, info=replace(node.info, inline_data=None, chunks=()))
         self._nodes[path] = node
+        if node.is_dir:
+            self._seen_dir(path, node.attrs)
+
+    def _seen_dir(self, path: str, a: A.PosixAttrs) -> None:
+        if len(self._dir_modes) >= NODE_CACHE_MAX:
+            self._dir_modes.clear()
+        self._dir_modes[path] = (a.mode, a.gid)
+
+    def _new_attrs_now(self, path: str, kind: int, perm: int,
+                       ctx: fuse.RequestContext) -> A.PosixAttrs:
+        """A new entry's attributes; in a set-group-id directory it takes the directory's
+        group (a new directory the bit too), as on Linux. WouldBlock: parent unseen."""
+        parent = split(path)[0]
+        pmode, pgid = (self._root.mode, self._root.gid) if parent == "" else (
+            self._dir_modes.get(parent) or self._unseen())
+        gid = ctx.gid
+        if pmode & stat.S_ISGID:
+            gid = pgid
+            perm |= stat.S_ISGID if kind == stat.S_IFDIR else 0
+        return A.new_attrs(kind, perm, ctx.uid, gid)
+
+    @staticmethod
+    def _unseen() -> tuple[int, int]:
+        raise WouldBlock
+
+    async def _new_attrs(self, path: str, kind: int, perm: int,
+                         ctx: fuse.RequestContext) -> A.PosixAttrs:
+        try:
+            return self._new_attrs_now(path, kind, perm, ctx)
+        except WouldBlock:
+            self._seen_dir(split(path)[0], (await self._resolve(split(path)[0])).attrs)
+            return self._new_attrs_now(path, kind, perm, ctx)
 
     def _pending_attrs(self, node: Node) -> Node:
         """A directory whose attribute change is not committed yet shows the new attributes."""
@@ -207,6 +242,7 @@ class R2Operations:
         self.forget_paths(*paths)
         for p in paths:
             self._listed.pop(p, None)
+            self._dir_modes.pop(p, None)
         self._listed.pop("", None)  # (the root is no path of its own there)
 
     def forget_paths(self, *paths: str) -> None:
@@ -217,6 +253,7 @@ class R2Operations:
 
     def forget_all_paths(self) -> None:
         self._nodes.clear()
+        self._dir_modes.clear()
         self._listed.clear()
         self._nodes_gen += 1
 
@@ -462,6 +499,7 @@ class R2Operations:
                 new_attrs, new_meta = change(node.attrs if pending is not None
                                              else self._node_attrs(node), meta)
                 self._dir_times.pop(path, None)  # explicit times win over entry changes
+                self._seen_dir(path, new_attrs)
                 if self.dir_attrs is None:
                     self.forget_paths(path)
                     await make_marker(self.ctx, path, new_attrs, base=new_meta, ino=inode)
@@ -509,7 +547,7 @@ class R2Operations:
         await self._settle_deletes(path)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
-        attrs = A.new_attrs(kind, perm, ctx.uid, ctx.gid)
+        attrs = await self._new_attrs(path, kind, perm, ctx)
         meta = A.to_metadata(attrs)
         if rdev:
             meta[A.RDEV] = str(rdev)
@@ -545,12 +583,13 @@ class R2Operations:
         await self._settle_deletes(path)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
-        attrs = A.new_attrs(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        attrs = await self._new_attrs(path, stat.S_IFDIR, mode, ctx)
         marker = await make_marker(self.ctx, path, attrs, create_only=True,
                                    touch=self._dir_changed(path, now=attrs.ctime_ns))
         self.forget_paths(path)
         self._listing_add(path)
         self._listed[path] = set()
+        self._seen_dir(path, attrs)
         ino = self.table.bind(path, marker.ino)
         self.table.looked_up(ino)
         return self._entry(ino, dir_node(self.ctx, path, marker).attrs, 0)
@@ -913,7 +952,12 @@ class R2Operations:
         while True:
             try:
                 return self.now_create(parent_inode, name, mode, flags, ctx)
-            except WouldBlock:  # no inode number reserved: reserve more
+            except WouldBlock:  # no inode number reserved, or the directory unseen
+                path = self._child(parent_inode, name)
+                parent = split(path)[0]
+                if parent and parent not in self._dir_modes:
+                    self._seen_dir(parent, (await self._resolve(parent)).attrs)
+                    continue
                 assert self.ctx.inos is not None
                 await self.ctx.inos.refill()
 
@@ -925,11 +969,11 @@ class R2Operations:
         if known is not None and self.files.get(known) is not None:
             raise fail(errno.EEXIST)
         assert self.ctx.inos is not None
+        attrs = self._new_attrs_now(path, stat.S_IFREG, mode, ctx)  # (before taking a number)
         ino = self.ctx.inos.take_now()  # the persistent number it will be published with
         if ino is None:
             raise WouldBlock  # none reserved: `create` reserves more first
         self.table.bind(path, ino)
-        attrs = A.new_attrs(stat.S_IFREG, mode, ctx.uid, ctx.gid)
         self._dir_changed(path, now=attrs.ctime_ns)  # (committed with the file's publication)
         of = self.files.create(ino, attrs)
         fi = self._file_info(of, flags)

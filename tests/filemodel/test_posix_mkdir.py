@@ -16,6 +16,8 @@ MAKERS = {
     "mknod-chr": lambda mode: (lambda p: os.mknod(p, stat.S_IFCHR | mode, os.makedev(13, 45))),
     "mknod-blk": lambda mode: (lambda p: os.mknod(p, stat.S_IFBLK | mode, os.makedev(4095, 1048575))),
     "mknod-sock": lambda mode: (lambda p: os.mknod(p, stat.S_IFSOCK | mode)),
+    "open-creat": lambda mode: (lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))),
+    "symlink": lambda mode: (lambda p: os.symlink("t", p)),
 }
 STAT = ("type", "mode", "uid", "gid", "nlink", "size", "rdev")
 
@@ -56,6 +58,18 @@ def make_as_other_user(s: Sweep) -> None:
         # a set-group-id directory hands its group (and, to directories, the bit) down
         s.do(f"{name} in setgid dir", maker(0o755), "sgid/" + name, uid=NOBODY, gid=NOBODY)
         s.stat(f"stat setgid/{name}", "sgid/" + name, STAT)
+        s.do(f"{name} g+s in setgid dir, not in its group", maker(0o2755), "sgid/g-" + name,
+             uid=NOBODY, gid=NOBODY)
+        s.stat(f"stat setgid/g-{name}", "sgid/g-" + name, STAT)
+        s.do(f"{name} g+s in setgid dir, in its group", maker(0o2755), "sgid/m-" + name,
+             uid=NOBODY, gid=NOBODY, groups=(OTHER,))
+        s.stat(f"stat setgid/m-{name}", "sgid/m-" + name, STAT)
+    s.quiet(lambda p: os.mkdir(p), "sgid/sub")
+    s.do("mkdir in a subdir that inherited", make("dir", 0o700), "sgid/sub/x", uid=NOBODY)
+    s.stat("stat sgid/sub/x", "sgid/sub/x", STAT)
+    s.quiet(lambda p: os.chmod(p, 0o777), "sgid")
+    s.do("create after chmod g-s", make("reg"), "sgid/after", uid=NOBODY, gid=NOBODY)
+    s.stat("stat sgid/after", "sgid/after", STAT)
 
 
 def make_errors(s: Sweep) -> None:
@@ -100,7 +114,7 @@ def mkdir_times_of_new_dir(s: Sweep) -> None:
     s.changed("parent after rmdir", {"d": snap["d"]})
 
 
-CASES = [make_modes_owner_and_parent_times, (make_as_other_user, {'stat setgid/mkdir': 'r2fs: no set-group-id directory inheritance', 'stat setgid/mkfifo': 'r2fs: no set-group-id directory inheritance', 'stat setgid/mknod-reg': 'r2fs: no set-group-id directory inheritance', 'stat setgid/mknod-fifo': 'r2fs: no set-group-id directory inheritance', 'stat setgid/mknod-sock': 'r2fs: no set-group-id directory inheritance'}), make_errors,
+CASES = [make_modes_owner_and_parent_times, make_as_other_user, make_errors,
          (dir_nlink, {"dir with 3 subdirs": "r2fs reports st_nlink 1 for directories",
                       "empty dir": "r2fs reports st_nlink 1 for directories"}),
          mkdir_times_of_new_dir]
