@@ -15,7 +15,8 @@ APT_S3 := chromium
 APT_META := postgresql postgresql-15 iproute2
 APT_OPS :=
 APT_DURABILITY :=
-APT_PACKAGES := $(APT_CORE) $(APT_FUSE) $(APT_TOOLS) $(APT_S3) $(APT_META) $(APT_OPS) $(APT_DURABILITY)
+APT_FILEMODEL := borgbackup  # tests/filemodel: borg create/check/extract on the mount
+APT_PACKAGES := $(APT_CORE) $(APT_FUSE) $(APT_TOOLS) $(APT_S3) $(APT_META) $(APT_OPS) $(APT_DURABILITY) $(APT_FILEMODEL)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
