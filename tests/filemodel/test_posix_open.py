@@ -66,8 +66,8 @@ def open_permissions(s: Sweep) -> None:
         s.quiet(lambda p: os.chmod(p, mode), n)
         for who, kw in (("owner", dict(uid=NOBODY, gid=NOBODY)), ("group", dict(uid=OTHER, gid=NOBODY)),
                         ("other", dict(uid=OTHER, gid=OTHER)), ("root", {})):
-            for fname, flags in (("R", R), ("W", W), ("RW", RW), ("R|T", R | T)):
-                s.do(f"{n} {who} {fname}", opened(flags), n, **kw)
+            s.do_all([(f"{n} {who} {fname}", opened(flags), (n,))
+                      for fname, flags in (("R", R), ("W", W), ("RW", RW), ("R|T", R | T))], **kw)
     s.quiet(lambda p: os.mkdir(p, 0o700), "private")
     s.quiet(mkfile, "private/f")
     s.quiet(lambda p: os.mkdir(p, 0o755), "ro")
@@ -150,6 +150,13 @@ def open_write_times(s: Sweep) -> None:
     s.quiet(lambda p: os.chmod(p, 0o6777), "f")
     s.do("write by other user", lambda p: _write(p, b"q"), "f", uid=OTHER)
     s.stat("set-id bits after write", "f", ("mode",))
+    for mode in (0o6777, 0o6767, 0o4777, 0o2777):
+        s.quiet(lambda p: os.chmod(p, mode), "f")
+        s.do(f"write by owner {mode:o}", lambda p: _write(p, b"o"), "f", uid=NOBODY, gid=NOBODY)
+        s.stat(f"set-id bits after owner's write {mode:o}", "f", ("mode",))
+        s.quiet(lambda p: os.chmod(p, mode), "f")
+        s.do(f"write by root {mode:o}", lambda p: _write(p, b"r"), "f")
+        s.stat(f"set-id bits after root's write {mode:o}", "f", ("mode",))
 
 
 CASES = [open_create, open_trunc, open_permissions, open_dirs_and_links, open_special_files,

@@ -48,6 +48,8 @@ def ftruncate_cases(s: Sweep) -> None:
     s.quiet(lambda p: mkfile(p, 0o644), "ro")
     s.quiet(lambda p: os.chown(p, NOBODY, NOBODY), "ro")
     s.do("ftruncate of fd opened before chmod 0", lambda p: _open_chmod_truncate(p), "ro")
+    s.do("same, by the owner", lambda p: _open_chmod_truncate(p), "ro", uid=NOBODY, gid=NOBODY)
+    s.do("truncate by name after chmod 0, owner", lambda p: os.truncate(p, 1), "ro", uid=NOBODY)
 
 
 def _write_then_truncate(fd: int) -> int:
