@@ -797,8 +797,10 @@ class R2Operations:
         """
         victim = self.table.known(new)
         vof = self.files.get(victim) if victim is not None else None
+        replaces = ""  # the version at `new` our publication replaces ("": none)
         if vof is not None and vof.pending:
-            dst_info = None  # the object there is not in the bucket either
+            dst_info = None  # the file there is not in the bucket either...
+            replaces = vof.cond or ""  # ...but it may have been going to replace an object
         else:
             dst = await self._exists(new)
             if dst is not None and dst.is_dir:
@@ -824,7 +826,7 @@ class R2Operations:
             self._name_gone(vof, victim)
             await self._drop_replaced(sof, old)
             self.table.move(old, new, tree=False)
-            self.files.moved(sof, new, dst_info.etag if dst_info is not None else "")
+            self.files.moved(sof, new, dst_info.etag if dst_info is not None else replaces)
             self._dir_changed(old, new)  # (here; the publication commits the new parent's)
         return True
 

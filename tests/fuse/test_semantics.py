@@ -375,6 +375,24 @@ def test_deferred_publication_loses_to_a_newer_write_elsewhere(mnt):
     assert read(mnt.p("raced")) == b"written elsewhere after that close"
 
 
+def test_a_file_renamed_over_a_held_file_that_replaces_an_object_is_published(mnt):
+    """git add writes index.lock and renames it over index (held, to replace the old
+    object); git commit renames the next index.lock over it before it is published:
+    the last one must replace the old object (it was lost: the old index came back)."""
+    write(mnt.p("index"), b"C0")  # a lone close: published at once
+    time.sleep(0.3)
+    for i in range(5):
+        write(mnt.p(f"obj{i}"), b"o")  # closes in bulk: those that follow are held
+    write(mnt.p("index.lock"), b"C1")
+    os.rename(mnt.p("index.lock"), mnt.p("index"))
+    write(mnt.p("index.lock"), b"C2")
+    os.rename(mnt.p("index.lock"), mnt.p("index"))
+    assert read(mnt.p("index")) == b"C2"
+    time.sleep(1.0)  # published by now
+    assert mnt.api(lambda b: _read_all(b, "index")) == b"C2"
+    assert read(mnt.p("index")) == b"C2"
+
+
 def test_kill9_mid_write_old_or_new(mount_factory):
     m = mount_factory()
     old = os.urandom(2_000_000)
