@@ -82,7 +82,10 @@ class InodeTable:
         if old is not None:
             self.detach(path)
         self._ino_of[path] = ino
-        self._paths.setdefault(ino, []).append(path)
+        # the newest name first: the one `path()` hands out. After a rename elsewhere the
+        # kernel keeps the old name's dentry (expired, not unhashed: invalidate.py) and so
+        # the inode: its operations must go to the name the bucket has now.
+        self._paths.setdefault(ino, []).insert(0, path)
         self._lookups.setdefault(ino, 0)
         return ino
 

@@ -79,13 +79,17 @@ class ChangePoller:
         ino = table.known(path)
         if ino is not None and not self._is_open(ino):
             await _quietly(session.invalidate_inode, ino, False)
-        # the path and every directory leading to it may have appeared or vanished
-        # (names the kernel holds as negative entries, unknown here, too: new keys)
+        # The path and every directory leading to it may have appeared or vanished
+        # (names the kernel holds as negative entries, unknown here, too: new keys).
+        # Expired, not unhashed: the kernel asks again (LOOKUP) before it uses them,
+        # and keeps a dentry that is still what it was -- unhashing a directory that
+        # is some process's cwd made its getcwd() fail (git: "unable to get current
+        # working directory") at every foreign change below it.
         while path:
             parent, name = split(path)
             pino = ROOT if parent == "" else table.known(parent)
             if pino is not None:
-                await _quietly(session.invalidate_entry, pino, name.encode("utf-8"))
+                await _quietly(session.invalidate_entry, pino, name.encode("utf-8"), True)
                 if pino != ROOT:
                     await _quietly(session.invalidate_inode, pino, True)
             path = parent

@@ -10,6 +10,8 @@ unlinks, renames, new directories and their listings -- in both directions.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -65,13 +67,14 @@ def listing(path: str) -> list[str] | None:
         return None
 
 
-def seen_within(what: str, cond, timeout: float = 10.0) -> float:
+def seen_within(what: str, cond, timeout: float = 10.0, show=None) -> float:
     """Seconds until `cond()` held, asking again and again (as a user would); fails after
-    `timeout` naming `what`."""
+    `timeout` naming `what` (and what `show()` sees then)."""
     t0 = time.monotonic()
     while not cond():
         if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not seen after {timeout} s")
+            raise AssertionError(f"{what}: not seen after {timeout} s"
+                                 + (f" (seen: {show()})" if show else ""))
         time.sleep(0.02)
     return time.monotonic() - t0
 
@@ -114,7 +117,8 @@ def test_writes_through_one_hosts_mount_reach_the_other_hosts_mount(mounts, dire
     os.rename(w.p("d"), w.p("e"))
     delays["directory rename"] = seen_within("directory rename", lambda: (
         listing(r.p("d")) is None and listing(r.p("e")) == ["g", "sub"]
-        and content(r.p("e", "sub", "f")) == b"deep"))
+        and content(r.p("e", "sub", "f")) == b"deep"), show=lambda: (
+        listing(r.path), listing(r.p("d")), listing(r.p("e")), content(r.p("e", "sub", "f"))))
 
     for p in ("e/sub/f", "e/g"):
         os.unlink(w.p(p))
@@ -124,3 +128,92 @@ def test_writes_through_one_hosts_mount_reach_the_other_hosts_mount(mounts, dire
 
     print(direction, {k: round(v, 3) for k, v in delays.items()})
     assert max(delays.values()) <= BOUND, delays
+
+
+def test_a_git_repository_in_one_mount_while_the_other_host_changes_it(mounts):
+    """git in a directory of mount 2 -- and a long-lived process whose cwd is there --
+    keeps working while mount 1 changes things in that directory and its parents
+    (the poller invalidates the names on the way: getcwd must not fail), and every
+    commit's index is the one git reads next (it renames index.lock over index
+    twice in a row: the second used to be lost, bringing back an older index)."""
+    m1, m2 = mounts
+    repo = m2.p("top", "repo")
+    os.makedirs(repo)
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
+                               "-c", "init.defaultBranch=main", *args], cwd=repo,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (args, proc.stderr)
+        return proc.stdout
+
+    git("init", "-q")
+    for i in range(3):
+        write(os.path.join(repo, f"f{i}"), f"file {i}\n".encode())
+    git("add", "-A")
+    git("commit", "-q", "-m", "first")
+    tracked = {"f0", "f1", "f2"}
+    shell = subprocess.Popen(["sh", "-c", "read x; pwd -P; git status --porcelain"], cwd=repo,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for round_ in range(4):
+            name = f"from-host1-{round_}"
+            write(m1.p("top", "repo", name), b"x\n")  # in the repository, beside and above it
+            write(m1.p("top", f"sibling-{round_}"), b"y\n")
+            write(m1.p(f"root-{round_}"), b"z\n")
+            os.mkdir(m1.p("top", f"dir-{round_}"))
+            if round_:
+                os.rename(m1.p("top", f"dir-{round_ - 1}"), m1.p(f"moved-{round_ - 1}"))
+            seen_within(name, lambda: os.path.exists(os.path.join(repo, name)))
+            time.sleep(0.5)  # the poller has invalidated the directories on the way too
+            assert git("status", "--porcelain") == f"?? {name}\n"
+            git("add", "-A")
+            git("commit", "-q", "-m", f"round {round_}")
+            tracked.add(name)
+            for _ in range(2):  # (status refreshes the index: it may write it again)
+                assert git("status", "--porcelain") == ""
+                assert set(git("ls-files").split()) == tracked
+            assert git("rev-parse", "--show-toplevel").strip() == repo
+        out, err = shell.communicate("go\n", timeout=60)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+    assert shell.returncode == 0, err
+    assert out == repo + "\n", out  # its cwd still resolves, and git status there is clean
+    assert git("log", "--format=%s").split("\n")[:2] == ["round 3", "round 2"]
+    git("fsck", "--strict", "--no-progress")
+
+
+def test_a_cwd_on_one_host_survives_changes_from_the_other_host_around_it(mounts):
+    """The poller expires the names on the way to a foreign change (so the kernel asks
+    again) instead of unhashing them: a process sitting in a directory of mount 2 keeps
+    a working getcwd() while mount 1 changes things in it, beside it and above it."""
+    m1, m2 = mounts
+    cwd = m2.p("top", "work")
+    os.makedirs(cwd)
+    child = subprocess.Popen([sys.executable, "-c", CWD_CHILD], cwd=cwd, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # its cwd's dentry settled (the kernel's own, not one made for a lookup)
+        os.mkdir(m1.p("top", "other"))
+        for target in (("top", "work", "x"), ("top", "y"), ("z",), ("top", "other", "w")):
+            write(m1.p(*target), b"from host 1")
+            seen_within("/".join(target), lambda: os.path.exists(m2.p(*target)))
+            time.sleep(0.5)  # the poller has done every invalidation of that change
+            child.stdin.write("next\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == cwd + "\n", child.stderr.read() if child.poll() else ""
+        os.rename(m1.p("top", "other"), m1.p("top", "renamed"))
+        seen_within("a rename beside it", lambda: os.path.exists(m2.p("top", "renamed", "w")))
+        time.sleep(0.5)
+        out, err = child.communicate("next\n", timeout=30)
+        assert child.returncode == 0 and out == cwd + "\n", err
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+CWD_CHILD = "import os, sys\nfor _ in sys.stdin: print(os.getcwd(), flush=True)"

@@ -57,6 +57,7 @@ GETATTR_FH = 1 << 0
 
 # --- notifications (out-header `error` field) ---------------------------------------------
 NOTIFY_INVAL_INODE, NOTIFY_INVAL_ENTRY, NOTIFY_STORE, NOTIFY_DELETE = 2, 3, 4, 6
+NOTIFY_EXPIRE_ONLY = 1 << 0  # inval_entry flag (7.38): expire the dentry, keep it hashed
 
 # --- structs -------------------------------------------------------------------------
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid total_extlen pad

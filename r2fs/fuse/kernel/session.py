@@ -193,8 +193,12 @@ class Session:
     def invalidate_inode(self, ino: int, attr_only: bool = False) -> None:
         self._notify(P.NOTIFY_INVAL_INODE, P.NOTIFY_INVAL_INODE_OUT.pack(ino, -1 if attr_only else 0, 0))
 
-    def invalidate_entry(self, parent: int, name: bytes) -> None:
-        self._notify(P.NOTIFY_INVAL_ENTRY, P.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0), name, b"\0")
+    def invalidate_entry(self, parent: int, name: bytes, expire_only: bool = False) -> None:
+        """`expire_only`: the kernel looks the name up again before using it, but does not
+        unhash a dentry in use (a process's cwd there would get ENOENT from getcwd)."""
+        flags = P.NOTIFY_EXPIRE_ONLY if expire_only and self.minor >= 38 else 0
+        self._notify(P.NOTIFY_INVAL_ENTRY, P.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), flags),
+                     name, b"\0")
 
     def notify_delete(self, parent: int, child: int, name: bytes) -> None:
         self._notify(P.NOTIFY_DELETE, P.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0), name, b"\0")
