@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
+import operator
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from .errors import EntityTooLarge
@@ -56,17 +59,31 @@ def from_manifest(entries: Iterable[Sequence[Any]] | None) -> tuple[ChunkRef, ..
     return tuple(out)
 
 
+def ref_ids(entries: Iterable[Sequence[Any]] | None) -> Counter:
+    """The chunk references of manifest entries, counted per chunk id (holes name
+    none), without decoding them into extents."""
+    return Counter(bytes(e[0]) for e in entries or () if e[0])
+
+
 def to_manifest(refs: Iterable[ChunkRef]) -> list[list[Any]]:
     return [[r.id, r.size] if not r.offset else [r.id, r.size, r.offset] for r in refs]
 
 
 def is_layered(refs: Iterable[ChunkRef]) -> bool:
     """Anything but whole chunks (slices or holes)?"""
-    return any(r.offset or r.hole for r in refs)
+    return any(r.offset or not r.id for r in refs)
+
+
+_size = operator.attrgetter("size")
 
 
 def total(refs: Iterable[ChunkRef]) -> int:
-    return sum(r.size for r in refs)
+    return sum(map(_size, refs))
+
+
+def starts(refs: Sequence[ChunkRef]) -> list[int]:
+    """Where each extent starts, and (last) the end: for bisect (C-speed, no Python loop)."""
+    return list(itertools.accumulate(map(_size, refs), initial=0))
 
 
 def cut(refs: Sequence[ChunkRef], start: int, end: int) -> list[ChunkRef]:
@@ -103,40 +120,76 @@ def overlay(refs: Sequence[ChunkRef], offset: int, new: Sequence[ChunkRef]) -> l
 
 def overlay_many(refs: Sequence[ChunkRef],
                  pieces: Iterable[tuple[int, Sequence[ChunkRef]]]) -> list[ChunkRef]:
-    """`overlay` of many disjoint pieces (offset, extents) in one pass: O((n + m) log n),
-    so a commit of a file written whole (thousands of chunks) stays linear."""
-    starts, pos = [], 0
-    for r in refs:
-        starts.append(pos)
-        pos += r.size
-    size = pos
+    """`overlay` of many disjoint pieces (offset, extents) in one pass. Python work is
+    in proportion to the pieces, not the file: the untouched runs of `refs` are
+    copied as list slices and only the joints are normalised (`refs` is normalised),
+    so a commit of one 4 KiB page of a file cut into thousands of extents stays
+    cheap, and a file written whole (thousands of chunks) stays linear."""
+    refs = list(refs)
+    st = starts(refs)
+    size = st[-1]
 
     def between(a: int, b: int) -> list[ChunkRef]:
         if a >= b:
             return []
-        i = max(0, bisect.bisect_right(starts, a) - 1)
-        j = bisect.bisect_left(starts, b)
-        part = cut(refs[i:j], a - (starts[i] if starts else 0), b - (starts[i] if starts else 0))
+        part: list[ChunkRef] = []
+        if a < size:
+            i = bisect.bisect_right(st, a) - 1
+            j = bisect.bisect_left(st, min(b, size))  # refs[i:j] overlap [a, b)
+            if j - i <= 2:
+                part = cut(refs[i:j], a - st[i], min(b, size) - st[i])
+            else:
+                part = [*cut([refs[i]], a - st[i], st[i + 1] - st[i])]
+                part.extend(refs[i + 1:j - 1])
+                part.extend(cut([refs[j - 1]], 0, min(b, size) - st[j - 1]))
         if b > size:
-            part.append(hole(b - max(a, size)))
+            _join(part, [hole(b - max(a, size))])
         return part
 
     out: list[ChunkRef] = []
     pos = 0
     for off, new in sorted(pieces, key=lambda p: p[0]):
-        out.extend(between(pos, off))
-        out.extend(new)
+        _join(out, between(pos, off))
+        _join(out, normalise(new))
         pos = max(pos, off + total(new))
-    out.extend(between(pos, size))
-    return normalise(out)
+    _join(out, between(pos, size))
+    return out
+
+
+def _join(out: list[ChunkRef], part: list[ChunkRef]) -> None:
+    """Append normalised `part` to normalised `out`, joining at the seam."""
+    part = [r for r in part[:1] if r.size > 0] + part[1:]
+    if not part:
+        return
+    if out:
+        joined = normalise([out[-1], part[0]])
+        out[-1:] = joined
+        out.extend(part[1:])
+    else:
+        out.extend(part)
 
 
 def resize(refs: Sequence[ChunkRef], size: int) -> list[ChunkRef]:
     """A truncate: cut at `size`, or extend with a hole to it."""
     cur = total(refs)
-    if size <= cur:
-        return normalise(cut(refs, 0, size))
-    return normalise([*refs, hole(size - cur)])
+    if size == cur:
+        return list(refs)
+    if size < cur:
+        return _cut_head(refs, size)
+    out = list(refs)
+    _join(out, [hole(size - cur)])
+    return out
+
+
+def _cut_head(refs: Sequence[ChunkRef], size: int) -> list[ChunkRef]:
+    """The first `size` bytes of normalised `refs` (bisect, then one cut extent)."""
+    refs = list(refs)
+    st = starts(refs)
+    j = bisect.bisect_left(st, size)  # refs[:j] start before size
+    out = refs[:max(0, j - 1)]
+    if j >= 1:
+        _join(out, cut([refs[j - 1]], 0, size - st[j - 1]))
+    return out
 
 
 def normalise(refs: Iterable[ChunkRef]) -> list[ChunkRef]:
@@ -161,10 +214,8 @@ def layout_etag(refs: Sequence[ChunkRef]) -> str:
     """The ETag of content assembled from extents: a digest of what they name (the
     same extents give the same ETag; any change of content changes it)."""
     h = hashlib.md5()
-    for r in refs:
-        h.update(r.id)
-        h.update(r.size.to_bytes(8, "big"))
-        h.update(r.offset.to_bytes(8, "big"))
+    h.update(b"".join([b"".join((r.id, r.size.to_bytes(8, "big"), r.offset.to_bytes(8, "big")))
+                       for r in refs]))
     return f"{h.hexdigest()}-{max(1, len(refs))}"
 
 

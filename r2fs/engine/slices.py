@@ -26,10 +26,11 @@ need nothing special.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
 import trio
 
@@ -49,8 +50,10 @@ SLICE_INLINE_MAX = 64 * 1024
 UPDATE_INFLIGHT = 3
 #: An object is merged once it was left alone this long after an update...
 MERGE_DELAY = 2.0
-#: ...or at once when its manifest holds more extents than this.
-MERGE_EXTENTS = 256
+#: ...or at once when its manifest holds more extents than this...
+MERGE_EXTENTS = 1024
+#: ...and a slot (chunk-grid slot) at once when it is cut into more extents than this.
+SLOT_EXTENTS = 48
 
 ReadFn = Callable[[int, int], Awaitable[bytes | memoryview]]
 
@@ -90,15 +93,40 @@ async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: 
     batch = ChunkBatch()
     try:
         slices = await _store(bucket, batch, writes, read, cs, in_meta_ok=base is not None)
-        while True:
-            refs = X.resize(X.resize(base_refs, min(limit, X.total(base_refs))), size)
-            refs = X.overlay_many(refs, [*slices, *((o, [r]) for o, r in stored)])
+        pieces = [*slices, *((o, [r]) for o, r in stored)]
+
+        def layout(refs: Sequence[ChunkRef]) -> list[ChunkRef]:
+            cur = X.total(refs)
+            if min(limit, cur) != cur:
+                refs = X.resize(refs, limit)
+            if size != min(limit, cur):
+                refs = X.resize(refs, size)
+            return X.overlay_many(refs, pieces)
+
+        def manifest_of(refs: list[ChunkRef]) -> dict:
             etag = X.layout_etag(refs) if X.is_layered(refs) else None
-            manifest = _manifest_of(bucket, refs, etag, custom_metadata, http_metadata)
+            manifest = _manifest_of(bucket, refs, etag, custom_metadata, http_metadata, size)
             if ino:
                 manifest["i"] = ino
+            return manifest
+
+        def rebase(cur: dict) -> dict | None:
+            """The same change laid over `cur` instead: a background merge (same
+            content, same ETag, another layout) committed since `base` was read.
+            Without this, a file kept open (a database) would put the old slices
+            back with every commit and undo every merge."""
+            if base is None or cur.get("ver") == base.version or cur.get("e") != base.etag \
+                    or cur.get("in") is not None or base.inline:
+                return None
+            refs = layout(X.from_manifest(cur.get("ch")))
+            return manifest_of(refs)
+
+        while True:
+            refs = layout(base_refs)
+            manifest = manifest_of(refs)
             try:
-                info = await bucket._commit(key, manifest, only_if, batch, keep_links, touch)
+                info = await bucket._commit(key, manifest, only_if, batch, keep_links, touch,
+                                            rebase=rebase, chunks=refs)
                 break
             except ChunkMissing:
                 # the merge replaced base's chunks and gc took them: the same content
@@ -113,14 +141,14 @@ async def update(bucket: "Bucket", key: str, *, base: ObjectInfo | None, limit: 
         await c.writer.discard(batch)
         raise
     if X.is_layered(info.chunks):
-        c.merger.schedule(bucket, key, len(info.chunks))
+        c.merger.schedule(bucket, key, info.chunks, [o for o, _ in pieces])
     return info
 
 
 def _manifest_of(bucket: "Bucket", refs: list[ChunkRef], etag: str | None,
-                 custom: dict[str, str] | None, http: dict[str, str] | None) -> dict:
+                 custom: dict[str, str] | None, http: dict[str, str] | None, size: int) -> dict:
     from .store import _chunk_etag, _manifest
-    return _manifest(size=X.total(refs), etag=etag or _chunk_etag(refs), chunks=refs,
+    return _manifest(size=size, etag=etag or _chunk_etag(refs), chunks=refs,
                      http=http, custom=custom)
 
 
@@ -204,10 +232,9 @@ async def _store(bucket: "Bucket", batch: ChunkBatch, writes: Sequence[tuple[int
 # --- the background merge ----------------------------------------------------------------------
 
 
-def fragmented_slots(refs: Sequence[ChunkRef], cs: int) -> list[int]:
-    """Chunk-grid slots a merge re-stores whole: those with more than one extent
-    naming a chunk, or with a piece from inside another chunk (offset > 0).
-    Only slots with data are looked at (a sparse file's holes cost nothing)."""
+def slot_extents(refs: Sequence[ChunkRef], cs: int) -> dict[int, list[ChunkRef]]:
+    """The extents naming chunks in each chunk-grid slot with data, cut to the slot
+    (holes cost nothing and are left out)."""
     data: dict[int, list[ChunkRef]] = {}
     pos = 0
     for r in refs:
@@ -216,17 +243,35 @@ def fragmented_slots(refs: Sequence[ChunkRef], cs: int) -> list[int]:
                 lo, hi = max(pos, slot * cs), min(pos + r.size, (slot + 1) * cs)
                 data.setdefault(slot, []).append(ChunkRef(r.id, hi - lo, r.offset + lo - pos))
         pos += r.size
-    return sorted(slot for slot, items in data.items()
+    return data
+
+
+def fragmented_slots(refs: Sequence[ChunkRef], cs: int) -> list[int]:
+    """Chunk-grid slots a merge re-stores whole: those with more than one extent
+    naming a chunk, or with a piece from inside another chunk (offset > 0).
+    Only slots with data are looked at (a sparse file's holes cost nothing)."""
+    return sorted(slot for slot, items in slot_extents(refs, cs).items()
                   if len(items) > 1 or any(r.offset for r in items))
 
 
-class _Changed(R2fsError):
-    """The object changed while it was being merged: the merge is dropped."""
+def crowded_slots(refs: Sequence[ChunkRef], cs: int, offsets: Iterable[int],
+                  most: int) -> list[int]:
+    """Of the slots holding `offsets`, those cut into more than `most` extents."""
+    starts = X.starts(refs)
+    out = []
+    for slot in sorted({o // cs for o in offsets}):
+        lo = bisect.bisect_right(starts, slot * cs) - 1
+        hi = bisect.bisect_left(starts, (slot + 1) * cs)
+        if hi - lo > most:
+            out.append(slot)
+    return out
 
 
-async def merge(bucket: "Bucket", key: str) -> bool:
-    """Re-store the fragmented slots of `key` as whole chunks (same content, same
-    ETag). False if there was nothing to do or the object changed meanwhile."""
+async def merge(bucket: "Bucket", key: str, only: Iterable[int] | None = None) -> bool:
+    """Re-store fragmented slots of `key` as whole chunks (same content, same ETag),
+    all of them or those in `only`. Each slot is its own commit, made only if that
+    slot still holds what was read (a change elsewhere in the file does not drop
+    it: a database written all the time still gets merged). True if any slot was."""
     c = bucket.cluster
     cs = c.config.chunk_size
     try:
@@ -236,33 +281,58 @@ async def merge(bucket: "Bucket", key: str) -> bool:
     if info.inline:
         return False
     todo = fragmented_slots(info.chunks, cs)
-    if not todo:
+    if only is not None:
+        wanted = set(only)
+        todo = [s for s in todo if s in wanted]
+    done = False
+    for slot in todo:
+        try:
+            info = await bucket.head(key)
+        except R2fsError:
+            return done
+        if info.inline:
+            return done
+        if await _merge_slot(bucket, key, info, slot):
+            done = True
+    return done
+
+
+async def _merge_slot(bucket: "Bucket", key: str, info: ObjectInfo, slot: int) -> bool:
+    c = bucket.cluster
+    cs = c.config.chunk_size
+    start = slot * cs
+    end = min(start + cs, info.size)
+    if end <= start:
+        return False
+    was = X.cut(info.chunks, start, end)
+    if all(r.hole for r in was) or (len(was) == 1 and not was[0].offset):
         return False
     batch = ChunkBatch()
-    refs = list(info.chunks)
+    meta = c.meta
     try:
-        for slot in todo:
-            start = slot * cs
-            end = min(start + cs, info.size)
-            data = bytes(await bucket.read_range(info, start, end - start))
-            ref = await c.writer.write(data, bucket=bucket.name, batch=batch)
-            refs = X.overlay(refs, start, [ref])
-        meta = c.meta
+        data = bytes(await bucket.read_range(info, start, end - start))
+        ref = await c.writer.write(data, bucket=bucket.name, batch=batch)
 
         def txn_fn(txn: Any) -> None:
             cur = bucket._get(txn, key)
-            if cur is None or cur["ver"] != info.version:
+            if cur is None or cur.get("in") is not None:
+                raise _Changed(f"{bucket._what(key)} changed while it was merged")
+            refs = X.from_manifest(cur.get("ch"))
+            if X.total(refs) < end:
+                raise _Changed(f"{bucket._what(key)} changed while it was merged")
+            slot_now = X.cut(refs, start, end)
+            merged = relayer(was, slot_now, ref)
+            if merged == slot_now:
                 raise _Changed(f"{bucket._what(key)} changed while it was merged")
             c.writer.install(txn, batch)
             new = dict(cur)
             new.pop("nl", None)
-            new["ch"] = X.to_manifest(refs)
+            new["ch"] = X.to_manifest(X.overlay(refs, start, merged))
             new["ver"] = uuid.uuid4().hex  # (the layout changed: caches keyed by version)
             raw = meta.objects.get(txn, bucket.name, key)
             if inodes.is_stub(raw):
-                c._ref(txn, [r for r in refs if not r.hole], context=bucket._what(key))
-                old = inodes.replace_content(meta, txn, bucket.name, raw, new)
-                c._unref(txn, [r for r in X.from_manifest(old.get("ch")) if not r.hole])
+                c._reref(txn, X.ref_ids(new["ch"]), lambda: X.ref_ids(inodes.replace_content(
+                    meta, txn, bucket.name, raw, new).get("ch")), context=bucket._what(key))
             else:
                 bucket._replace_object(txn, key, new)
 
@@ -283,53 +353,115 @@ async def merge(bucket: "Bucket", key: str) -> bool:
         raise
 
 
+def relayer(was: Sequence[ChunkRef], now: Sequence[ChunkRef], ref: ChunkRef) -> list[ChunkRef]:
+    """A slot's extents `now` with every piece that is still what it was when the
+    slot (extents `was`, same span) was read and stored as chunk `ref` replaced by
+    that piece of `ref`. Pieces written since stay on top: a merge of a slot that
+    keeps being written (a database's first page) still lands."""
+    out: list[ChunkRef] = []
+    st = X.starts(was)
+    pos = 0
+    for r in now:
+        i = bisect.bisect_right(st, pos) - 1
+        if 0 <= i < len(was) and pos + r.size <= st[i + 1] and was[i].id == r.id and \
+                (r.hole or was[i].offset + pos - st[i] == r.offset):
+            out.append(ChunkRef(ref.id, r.size, pos))  # the same bytes, from the merged chunk
+        else:
+            out.append(r)
+        pos += r.size
+    return X.normalise(out)
+
+
+class _Changed(R2fsError):
+    """The slot was rewritten while it was being merged: that merge is dropped."""
+
+
 class Merger:
-    """Runs `merge` in the background for objects updated in place by this process."""
+    """Runs `merge` in the background for objects updated in place by this process.
+
+    Two triggers: an object left alone for MERGE_DELAY gets all its fragmented
+    slots merged; a slot cut into more than SLOT_EXTENTS extents (or an object
+    with more than MERGE_EXTENTS) is merged at once, while writes go on. Why not
+    every slot at once: re-storing a 4 MiB chunk for every few 4 KiB pages a
+    database changes is the write amplification slices are there to avoid.
+    """
 
     def __init__(self, cluster: "Cluster") -> None:
         self.cluster = cluster
         self._due: dict[tuple[str, str], float] = {}
+        self._now: dict[tuple[str, str], set[int]] = {}  # slots to merge at once
         self._wake: trio.Event | None = None
         self._token: Any = None
+        self._lock_of: tuple[Any, trio.Lock] | None = None
         self.merged = 0
         #: called with (bucket, key) before a merge commits, and `unexpect` if it does
         #: not: a mount counts the merge's change record as its own (it changes no content)
         self.expect: Callable[[str, str], None] | None = None
         self.unexpect: Callable[[str, str], None] | None = None
 
-    def schedule(self, bucket: "Bucket", key: str, extents: int) -> None:
+    def schedule(self, bucket: "Bucket", key: str, refs: Sequence[ChunkRef],
+                 offsets: Iterable[int] = ()) -> None:
+        """`key` now has extents `refs`; the update wrote at `offsets`."""
         now = trio.current_time()
-        self._due[(bucket.name, key)] = now if extents > MERGE_EXTENTS else now + MERGE_DELAY
+        cs = self.cluster.config.chunk_size
+        k = (bucket.name, key)
+        self._due[k] = now + MERGE_DELAY
+        if len(refs) > MERGE_EXTENTS:
+            self._due[k] = now
+        else:
+            crowded = crowded_slots(refs, cs, offsets, SLOT_EXTENTS)
+            if crowded:
+                self._now.setdefault(k, set()).update(crowded)
         token = trio.lowlevel.current_trio_token()
         if self._token is not token:  # first use in this trio run: start the task
             self._token = token
             self._wake = trio.Event()
             trio.lowlevel.spawn_system_task(self._run, name="r2fs-slice-merge")
-        elif self._wake is not None:
+        elif self._wake is not None and (self._now or self._due[k] <= now):
             self._wake.set()
+
+    @property
+    def _lock(self) -> trio.Lock:
+        """One merge at a time (a trio lock per trio run: tests run many)."""
+        token = trio.lowlevel.current_trio_token()
+        if self._lock_of is None or self._lock_of[0] is not token:
+            self._lock_of = (token, trio.Lock())
+        return self._lock_of[1]
 
     def pending(self) -> int:
         return len(self._due)
 
+    async def _merge(self, name: str, key: str, only: Iterable[int] | None) -> None:
+        try:
+            async with self._lock:
+                if await merge(self.cluster.bucket(name, max_key=1 << 30), key, only):
+                    self.merged += 1
+        except Exception as exc:  # noqa: BLE001 - the next update schedules it again
+            log.warning("merging the slices of %s/%s failed: %s", name, key, exc)
+
     async def _run(self) -> None:
         while True:
+            while self._now:
+                (name, key), slots = self._now.popitem()
+                await self._merge(name, key, slots)
             now = trio.current_time()
             ready = [k for k, t in self._due.items() if t <= now]
             for name, key in ready:
                 self._due.pop((name, key), None)
-                try:
-                    if await merge(self.cluster.bucket(name, max_key=1 << 30), key):
-                        self.merged += 1
-                except Exception as exc:  # noqa: BLE001 - the next update schedules it again
-                    log.warning("merging the slices of %s/%s failed: %s", name, key, exc)
+                self._now.pop((name, key), None)
+                await self._merge(name, key, None)
             nxt = min(self._due.values(), default=math.inf)
             self._wake = trio.Event()
+            if self._now:
+                continue
             with trio.move_on_at(nxt):
                 await self._wake.wait()
 
     async def drain(self) -> None:
-        """Merge everything scheduled now (tests, shutdown)."""
-        for name, key in list(self._due):
-            self._due.pop((name, key), None)
-            if await merge(self.cluster.bucket(name, max_key=1 << 30), key):
-                self.merged += 1
+        """Merge everything scheduled now (tests, shutdown), after the merge in flight."""
+        async with self._lock:
+            for name, key in list({*self._due, *self._now}):
+                self._due.pop((name, key), None)
+                self._now.pop((name, key), None)
+                if await merge(self.cluster.bucket(name, max_key=1 << 30), key):
+                    self.merged += 1

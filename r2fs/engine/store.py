@@ -132,13 +132,14 @@ def _single_errors() -> Iterator[None]:
 # --- manifests ---------------------------------------------------------------------
 
 
-def _info(bucket: str, key: str, m: dict) -> ObjectInfo:
+def _info(bucket: str, key: str, m: dict, chunks: Sequence[ChunkRef] | None = None) -> ObjectInfo:
+    """`chunks`: the extents of m["ch"] when the caller has them already decoded."""
     return ObjectInfo(
         bucket=bucket, key=key, size=m["s"], etag=m["e"], uploaded=m["u"], version=m["ver"],
         http_metadata=dict(m.get("h") or {}), custom_metadata=dict(m.get("c") or {}),
         checksums=dict(m.get("ck") or {}),
         parts=tuple(m["p"]) if m.get("p") else None,
-        chunks=X.from_manifest(m.get("ch")),
+        chunks=X.from_manifest(m.get("ch")) if chunks is None else tuple(chunks),
         inline_data=m.get("in"), ino=m.get("i", 0), nlink=m.get("nl", 1),
     )
 
@@ -164,6 +165,12 @@ def _refs(m: dict | None) -> list[ChunkRef]:
     if not m:
         return []
     return [r for r in X.from_manifest(m.get("ch")) if not r.hole]
+
+
+def _ref_ids(m: dict | None) -> Counter:
+    """`_refs` counted by chunk id, straight from the manifest (no extents decoded:
+    a commit of a file with many slices counts them on every change)."""
+    return X.ref_ids(m.get("ch") if m else None)
 
 
 def _later(a: str | None, b: str | None) -> bool:
@@ -387,20 +394,21 @@ class Bucket:
         """
         c = self.cluster
         b = bucket or self.name
+        what = f"{b}/{key}"
         manifest = dict(manifest)  # (a transaction may be run again: the caller's stays as it is)
-        if ref_new:
-            c._ref(txn, _refs(manifest), context=f"{b}/{key}")
+        new_refs = _ref_ids(manifest) if ref_new else Counter()
         old = c.meta.objects.get(txn, b, key)
         if inodes.is_stub(old):
             if keep_links and not inodes.is_stub(manifest):
-                c._unref(txn, _refs(inodes.replace_content(c.meta, txn, b, old, manifest)))
+                c._reref(txn, new_refs, lambda: _ref_ids(
+                    inodes.replace_content(c.meta, txn, b, old, manifest)), context=what)
                 return old
-            gone = inodes.drop_name(c.meta, txn, b, key, old)
-            c._unref(txn, _refs(gone))
+            c._reref(txn, new_refs, lambda: _ref_ids(inodes.drop_name(c.meta, txn, b, key, old)),
+                     context=what)
             if "i" not in manifest:
                 manifest["i"] = inodes.allocate(c.meta, txn)  # a new file at this name
-        elif old is not None:
-            c._unref(txn, _refs(old))
+        else:
+            c._reref(txn, new_refs, lambda: _ref_ids(old), context=what)
         if "i" not in manifest:
             manifest["i"] = old["i"] if old is not None and "i" in old else \
                 inodes.allocate(c.meta, txn)
@@ -715,19 +723,28 @@ class Bucket:
 
     def _commit_fn(self, key: str, manifest: dict, only_if: Conditional | None,
                    batch: ChunkBatch | None = None, keep_links: bool = False,
-                   touch: Sequence[DirTouch] = ()) -> Callable[[Any], dict]:
-        """The commit transaction of a put: bucket, condition, chunk records, manifest, change."""
+                   touch: Sequence[DirTouch] = (),
+                   rebase: Callable[[dict], dict | None] | None = None) -> Callable[[Any], dict]:
+        """The commit transaction of a put: bucket, condition, chunk records, manifest, change.
+
+        `rebase(current manifest)`: an in-place update's manifest laid over what is
+        there now instead (None: `manifest` as it is); see slices.update."""
         what = self._what(key)
         writer = self.cluster.writer
 
         def txn_fn(txn: Any) -> dict:
             self._require_bucket(txn)
-            if only_if is not None:
+            m = manifest
+            if only_if is not None or rebase is not None:
                 cur = self._get(txn, key)
-                conditions.check_write(_info(self.name, key, cur) if cur else None, only_if, what)
+                if only_if is not None:
+                    conditions.check_write(_info(self.name, key, cur) if cur else None, only_if,
+                                           what)
+                if rebase is not None and cur is not None:
+                    m = rebase(cur) or manifest
             if batch is not None:
                 writer.install(txn, batch)
-            self._replace_object(txn, key, manifest, keep_links=keep_links)
+            self._replace_object(txn, key, m, keep_links=keep_links)
             self._touch(txn, touch)
             return self._get(txn, key)  # type: ignore[return-value]
 
@@ -735,10 +752,15 @@ class Bucket:
 
     async def _commit(self, key: str, manifest: dict, only_if: Conditional | None,
                       batch: ChunkBatch | None = None, keep_links: bool = False,
-                      touch: Sequence[DirTouch] = ()) -> ObjectInfo:
-        """One transaction: the batch's chunk records, refcounts, the manifest, a change."""
-        fn = self._commit_fn(key, manifest, only_if, batch, keep_links, touch)
-        return _info(self.name, key, await self.cluster.writer.commit(batch, fn))
+                      touch: Sequence[DirTouch] = (),
+                      rebase: Callable[[dict], dict | None] | None = None,
+                      chunks: Sequence[ChunkRef] | None = None) -> ObjectInfo:
+        """One transaction: the batch's chunk records, refcounts, the manifest, a change.
+        `chunks`: `manifest`'s extents, decoded (not decoded again when it is what got in)."""
+        fn = self._commit_fn(key, manifest, only_if, batch, keep_links, touch, rebase)
+        got = await self.cluster.writer.commit(batch, fn)
+        return _info(self.name, key, got,
+                     chunks if chunks is not None and got.get("ver") == manifest["ver"] else None)
 
     async def put_chunks(self, key: str, chunks: list[ChunkRef], *, etag: str | None = None,
                          http_metadata: dict[str, str] | None = None,
@@ -1323,7 +1345,10 @@ class Cluster(Core):
 
     def _ref(self, txn: Any, refs: Iterable[ChunkRef], *, context: str) -> None:
         """+1 per occurrence; refuses (ChunkMissing) chunks gc removed or is removing."""
-        for cid, n in Counter(r.id for r in refs).items():
+        self._ref_counts(txn, Counter(r.id for r in refs), context=context)
+
+    def _ref_counts(self, txn: Any, counts: Counter, *, context: str) -> None:
+        for cid, n in counts.items():
             rec = self.meta.get(txn, "chunks", cid)
             if rec is None or rec["s"] != CHUNK_LIVE:
                 raise ChunkMissing(f"{context}: chunk {cid.hex()} was garbage-collected while "
@@ -1334,7 +1359,27 @@ class Cluster(Core):
             self.meta.put(txn, "chunks", cid, rec)
 
     def _unref(self, txn: Any, refs: Iterable[ChunkRef]) -> None:
-        for cid, n in Counter(r.id for r in refs).items():
+        self._unref_counts(txn, Counter(r.id for r in refs))
+
+    def _reref(self, txn: Any, plus: Counter, old: Callable[[], Counter], *,
+               context: str) -> None:
+        """`_ref` of the `plus` references (per chunk id) and `_unref` of the `old()`
+        ones, in one step that touches only the chunk records whose counts change.
+        Why: an in-place update keeps almost every extent of the file; taking and
+        dropping a reference on each rewrote every chunk record of the file (the
+        slices kept in the metadata, with their bytes) in every commit: ~1.3 MB of
+        LMDB pages per 4 KiB sqlite page. `old` is called once, before any count
+        changes (it may change other tables: an inode record)."""
+        minus = old()
+        up = plus - minus
+        down = minus - plus
+        if up:
+            self._ref_counts(txn, up, context=context)
+        if down:
+            self._unref_counts(txn, down)
+
+    def _unref_counts(self, txn: Any, counts: Counter) -> None:
+        for cid, n in counts.items():
             rec = self.meta.get(txn, "chunks", cid)
             if rec is None:
                 continue

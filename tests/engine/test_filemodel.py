@@ -10,6 +10,7 @@ import resource
 import time
 
 import pytest
+import trio
 
 from r2fs.engine import inodes, slices
 from r2fs.engine.errors import (EntityTooLarge, KeyExists, KeyTooLong, NoSuchKey, NotLinkable,
@@ -242,6 +243,107 @@ async def test_small_update_costs_what_was_written(cluster_dir, cluster, bucket)
         meta_chunks = [r for _, r in cluster.meta.scan(txn, "chunks") if r.get("loc") == "meta"]
     assert meta_chunks == []  # the merged slices were collected
     assert await body(bucket, "db") == bytes(content)
+
+
+def refcounts_match(cluster) -> None:
+    """Every live chunk's refcount is the number of extents naming it (manifests,
+    inode records), counted per occurrence."""
+    from collections import Counter
+    meta = cluster.meta
+    want: Counter = Counter()
+    with meta.read() as txn:
+        for _, _, m in meta.objects.scan_all(txn):
+            want.update(bytes(e[0]) for e in m.get("ch") or () if e[0])
+        for _, rec in meta.scan(txn, "inodes"):
+            want.update(bytes(e[0]) for e in rec["m"].get("ch") or () if e[0])
+        got = {cid: r["r"] for cid, r in meta.scan(txn, "chunks") if r["r"]}
+    assert got == dict(want)
+
+
+async def test_a_page_update_touches_only_its_own_chunk_records(cluster, bucket):
+    content = bytearray(rand(3 * CHUNK, seed=11))
+    info = await bucket.put("db", bytes(content))
+    for i in range(30):  # slices pile up, each in a chunk record of its own
+        off = (i * 104729 * 4096) % (len(content) - 4096)
+        content[off:off + 4096] = rand(4096, seed=300 + i)
+        info = await bucket.update("db", base=info, size=len(content), writes=[(off, 4096)],
+                                   read=reader_of(content))
+    with cluster.meta.read() as txn:
+        before = {cid: r["t"] for cid, r in cluster.meta.scan(txn, "chunks")}
+    content[5:9] = b"page"
+    info = await bucket.update("db", base=info, size=len(content), writes=[(5, 4)],
+                               read=reader_of(content))
+    with cluster.meta.read() as txn:
+        after = {cid: r for cid, r in cluster.meta.scan(txn, "chunks")}
+    new = [cid for cid in after if cid not in before]
+    assert len(new) == 1 and after[new[0]]["r"] == 1
+    refcounts_match(cluster)
+    assert await body(bucket, "db") == bytes(content)
+
+
+async def test_a_merge_lands_while_the_file_keeps_being_written(cluster, bucket):
+    """A slot rewritten all the time (a database's first page) still gets merged: the
+    pieces written since the merge read it stay on top of the merged chunk; and an
+    update made from a base older than the merge keeps the merged layout."""
+    content = bytearray(rand(2 * CHUNK, seed=12))
+    info = await bucket.put("db", bytes(content))
+    for i in range(10):
+        off = 4096 * (3 + 7 * i)
+        content[off:off + 4096] = rand(4096, seed=400 + i)
+        info = await bucket.update("db", base=info, size=len(content), writes=[(off, 4096)],
+                                   read=reader_of(content))
+    old_base = info
+    assert len(slices.slot_extents(info.chunks, CHUNK)[0]) == 21
+    # the merge reads the slot; the first page changes before it commits
+    real_write = cluster.writer.write
+    changed = {}
+
+    async def write_then_change(data, **kw):
+        ref = await real_write(data, **kw)
+        if not changed:
+            changed["info"] = None
+            content[0:4096] = rand(4096, seed=499)
+            changed["info"] = await bucket.update("db", base=old_base, size=len(content),
+                                                  writes=[(0, 4096)], read=reader_of(content))
+        return ref
+
+    cluster.writer.write = write_then_change
+    try:
+        assert await slices.merge(bucket, "db", [0])
+    finally:
+        cluster.writer.write = real_write
+    merged = await bucket.head("db")
+    assert len(slices.slot_extents(merged.chunks, CHUNK)[0]) == 2  # the new page + the merge
+    assert await body(bucket, "db") == bytes(content)
+    # an update from the pre-merge base: laid over the merged layout, not undoing it
+    content[CHUNK + 8:CHUNK + 12] = b"late"
+    info = await bucket.update("db", base=changed["info"], size=len(content),
+                               writes=[(CHUNK + 8, 4)], read=reader_of(content))
+    assert len(slices.slot_extents(info.chunks, CHUNK)[0]) == 2
+    assert await body(bucket, "db") == bytes(content)
+    refcounts_match(cluster)
+    await cluster.gc(grace=0)
+    assert await body(bucket, "db") == bytes(content)
+
+
+async def test_crowded_slots_are_merged_at_once(cluster, bucket):
+    content = bytearray(rand(2 * CHUNK, seed=13))
+    info = await bucket.put("db", bytes(content))
+    for i in range(slices.SLOT_EXTENTS):  # every other page of slot 1: 2 extents each
+        off = CHUNK + 8192 * i
+        content[off:off + 4096] = rand(4096, seed=500 + i)
+        info = await bucket.update("db", base=info, size=len(content), writes=[(off, 4096)],
+                                   read=reader_of(content))
+    for _ in range(100):
+        if cluster.merger.merged:
+            break
+        await trio.sleep(0.05)
+    assert cluster.merger.merged  # long before MERGE_DELAY of quiet
+    now = await bucket.head("db")
+    # without the merge: 2 per update, 2 * SLOT_EXTENTS + 1
+    assert len(slices.slot_extents(now.chunks, CHUNK)[1]) <= slices.SLOT_EXTENTS + 1
+    assert await body(bucket, "db") == bytes(content)
+    refcounts_match(cluster)
 
 
 async def test_update_edges_and_growth(cluster, bucket):
