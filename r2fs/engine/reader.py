@@ -542,11 +542,12 @@ class ChunkReader:
             if self._maint_stop.wait(SNAPSHOT_EVERY):
                 return
             l1 = self.l1
-            if time.monotonic() - last_index >= INDEX_EVERY:
-                if l1 is not None:
-                    l1.save_index()
-                memory.release_metadata_map()
+            if l1 is not None and time.monotonic() - last_index >= INDEX_EVERY:
+                l1.save_index()
                 last_index = time.monotonic()
+            # every round: an rm -rf of a source tree touched ~90 MiB of the map in 10 s
+            # (~4 ms per call, mostly walking the map's empty page tables)
+            memory.release_metadata_map()
             self.trim(TRIM_IDLE)
 
     def trim(self, idle: float) -> int:
