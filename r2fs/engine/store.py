@@ -378,6 +378,12 @@ class Bucket:
     def _check_key(self, key: str) -> bytes:
         return check_key(key, self.max_key)
 
+    def _prefetch(self, txn: Any, keys: Iterable[str], touch: Sequence[DirTouch] = ()) -> None:
+        """The bucket record and these keys (and the touched markers) in one round trip
+        where the engine is networked (PostgreSQL); a no-op on LMDB."""
+        self.cluster.meta.prefetch(txn, [("buckets", self.name.encode())],
+                                   [(self.name, k) for k in (*keys, *(t.key for t in touch))])
+
     def _get(self, txn: Any, key: str) -> dict | None:
         """The manifest `key` stands for (a hard link's resolved through its inode)."""
         meta = self.cluster.meta
@@ -463,9 +469,13 @@ class Bucket:
 
     async def head(self, key: str) -> ObjectInfo:
         self._check_key(key)
-        with self.cluster.meta.read() as txn:
+
+        def look(txn: Any) -> dict | None:
+            self._prefetch(txn, (key,))
             self._require_bucket(txn)
-            m = self._get(txn, key)
+            return self._get(txn, key)
+
+        m = self.cluster.meta.view(look)
         if m is None:
             raise NoSuchKey(f"no such key: {self._what(key)}")
         return _info(self.name, key, m)
@@ -708,7 +718,9 @@ class Bucket:
                                                              keep_links=it.keep_links,
                                                              touch=it.touch)))
                 _test_hook_kill_after("stored")
-                outcomes = c.meta.write_many([fn for _, fn in staged])
+                keys = [items[i].key for i in small] + [t.key for i in small for t in items[i].touch]
+                outcomes = c.meta.write_many([lambda txn: self._prefetch(txn, keys)]
+                                             + [fn for _, fn in staged])[1:]
                 _test_hook_kill_after("committed")
                 return [(m, out) for (m, _), out in zip(staged, outcomes)]
 
@@ -733,6 +745,7 @@ class Bucket:
         writer = self.cluster.writer
 
         def txn_fn(txn: Any) -> dict:
+            self._prefetch(txn, (key,), touch)
             self._require_bucket(txn)
             m = manifest
             if only_if is not None or rebase is not None:
@@ -819,6 +832,7 @@ class Bucket:
         c = self.cluster
 
         def txn_fn(txn: Any) -> list[str]:
+            self._prefetch(txn, keys, touch)
             self._require_bucket(txn)
             gone = [k for k in keys if self._drop(txn, k) is not None]
             if gone:
@@ -865,6 +879,7 @@ class Bucket:
         meta = self.cluster.meta
 
         def txn_fn(txn: Any) -> dict:
+            self._prefetch(txn, (src_key, dst_key), touch)
             self._require_bucket(txn)
             src = meta.objects.get(txn, self.name, src_key)
             if src is None:

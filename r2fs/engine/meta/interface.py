@@ -35,7 +35,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import msgpack
 import trio
@@ -129,6 +129,22 @@ class MetaEngine(ABC):
         """Run each `fn` atomically (each alone rolled back if it raises), committed
         together where the engine can. Returns, in order, each result or the exception
         its `fn` raised; an exception of the commit itself is raised."""
+
+    def view(self, fn: Callable[[Txn], T]) -> T:
+        """Run the read-only `fn(txn)` on a consistent view; its result (or its exception).
+
+        Unlike `read()`, the engine may run `fn` more than once, so like a write's
+        function it must only read through `txn`: that lets PostgreSQL answer a read
+        of one statement in autocommit (one statement is one snapshot: no BEGIN, no
+        COMMIT), and run it again in a transaction only when it needs more."""
+        with self.read() as txn:
+            return fn(txn)
+
+    def prefetch(self, txn: Txn, records: Iterable[tuple[str, bytes]] = (),
+                 objects: Iterable[tuple[str, str]] = ()) -> None:
+        """A hint: `fn` is about to get these (table, key) records and (bucket, key)
+        objects. A networked engine fetches them in one round trip and answers the
+        gets from memory; an embedded one has nothing to gain and ignores it."""
 
     @abstractmethod
     def get(self, txn: Txn, table: str, key: bytes) -> Any: ...

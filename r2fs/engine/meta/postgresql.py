@@ -45,17 +45,19 @@ at open by `MIGRATIONS`, newer ones refused):
 
 from __future__ import annotations
 
+import binascii
 import logging
 import random
 import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import psycopg
 import trio
 from psycopg import errors as pgerrors
+from psycopg.generators import execute as pg_execute
 
 from ..errors import ClusterError, MetadataUnavailable, UnsupportedFormat
 from .interface import CHANGE_HISTORY, TABLES, MetaEngine, ObjectIndex, pack, unpack
@@ -73,6 +75,10 @@ POOL_SIZE = 16
 CONNECT_TIMEOUT = 5
 #: Prune the change feed after about this many recorded changes by this process.
 PRUNE_EVERY = 2000
+#: Numbers `next_id` takes from its sequence at once.
+ID_BLOCK = 64
+#: Keys one prefetch statement reads at most.
+PREFETCH_MAX = 256
 
 _TBL = {name: i for i, name in enumerate(TABLES)}
 
@@ -93,6 +99,7 @@ _CREATE = [
 #: version -> statements that bring a database from that version to the next.
 MIGRATIONS: dict[int, list[str]] = {}
 
+_FATAL = psycopg.pq.ExecStatus.FATAL_ERROR
 _RETRY = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
 
 
@@ -245,15 +252,50 @@ class _Layer:
         return out
 
 
+class _NeedSnapshot(BaseException):
+    """A single-statement read (`PgMeta.view`) needs a second statement: run it again in a
+    REPEATABLE READ transaction. BaseException: no `except Exception` in a read may swallow it."""
+
+
+def _lit(b: bytes) -> str:
+    """A bytea literal (hex; an E'' string, right whatever standard_conforming_strings is)."""
+    return "E'\\\\x" + b.hex() + "'"
+
+
+def _text(s: str) -> str:
+    """A text literal that needs no escaping rules: the UTF-8 bytes, converted by the server."""
+    return f"convert_from({_lit(s.encode('utf-8'))}, 'UTF8')"
+
+
+def _where(space: Any, key: bytes) -> str:
+    if isinstance(space, tuple):
+        return f"r2fs_objects WHERE bucket = {_lit(space[1])} AND k = {_lit(key)}"
+    return f"r2fs_kv WHERE tbl = {int(space)} AND k = {_lit(key)}"
+
+
+def _bytea(raw: bytes | None) -> bytes | None:
+    """A bytea column of a text-format (simple query) result."""
+    return None if raw is None else binascii.unhexlify(raw[2:])
+
+
 class PgTxn:
-    """One transaction on one connection: reads go to the server (cached), writes are buffered."""
+    """One transaction on one connection: reads go to the server (cached), writes are buffered.
+
+    The hot statements (point reads, prefetches, the commit) go out as one simple-query
+    message each, literals inlined (hex, so no quoting rules), BEGIN in front of the first
+    and COMMIT at the end of the commit's: one round trip each, and a small fraction of
+    the client CPU psycopg's cursor and pipeline machinery costs per statement.
+    `single`: a read run by `PgMeta.view` -- its first statement runs alone in autocommit
+    (one statement is one snapshot), a second one raises _NeedSnapshot."""
 
     def __init__(self, conn: psycopg.Connection, write: bool,
-                 reconnect: Callable[[psycopg.Connection], psycopg.Connection] | None = None) -> None:
+                 reconnect: Callable[[psycopg.Connection], psycopg.Connection] | None = None,
+                 single: bool = False) -> None:
         self.conn = conn
         self._reconnect = reconnect
         self.cur = conn.cursor()
         self.write = write
+        self.single = single
         self.layer = _Layer(None)
         self._seen: dict[tuple[Any, bytes], bytes | None] = {}
         self.begun = False  # BEGIN goes out with the first statement (one round trip, not two)
@@ -261,12 +303,17 @@ class PgTxn:
     _BEGIN = {True: "BEGIN ISOLATION LEVEL SERIALIZABLE",
               False: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"}
 
-    def execute(self, sql: str, args: Any = None) -> psycopg.Cursor:
-        """Run a statement in this transaction (starting it, pipelined, if not yet)."""
+    def _starting(self) -> bool:
+        """About to send a statement: True if it is the transaction's first (BEGIN goes too)."""
         if self.begun:
-            return self.cur.execute(sql, args)
+            if self.single:
+                raise _NeedSnapshot()
+            return False
+        return True
+
+    def _retry_first(self, send: Callable[[], T]) -> T:
         try:
-            self._first(sql, args)
+            return send()
         except psycopg.OperationalError:
             if self._reconnect is None:
                 raise
@@ -274,7 +321,16 @@ class PgTxn:
             # its server (restarted meanwhile) is replaced once, transparently
             self.conn = self._reconnect(self.conn)
             self.cur = self.conn.cursor()
-            self._first(sql, args)
+            return send()
+
+    def execute(self, sql: str, args: Any = None) -> psycopg.Cursor:
+        """Run a statement in this transaction (starting it, pipelined, if not yet)."""
+        if not self._starting():
+            return self.cur.execute(sql, args)
+        if self.single:
+            self._retry_first(lambda: self.cur.execute(sql, args))
+        else:
+            self._retry_first(lambda: self._first(sql, args))
         self.begun = True
         return self.cur
 
@@ -283,24 +339,68 @@ class PgTxn:
             self.cur.execute(self._BEGIN[self.write])
             self.cur.execute(sql, args)
 
+    def query(self, sql: str) -> Any:
+        """Run `sql` (statements with inlined literals) as one message; the last result.
+        Starts the transaction with it if not yet."""
+        if self._starting():
+            if not self.single:
+                sql = self._BEGIN[self.write] + "; " + sql
+            result = self._retry_first(lambda: self._simple(sql))
+            self.begun = True
+            return result
+        return self._simple(sql)
+
+    def _simple(self, sql: str) -> Any:
+        conn = self.conn
+        pg = conn.pgconn
+        pg.send_query(sql.encode())
+        results = conn.wait(pg_execute(pg))
+        for r in results:
+            if r.status == _FATAL:
+                raise pgerrors.error_from_result(r, encoding="utf-8")
+        return results[-1]
+
     # reads --------------------------------------------------------------------------------
 
-    def fetch(self, space: Any, key: bytes) -> bytes | None:
+    def _cached(self, space: Any, key: bytes) -> tuple[bool, bytes | None]:
         v = self.layer.lookup(space, key)
         if v is not None:
-            return None if v is _DELETED else v
+            return True, (None if v is _DELETED else v)
         ck = (space, key)
         if ck in self._seen:
-            return self._seen[ck]
-        if isinstance(space, tuple):
-            self.execute("SELECT v FROM r2fs_objects WHERE bucket = %s AND k = %s",
-                         (space[1], key))
-        else:
-            self.execute("SELECT v FROM r2fs_kv WHERE tbl = %s AND k = %s", (space, key))
-        row = self.cur.fetchone()
-        value = None if row is None else row[0]
-        self._seen[ck] = value
+            return True, self._seen[ck]
+        return False, None
+
+    def fetch(self, space: Any, key: bytes) -> bytes | None:
+        known, v = self._cached(space, key)
+        if known:
+            return v
+        res = self.query("SELECT v FROM " + _where(space, key))
+        value = _bytea(res.get_value(0, 0)) if res.ntuples else None
+        self._seen[(space, key)] = value
         return value
+
+    def prefetch(self, items: list[tuple[Any, bytes]]) -> None:
+        """Read every (space, key) not known yet in one statement (one snapshot, one round
+        trip); later fetches of them are answered from memory."""
+        want = []
+        for space, key in items:
+            if not self._cached(space, key)[0] and (space, key) not in want:
+                want.append((space, key))
+        if not want:
+            return
+        if len(want) == 1:
+            self.fetch(*want[0])
+            return
+        for at in range(0, len(want), PREFETCH_MAX):
+            self._prefetch(want[at:at + PREFETCH_MAX])
+
+    def _prefetch(self, want: list[tuple[Any, bytes]]) -> None:
+        res = self.query(" UNION ALL ".join(f"SELECT {i}, v FROM {_where(sp, k)}"
+                                            for i, (sp, k) in enumerate(want)))
+        got = {int(res.get_value(r, 0)): _bytea(res.get_value(r, 1)) for r in range(res.ntuples)}
+        for i, ck in enumerate(want):
+            self._seen[ck] = got.get(i)
 
     def range(self, space: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) with lo <= key < hi in key order: the server's rows merged with
@@ -359,40 +459,36 @@ class PgTxn:
         self.layer.writes[(space, key)] = _DELETED if value is None else value
 
     def flush(self) -> None:
-        """Send the buffered writes and changes (batched), then COMMIT."""
+        """Send the buffered writes and changes and COMMIT, in one message (one round trip)."""
         layer = self.layer
-        kv_put, kv_del, obj_put, obj_del = [], [], [], []
+        dels: dict[Any, list[bytes]] = {}
+        puts: dict[str, list[str]] = {"r2fs_kv": [], "r2fs_objects": []}
         for (space, key), v in layer.writes.items():
-            if isinstance(space, tuple):
-                (obj_del.append((space[1], key)) if v is _DELETED
-                 else obj_put.append((space[1], key, v)))
+            if v is _DELETED:
+                dels.setdefault(space, []).append(key)
+            elif isinstance(space, tuple):
+                puts["r2fs_objects"].append(f"({_lit(space[1])}, {_lit(key)}, {_lit(v)})")
             else:
-                kv_del.append((space, key)) if v is _DELETED else kv_put.append((space, key, v))
-        cur = self.cur
-        with self.conn.pipeline():
-            if not self.begun:
-                self.begun = True
-                cur.execute(self._BEGIN[True])
-            self._send(cur, kv_put, kv_del, obj_put, obj_del, layer.changes)
-
-    @staticmethod
-    def _send(cur: psycopg.Cursor, kv_put: list, kv_del: list, obj_put: list, obj_del: list,
-              changes: list[tuple[str, str]]) -> None:
-        if kv_del:
-            cur.executemany("DELETE FROM r2fs_kv WHERE tbl = %s AND k = %s", kv_del)
-        if kv_put:
-            cur.executemany("INSERT INTO r2fs_kv (tbl, k, v) VALUES (%s, %s, %s) "
-                            "ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v", kv_put)
-        if obj_del:
-            cur.executemany("DELETE FROM r2fs_objects WHERE bucket = %s AND k = %s", obj_del)
-        if obj_put:
-            cur.executemany("INSERT INTO r2fs_objects (bucket, k, v) VALUES (%s, %s, %s) "
-                            "ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v", obj_put)
-        if changes:
-            cur.executemany("INSERT INTO r2fs_changes (ord, bucket, key) VALUES (%s, %s, %s)",
-                            [(i, b, k) for i, (b, k) in enumerate(changes)])
-            cur.execute(f"NOTIFY {CHANNEL}")
-        cur.execute("COMMIT")
+                puts["r2fs_kv"].append(f"({int(space)}, {_lit(key)}, {_lit(v)})")
+        stmts = []
+        for space, keys in dels.items():
+            keyset = ", ".join(_lit(k) for k in keys)
+            if isinstance(space, tuple):
+                stmts.append(f"DELETE FROM r2fs_objects WHERE bucket = {_lit(space[1])} "
+                             f"AND k IN ({keyset})")
+            else:
+                stmts.append(f"DELETE FROM r2fs_kv WHERE tbl = {int(space)} AND k IN ({keyset})")
+        for table, cols in (("r2fs_kv", "tbl"), ("r2fs_objects", "bucket")):
+            if puts[table]:
+                stmts.append(f"INSERT INTO {table} ({cols}, k, v) VALUES {', '.join(puts[table])} "
+                             f"ON CONFLICT ({cols}, k) DO UPDATE SET v = EXCLUDED.v")
+        if layer.changes:
+            rows = ", ".join(f"({i}, {_text(b)}, {_text(k)})"
+                             for i, (b, k) in enumerate(layer.changes))
+            stmts.append(f"INSERT INTO r2fs_changes (ord, bucket, key) VALUES {rows}")
+            stmts.append(f"NOTIFY {CHANNEL}")
+        stmts.append("COMMIT")
+        self.query("; ".join(stmts))
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -443,6 +539,8 @@ class PgMeta(MetaEngine):
         self.objects = PgObjects()
         self._recorded = 0
         self._sequences: dict[bytes, str] = {}
+        self._ids: dict[bytes, list[int]] = {}
+        self._ids_lock = threading.Lock()
         self._listen: psycopg.Connection | None = None
         self._listen_lock = threading.Lock()
         try:
@@ -524,6 +622,34 @@ class PgMeta(MetaEngine):
             raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
         finally:
             self._release(txn.conn, ok)
+
+    def view(self, fn: Callable[[PgTxn], T]) -> T:
+        """`fn` with its first statement alone in autocommit: a read of one statement (a
+        head with its bucket record prefetched) costs one round trip. If `fn` needs a
+        second one, it runs again in a REPEATABLE READ transaction (`read`)."""
+        txn = PgTxn(self._conn(), write=False, reconnect=self._replace, single=True)
+        ok = False
+        try:
+            try:
+                result = fn(txn)
+                ok = True
+                return result
+            except _NeedSnapshot:
+                ok = True
+            except psycopg.OperationalError as e:
+                raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}") from None
+            except Exception:
+                ok = True  # the function's own error (NoSuchKey...): the connection is fine
+                raise
+        finally:
+            self._release(txn.conn, ok)
+        with self.read() as txn:
+            return fn(txn)
+
+    def prefetch(self, txn: PgTxn, records: Iterable[tuple[str, bytes]] = (),
+                 objects: Iterable[tuple[str, str]] = ()) -> None:
+        txn.prefetch([(_TBL[t], k) for t, k in records]
+                     + [(("o", b.encode()), k.encode("utf-8")) for b, k in objects])
 
     def _replace(self, dead: psycopg.Connection) -> psycopg.Connection:
         """A fresh connection for one that failed (the idle ones likely died with it)."""
@@ -643,11 +769,25 @@ class PgMeta(MetaEngine):
 
     def next_id(self, txn: PgTxn, key: bytes, first: int = 1) -> int:
         """From a sequence per key (made on first use): no row every allocation updates, so
-        concurrent creates do not conflict (a rolled-back allocation leaves a gap)."""
+        concurrent creates do not conflict (a rolled-back allocation leaves a gap). Taken
+        ID_BLOCK at a time and handed out from memory (sequences are not transactional, so
+        a block outlives the transaction that fetched it): one round trip per block, not
+        per create; numbers are unique, increasing per process, with gaps."""
+        with self._ids_lock:
+            block = self._ids.get(key)
+            if block:
+                return block.pop()
         seq = self._sequences.get(key)
         if seq is None:
             seq = self._sequence(key, first)
-        return txn.execute("SELECT nextval(%s::regclass)", (seq,)).fetchone()[0]
+        res = txn.query(f"SELECT nextval('{seq}'::regclass) "  # r2fs_id_<hex>: no quoting
+                        f"FROM generate_series(1, {ID_BLOCK})")
+        ids = sorted((int(res.get_value(r, 0)) for r in range(res.ntuples)), reverse=True)
+        n = ids.pop()
+        with self._ids_lock:
+            self._ids.setdefault(key, []).extend(ids)
+            self._ids[key].sort(reverse=True)
+        return n
 
     def _sequence(self, key: bytes, first: int) -> str:
         name = "r2fs_id_" + key.hex()
