@@ -352,6 +352,10 @@ class ObjectBody:
         self._closed = True
 
 
+#: A listing of fewer keys likely fits the first page an engine reads (MetaEngine.view).
+FIRST_PAGE_HINT = 60
+
+
 class Bucket:
     """A handle on one bucket; cheap to make. Operations raise NoSuchBucket."""
 
@@ -529,15 +533,20 @@ class Bucket:
             if delimiter and c.startswith(prefix) and delimiter in c[len(prefix):]:
                 cb += b"\xff"  # the cursor was a common prefix: skip everything under it
             after = cb if after is None or cb > after else after
-        objects: list[ObjectInfo] = []
-        prefixes: list[str] = []
-        last = None
-        truncated = False
         meta = self.cluster.meta
-        with meta.read() as txn:
+        start = after
+
+        def walk(txn: Any) -> tuple[list[ObjectInfo], list[str], str | None, bool]:
+            # (run again from the start if the engine needs to: see MetaEngine.view)
+            objects: list[ObjectInfo] = []
+            prefixes: list[str] = []
+            last = None
+            truncated = False
+            after = start
+            meta.prefetch(txn, [("buckets", self.name.encode())], scans=[(self.name, prefix, after)])
             self._require_bucket(txn)
             if limit <= 0:
-                return ObjectList([], [], False, None)
+                return objects, prefixes, last, truncated
             while True:
                 restart = None
                 for key, m in meta.objects.scan(txn, self.name, prefix, after):
@@ -558,6 +567,13 @@ class Bucket:
                 if restart is None or truncated:
                     break
                 after = restart
+            return objects, prefixes, last, truncated
+
+        if limit < FIRST_PAGE_HINT and not delimiter:  # likely one statement: no transaction
+            objects, prefixes, last, truncated = meta.view(walk)
+        else:
+            with meta.read() as txn:
+                objects, prefixes, last, truncated = walk(txn)
         next_cursor = None
         if truncated and last is not None:
             next_cursor = base64.urlsafe_b64encode(last.encode("utf-8")).decode()

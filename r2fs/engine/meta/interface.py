@@ -141,10 +141,12 @@ class MetaEngine(ABC):
             return fn(txn)
 
     def prefetch(self, txn: Txn, records: Iterable[tuple[str, bytes]] = (),
-                 objects: Iterable[tuple[str, str]] = ()) -> None:
-        """A hint: `fn` is about to get these (table, key) records and (bucket, key)
-        objects. A networked engine fetches them in one round trip and answers the
-        gets from memory; an embedded one has nothing to gain and ignores it."""
+                 objects: Iterable[tuple[str, str]] = (),
+                 scans: Iterable[tuple[str, str, bytes | None]] = ()) -> None:
+        """A hint: the transaction is about to get these (table, key) records and
+        (bucket, key) objects, and to `objects.scan(bucket, prefix, after)` for each of
+        `scans`. A networked engine fetches them (a scan's first page) in one round trip
+        and answers from memory; an embedded one has nothing to gain and ignores it."""
 
     @abstractmethod
     def get(self, txn: Txn, table: str, key: bytes) -> Any: ...

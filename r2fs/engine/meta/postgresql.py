@@ -79,6 +79,8 @@ PRUNE_EVERY = 2000
 ID_BLOCK = 64
 #: Keys one prefetch statement reads at most.
 PREFETCH_MAX = 256
+#: Rows of a scan's first page (prefetched with `prefetch(scans=...)`).
+FIRST_PAGE = 64
 
 _TBL = {name: i for i, name in enumerate(TABLES)}
 
@@ -114,6 +116,13 @@ def _successor(prefix: bytes) -> bytes | None:
     if not p:
         return None
     return p[:-1] + bytes([p[-1] + 1])
+
+
+def _scan_bounds(prefix: str, after: bytes | None) -> tuple[bytes, bytes | None]:
+    """[lo, hi) of the object keys `ObjectIndex.scan(prefix, after)` lists."""
+    pbytes = prefix.encode("utf-8")
+    lo = pbytes if after is None or after < pbytes else after + b"\0"
+    return lo, _successor(pbytes)
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -298,6 +307,7 @@ class PgTxn:
         self.single = single
         self.layer = _Layer(None)
         self._seen: dict[tuple[Any, bytes], bytes | None] = {}
+        self._pages: dict[tuple[Any, bytes, bytes | None], list[tuple[bytes, bytes]]] = {}
         self.begun = False  # BEGIN goes out with the first statement (one round trip, not two)
 
     _BEGIN = {True: "BEGIN ISOLATION LEVEL SERIALIZABLE",
@@ -380,27 +390,44 @@ class PgTxn:
         self._seen[(space, key)] = value
         return value
 
-    def prefetch(self, items: list[tuple[Any, bytes]]) -> None:
-        """Read every (space, key) not known yet in one statement (one snapshot, one round
-        trip); later fetches of them are answered from memory."""
+    def prefetch(self, items: list[tuple[Any, bytes]],
+                 scans: list[tuple[Any, bytes, bytes | None]] = ()) -> None:
+        """Read every (space, key) not known yet, and the first page of each scan
+        (space, lo, hi), in one statement (one snapshot, one round trip); later fetches
+        and `range`s starting there are answered from memory."""
         want = []
         for space, key in items:
             if not self._cached(space, key)[0] and (space, key) not in want:
                 want.append((space, key))
-        if not want:
-            return
-        if len(want) == 1:
+        scans = [sc for sc in scans if sc not in self._pages]
+        if len(want) == 1 and not scans:
             self.fetch(*want[0])
             return
-        for at in range(0, len(want), PREFETCH_MAX):
-            self._prefetch(want[at:at + PREFETCH_MAX])
+        for at in range(0, max(len(want), 1), PREFETCH_MAX):
+            self._prefetch(want[at:at + PREFETCH_MAX], scans if at == 0 else [])
 
-    def _prefetch(self, want: list[tuple[Any, bytes]]) -> None:
-        res = self.query(" UNION ALL ".join(f"SELECT {i}, v FROM {_where(sp, k)}"
-                                            for i, (sp, k) in enumerate(want)))
-        got = {int(res.get_value(r, 0)): _bytea(res.get_value(r, 1)) for r in range(res.ntuples)}
+    def _prefetch(self, want: list[tuple[Any, bytes]],
+                  scans: list[tuple[Any, bytes, bytes | None]]) -> None:
+        arms = [f"SELECT {i}, NULL::bytea, v FROM {_where(sp, k)}" for i, (sp, k) in enumerate(want)]
+        arms += [f"({self._page_sql(sp, lo, True, hi, FIRST_PAGE, str(len(want) + j) + ', ')})"
+                 for j, (sp, lo, hi) in enumerate(scans)]
+        if not arms:
+            return
+        res = self.query(" UNION ALL ".join(arms))
+        got: dict[int, Any] = {}
+        pages: list[list[tuple[bytes, bytes]]] = [[] for _ in scans]
+        for r in range(res.ntuples):
+            i = int(res.get_value(r, 0))
+            if i < len(want):
+                got[i] = _bytea(res.get_value(r, 2))
+            else:
+                pages[i - len(want)].append((_bytea(res.get_value(r, 1)),
+                                             _bytea(res.get_value(r, 2))))
         for i, ck in enumerate(want):
             self._seen[ck] = got.get(i)
+        for sc, rows in zip(scans, pages):
+            rows.sort()
+            self._pages[sc] = rows
 
     def range(self, space: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) with lo <= key < hi in key order: the server's rows merged with
@@ -408,7 +435,7 @@ class PgTxn:
         pending = self.layer.pending(space, lo, hi) if self.write else {}
         extra = sorted(pending.items())
         i = 0
-        page = 64
+        page = FIRST_PAGE
         start, inclusive = lo, True
         while True:
             rows = self._page(space, start, inclusive, hi, page)
@@ -435,21 +462,25 @@ class PgTxn:
 
     def _page(self, space: Any, start: bytes, inclusive: bool, hi: bytes | None,
               limit: int) -> list[tuple[bytes, bytes]]:
-        op = ">=" if inclusive else ">"
+        if inclusive:
+            rows = self._pages.pop((space, start, hi), None)
+            if rows is not None and (len(rows) >= limit or len(rows) < FIRST_PAGE):
+                return rows[:limit]  # (prefetched: all there is, or enough)
+        res = self.query(self._page_sql(space, start, inclusive, hi, limit))
+        return [(_bytea(res.get_value(r, 0)), _bytea(res.get_value(r, 1)))
+                for r in range(res.ntuples)]
+
+    @staticmethod
+    def _page_sql(space: Any, start: bytes, inclusive: bool, hi: bytes | None, limit: int,
+                  tag: str = "") -> str:
         if isinstance(space, tuple):
-            where, args = "bucket = %s", [space[1]]
-            table = "r2fs_objects"
+            sql = f"SELECT {tag}k, v FROM r2fs_objects WHERE bucket = {_lit(space[1])}"
         else:
-            where, args = "tbl = %s", [space]
-            table = "r2fs_kv"
-        sql = f"SELECT k, v FROM {table} WHERE {where} AND k {op} %s"
-        args.append(start)
+            sql = f"SELECT {tag}k, v FROM r2fs_kv WHERE tbl = {int(space)}"
+        sql += f" AND k {'>=' if inclusive else '>'} {_lit(start)}"
         if hi is not None:
-            sql += " AND k < %s"
-            args.append(hi)
-        sql += " ORDER BY k LIMIT %s"
-        args.append(limit)
-        return self.execute(sql, args).fetchall()
+            sql += f" AND k < {_lit(hi)}"
+        return sql + f" ORDER BY k LIMIT {int(limit)}"
 
     # writes -------------------------------------------------------------------------------
 
@@ -512,9 +543,7 @@ class PgObjects(ObjectIndex):
 
     def scan(self, txn: PgTxn, bucket: str, prefix: str = "",
              after: bytes | None = None) -> Iterator[tuple[str, dict]]:
-        pbytes = prefix.encode("utf-8")
-        lo = pbytes if after is None or after < pbytes else after + b"\0"
-        for k, v in txn.range(("o", bucket.encode()), lo, _successor(pbytes)):
+        for k, v in txn.range(("o", bucket.encode()), *_scan_bounds(prefix, after)):
             yield k.decode("utf-8"), unpack(v)
 
     def scan_all(self, txn: PgTxn) -> Iterator[tuple[str, str, dict]]:
@@ -647,9 +676,11 @@ class PgMeta(MetaEngine):
             return fn(txn)
 
     def prefetch(self, txn: PgTxn, records: Iterable[tuple[str, bytes]] = (),
-                 objects: Iterable[tuple[str, str]] = ()) -> None:
+                 objects: Iterable[tuple[str, str]] = (),
+                 scans: Iterable[tuple[str, str, bytes | None]] = ()) -> None:
         txn.prefetch([(_TBL[t], k) for t, k in records]
-                     + [(("o", b.encode()), k.encode("utf-8")) for b, k in objects])
+                     + [(("o", b.encode()), k.encode("utf-8")) for b, k in objects],
+                     [(("o", b.encode()),) + _scan_bounds(p, after) for b, p, after in scans])
 
     def _replace(self, dead: psycopg.Connection) -> psycopg.Connection:
         """A fresh connection for one that failed (the idle ones likely died with it)."""
