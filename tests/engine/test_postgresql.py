@@ -17,10 +17,10 @@ import trio
 
 from helpers import ok
 from r2fs.engine import metasnap
-from r2fs.engine.errors import (ClusterError, MetadataUnavailable, PreconditionFailed,
+from r2fs.engine.errors import (ClusterError, MetadataUnavailable, NoSuchKey, PreconditionFailed,
                                 UnsupportedFormat)
 from r2fs.engine.meta import postgresql as pgmod
-from r2fs.engine.store import Cluster
+from r2fs.engine.store import Cluster, PutItem
 from r2fs.engine.types import Conditional
 
 
@@ -132,6 +132,88 @@ async def test_concurrent_creates_get_distinct_inode_numbers(pg_cluster):
     with pg_cluster.meta.read() as txn:
         inos = [m["i"] for _, m in pg_cluster.meta.objects.scan(txn, "inos")]
     assert len(inos) == 45 and len(set(inos)) == 45
+
+
+def _count_messages(monkeypatch) -> list[str]:
+    """Every message the engine sends to the server (each one round trip): its simple
+    queries and anything through psycopg cursors."""
+    sent: list[str] = []
+    simple, execute = pgmod.PgTxn._simple, psycopg.Cursor.execute
+
+    def counted_simple(self, sql, *a, **k):
+        sent.append(sql)
+        return simple(self, sql, *a, **k)
+
+    def counted_execute(self, query, *a, **k):
+        sent.append(str(query))
+        return execute(self, query, *a, **k)
+
+    monkeypatch.setattr(pgmod.PgTxn, "_simple", counted_simple)
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
+    return sent
+
+
+async def test_round_trips_per_operation(pg_cluster, monkeypatch):
+    """What the speed of a networked engine comes down to: a head is one round trip,
+    a create, rename or delete two, a group commit of many puts or unlinks two."""
+    await pg_cluster.create_bucket("trips")
+    b = pg_cluster.bucket("trips")
+    await b.put("warm", b"w")  # (the first create fetches a block of inode numbers)
+    sent = _count_messages(monkeypatch)
+
+    async def trips(op):
+        del sent[:]
+        out = await op
+        return len(sent), out
+
+    assert (await trips(b.put("d/a", b"aaa")))[0] == 2
+    n, info = await trips(b.head("d/a"))
+    assert n == 1 and info.size == 3
+    n, listing = await trips(b.list(prefix="d/", limit=1))
+    assert n == 1 and [o.key for o in listing.objects] == ["d/a"]
+    del sent[:]
+    with pytest.raises(NoSuchKey):
+        await b.head("d/nope")
+    assert len(sent) == 1
+    assert (await trips(b.rename("d/a", "d/b")))[0] == 2
+    n, out = await trips(b.put_many([PutItem(f"m/{i}", b"x" * i) for i in range(20)]))
+    assert n == 2 and all(not isinstance(o, Exception) for o in out)
+    n, gone = await trips(b.delete([f"m/{i}" for i in range(20)] + ["d/b"]))
+    assert n == 2 and len(gone) == 21
+    assert (await trips(b.list(limit=10)))[1].objects[0].key == "warm"
+
+
+async def test_reads_that_need_more_than_one_statement_run_in_a_snapshot(pg_cluster):
+    """A head of a hard link reads its inode record too: `view` runs it again in a
+    transaction and the answer is the linked content, through either name."""
+    await pg_cluster.create_bucket("links")
+    b = pg_cluster.bucket("links")
+    await b.put("f", b"content")
+    await b.link("f", "g")
+    for name in ("f", "g"):
+        info = await b.head(name)
+        assert info.size == 7 and info.nlink == 2
+    assert [o.size for o in (await b.list(limit=5)).objects] == [7, 7]
+
+
+def test_prepared_statements_are_tracked_through_failed_transactions(pg_cluster):
+    """Statements PREPAREd in a transaction that then fails stay prepared (a rollback
+    does not undo a PREPARE); what the engine believes each connection has is what the
+    server has, so no EXECUTE ever names a missing statement."""
+    meta = pg_cluster.meta
+
+    def fails(txn):
+        meta.prefetch(txn, [("buckets", b"nope")], [("nope", "a"), ("nope", "b")])
+        txn.query("SELECT 1/0")
+
+    for _ in range(3):
+        with pytest.raises(ClusterError, match="division by zero"):
+            meta.write(fails)
+        with meta.read() as txn:
+            assert meta.get(txn, "buckets", b"nope") is None
+    for conn in list(meta.pool._idle):
+        names = {r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements")}
+        assert names == pgmod._PREPARED[id(conn)] and names
 
 
 async def test_rename_prefix_is_all_or_nothing_for_a_concurrent_lister(pg_cluster):

@@ -102,6 +102,7 @@ _CREATE = [
 MIGRATIONS: dict[int, list[str]] = {}
 
 _FATAL = psycopg.pq.ExecStatus.FATAL_ERROR
+_COMMAND_OK = psycopg.pq.ExecStatus.COMMAND_OK
 _RETRY = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
 
 
@@ -153,7 +154,8 @@ class Pool:
         except psycopg.OperationalError as e:
             raise MetadataUnavailable(f"cannot reach the metadata database (PostgreSQL at {redact(self.url)}): "
                                       f"{_first_line(e)}") from None
-        conn.prepare_threshold = None  # server-side prepares do not survive a failed pipeline
+        conn.prepare_threshold = None  # psycopg's prepares did not survive a failed pipeline;
+        _PREPARED[id(conn)] = set()  # ours (PgTxn.query) are tracked per connection instead
         return conn
 
     def get(self) -> psycopg.Connection:
@@ -187,6 +189,7 @@ class Pool:
                 conn = None  # type: ignore[assignment]
             self._cond.notify()
         if conn is not None:
+            _PREPARED.pop(id(conn), None)
             try:
                 conn.close()
             except Exception:  # noqa: BLE001 - it is being dropped anyway
@@ -208,6 +211,34 @@ class Pool:
         with self._cond:
             self._closed = True
         self.drop_idle()
+
+
+#: id(connection) -> names of the statements PREPAREd on it (set when it is made).
+_PREPARED: dict[int, set[str]] = {}
+#: Point reads of at most this many keys go out as a prepared statement of their shape.
+PREPARE_MAX = 4
+
+
+def _shape(want: list[tuple[Any, bytes]]) -> tuple[str, str, str]:
+    """(name, PREPARE statement, EXECUTE statement) of a point read of these keys: one
+    prepared statement per shape (which arms read r2fs_kv, which r2fs_objects), so
+    that the server parses and plans it once per connection, not once per read."""
+    code = "".join("o" if isinstance(sp, tuple) else "k" for sp, _ in want)
+    name = "r2fs_pf_" + code
+    arms, types, args = [], [], []
+    for i, (sp, key) in enumerate(want):
+        n = 2 * i
+        if isinstance(sp, tuple):
+            arms.append(f"SELECT {i}, NULL::bytea, v FROM r2fs_objects "
+                        f"WHERE bucket = ${n + 1} AND k = ${n + 2}")
+            types += ["bytea", "bytea"]
+            args += [_lit(sp[1]), _lit(key)]
+        else:
+            arms.append(f"SELECT {i}, NULL::bytea, v FROM r2fs_kv WHERE tbl = ${n + 1} AND k = ${n + 2}")
+            types += ["smallint", "bytea"]
+            args += [str(int(sp)), _lit(key)]
+    prepare = f"PREPARE {name} ({', '.join(types)}) AS {' UNION ALL '.join(arms)}"
+    return name, prepare, f"EXECUTE {name} ({', '.join(args)})"
 
 
 def _first_line(e: BaseException) -> str:
@@ -349,22 +380,33 @@ class PgTxn:
             self.cur.execute(self._BEGIN[self.write])
             self.cur.execute(sql, args)
 
-    def query(self, sql: str) -> Any:
+    def query(self, sql: str, prepare: tuple[str, str] | None = None) -> Any:
         """Run `sql` (statements with inlined literals) as one message; the last result.
-        Starts the transaction with it if not yet."""
+        Starts the transaction with it if not yet. `prepare`: (name, PREPARE statement)
+        `sql` EXECUTEs, sent first in the same message if this connection lacks it."""
         if self._starting():
-            if not self.single:
-                sql = self._BEGIN[self.write] + "; " + sql
-            result = self._retry_first(lambda: self._simple(sql))
+            begin = "" if self.single else self._BEGIN[self.write]
+            result = self._retry_first(lambda: self._simple(sql, prepare, begin))
             self.begun = True
             return result
-        return self._simple(sql)
+        return self._simple(sql, prepare)
 
-    def _simple(self, sql: str) -> Any:
+    def _simple(self, sql: str, prepare: tuple[str, str] | None, begin: str = "") -> Any:
         conn = self.conn
         pg = conn.pgconn
+        have = _PREPARED.setdefault(id(conn), set())
+        sent = prepare is not None and prepare[0] not in have
+        if sent:
+            # (a PREPARE is not undone by a rollback: one that succeeded stays, whatever
+            # the statements after it do; after BEGIN, which must come first)
+            sql = prepare[1] + "; " + sql
+        if begin:
+            sql = begin + "; " + sql
         pg.send_query(sql.encode())
         results = conn.wait(pg_execute(pg))
+        if sent and any(r.status == _COMMAND_OK and r.command_status == b"PREPARE"
+                        for r in results):
+            have.add(prepare[0])
         for r in results:
             if r.status == _FATAL:
                 raise pgerrors.error_from_result(r, encoding="utf-8")
@@ -385,8 +427,9 @@ class PgTxn:
         known, v = self._cached(space, key)
         if known:
             return v
-        res = self.query("SELECT v FROM " + _where(space, key))
-        value = _bytea(res.get_value(0, 0)) if res.ntuples else None
+        name, prepare, run = _shape([(space, key)])
+        res = self.query(run, (name, prepare))
+        value = _bytea(res.get_value(0, 2)) if res.ntuples else None
         self._seen[(space, key)] = value
         return value
 
@@ -408,12 +451,19 @@ class PgTxn:
 
     def _prefetch(self, want: list[tuple[Any, bytes]],
                   scans: list[tuple[Any, bytes, bytes | None]]) -> None:
-        arms = [f"SELECT {i}, NULL::bytea, v FROM {_where(sp, k)}" for i, (sp, k) in enumerate(want)]
-        arms += [f"({self._page_sql(sp, lo, True, hi, FIRST_PAGE, str(len(want) + j) + ', ')})"
-                 for j, (sp, lo, hi) in enumerate(scans)]
-        if not arms:
+        if not want and not scans:
             return
-        res = self.query(" UNION ALL ".join(arms))
+        if not scans and len(want) <= PREPARE_MAX:
+            name, prepare, run = _shape(want)
+            res = self.query(run, (name, prepare))
+        else:
+            arms = [f"SELECT {i}, NULL::bytea, v FROM {_where(sp, k)}"
+                    for i, (sp, k) in enumerate(want)]
+            arms += [f"({self._page_sql(sp, lo, True, hi, FIRST_PAGE, str(len(want) + j) + ', ')})"
+                     for j, (sp, lo, hi) in enumerate(scans)]
+            if not arms:
+                return
+            res = self.query(" UNION ALL ".join(arms))
         got: dict[int, Any] = {}
         pages: list[list[tuple[bytes, bytes]]] = [[] for _ in scans]
         for r in range(res.ntuples):
