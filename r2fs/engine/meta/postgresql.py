@@ -333,13 +333,19 @@ class PgTxn:
                  single: bool = False) -> None:
         self.conn = conn
         self._reconnect = reconnect
-        self.cur = conn.cursor()
+        self._cur: psycopg.Cursor | None = None  # (made when a statement needs psycopg's)
         self.write = write
         self.single = single
         self.layer = _Layer(None)
         self._seen: dict[tuple[Any, bytes], bytes | None] = {}
         self._pages: dict[tuple[Any, bytes, bytes | None], list[tuple[bytes, bytes]]] = {}
         self.begun = False  # BEGIN goes out with the first statement (one round trip, not two)
+
+    @property
+    def cur(self) -> psycopg.Cursor:
+        if self._cur is None or self._cur.connection is not self.conn:
+            self._cur = self.conn.cursor()
+        return self._cur
 
     _BEGIN = {True: "BEGIN ISOLATION LEVEL SERIALIZABLE",
               False: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"}
@@ -361,7 +367,7 @@ class PgTxn:
             # nothing happened in this transaction yet: a pooled connection that died with
             # its server (restarted meanwhile) is replaced once, transparently
             self.conn = self._reconnect(self.conn)
-            self.cur = self.conn.cursor()
+            self._cur = None
             return send()
 
     def execute(self, sql: str, args: Any = None) -> psycopg.Cursor:
