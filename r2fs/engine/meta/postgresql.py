@@ -150,7 +150,8 @@ class Pool:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                    keepalives=1, keepalives_idle=10, keepalives_interval=5,
-                                   keepalives_count=3, application_name="r2fs")
+                                   keepalives_count=3, application_name="r2fs",
+                                   client_encoding="utf8")
         except psycopg.OperationalError as e:
             raise MetadataUnavailable(f"cannot reach the metadata database (PostgreSQL at {redact(self.url)}): "
                                       f"{_first_line(e)}") from None
@@ -929,25 +930,31 @@ class PgMeta(MetaEngine):
             self._release(conn, ok)
 
     def change_seq(self) -> int:
-        with self.read() as txn:
-            row = txn.execute(
-                "SELECT xid::text::bigint, ord FROM r2fs_changes "
-                "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
-                "ORDER BY xid DESC, ord DESC LIMIT 1").fetchone()
-            if row is not None:
-                return (row[0] << ORD_BITS) + row[1]
-            return txn.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
+        """One statement (a mount's poller asks after every change it is woken for)."""
+        res = self.view(lambda txn: txn.query(
+            "SELECT coalesce((SELECT (xid::text::bigint << 24) + ord FROM r2fs_changes "
+            "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY xid DESC, ord DESC LIMIT 1), (SELECT pruned FROM r2fs_feed))"))
+        return int(res.get_value(0, 0))
 
     def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
+        """One statement: the pruned mark (first row) and the changes after `seq`."""
         xid, ord_ = seq >> ORD_BITS, seq & ((1 << ORD_BITS) - 1)
-        with self.read() as txn:
-            rows = txn.execute(
-                "SELECT xid::text::bigint, ord, bucket, key FROM r2fs_changes "
-                "WHERE (xid, ord) > (%s::text::xid8, %s) "
-                "AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
-                "ORDER BY xid, ord LIMIT %s", (str(xid), ord_, limit)).fetchall()
-            pruned = txn.execute("SELECT pruned FROM r2fs_feed").fetchone()[0]
-        return pruned + 1, [((x << ORD_BITS) + o, b, k) for x, o, b, k in rows]
+        res = self.view(lambda txn: txn.query(
+            "SELECT -1::bigint, pruned, NULL, NULL FROM r2fs_feed UNION ALL "
+            "(SELECT xid::text::bigint, ord, bucket, key FROM r2fs_changes "
+            f"WHERE (xid, ord) > ('{int(xid)}'::xid8, {int(ord_)}) "
+            "AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
+            f"ORDER BY xid, ord LIMIT {int(limit)})"))
+        pruned, out = 0, []
+        for r in range(res.ntuples):
+            x, o = int(res.get_value(r, 0)), int(res.get_value(r, 1))
+            if x < 0:
+                pruned = o
+            else:
+                out.append(((x << ORD_BITS) + o, res.get_value(r, 2).decode("utf-8"),
+                            res.get_value(r, 3).decode("utf-8")))
+        return pruned + 1, out
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when a change was committed (NOTIFY), or after `timeout` seconds."""
