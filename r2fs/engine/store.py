@@ -484,6 +484,29 @@ class Bucket:
             raise NoSuchKey(f"no such key: {self._what(key)}")
         return _info(self.name, key, m)
 
+    async def head_and_first(self, key: str, prefix: str) -> tuple[ObjectInfo | None,
+                                                                   ObjectInfo | None]:
+        """The object at `key` and the first object under `prefix` (None where there is
+        none), from one consistent view: what a mount's lookup of a name asks (a file
+        there, else a directory there?), in one metadata round trip on PostgreSQL."""
+        self._check_key(key)
+        meta = self.cluster.meta
+
+        def look(txn: Any) -> tuple[dict | None, tuple[str, dict] | None]:
+            meta.prefetch(txn, [("buckets", self.name.encode())], [(self.name, key)],
+                          [(self.name, prefix, None)])
+            self._require_bucket(txn)
+            m = self._get(txn, key)
+            if m is not None:
+                return m, None
+            for k, first in meta.objects.scan(txn, self.name, prefix):
+                return None, (k, inodes.effective(meta, txn, first) or first)
+            return None, None
+
+        m, first = meta.view(look)
+        return (None if m is None else _info(self.name, key, m),
+                None if first is None else _info(self.name, first[0], first[1]))
+
     async def get(self, key: str, *, range: Range | None = None,
                   only_if: Conditional | None = None) -> ObjectBody:
         info = await self.head(key)

@@ -175,6 +175,10 @@ async def test_round_trips_per_operation(pg_cluster, monkeypatch):
     with pytest.raises(NoSuchKey):
         await b.head("d/nope")
     assert len(sent) == 1
+    n, (info, first) = await trips(b.head_and_first("d", "d/"))
+    assert n == 1 and info is None and first.key == "d/a"
+    n, (info, first) = await trips(b.head_and_first("d/a", "d/a/"))
+    assert n == 1 and info.key == "d/a" and first is None
     assert (await trips(b.rename("d/a", "d/b")))[0] == 2
     n, out = await trips(b.put_many([PutItem(f"m/{i}", b"x" * i) for i in range(20)]))
     assert n == 2 and all(not isinstance(o, Exception) for o in out)
