@@ -47,8 +47,15 @@ $(STAMP): pyproject.toml | system-deps
 
 deps: system-deps $(STAMP)
 
+# CI's PostgreSQL pass (the whole of it: make test-pg): the store, the file model and a mount
+# following other writers, with every cluster's metadata in PostgreSQL (~1-2 min)
+PG_CORE := tests/engine/test_store.py tests/engine/test_filemodel.py \
+  tests/fuse/test_semantics.py::test_cross_interface_and_invalidation \
+  tests/fuse/test_kernel.py::test_negative_entries_give_way_to_other_writers
+
 test: deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@if [ -z "$(PYTEST_ARGS)" ]; then set -x; R2FS_TEST_META=postgresql $(PY) -m pytest -q $(PG_CORE); fi
 
 # the engine, uploads and cache suites again with every cluster's metadata in PostgreSQL
 test-pg: deps
