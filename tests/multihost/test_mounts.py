@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -128,6 +129,36 @@ def test_writes_through_one_hosts_mount_reach_the_other_hosts_mount(mounts, dire
 
     print(direction, {k: round(v, 3) for k, v in delays.items()})
     assert max(delays.values()) <= BOUND, delays
+
+
+def test_both_hosts_writing_into_one_directory_at_once_each_list_everything(mounts):
+    """Both mounts create, rewrite and unlink files in one directory at the same time
+    (each commit also touches the directory's marker, which both mounts expect as their
+    own change): afterwards each lists and reads what both wrote, within the bound."""
+    m1, m2 = mounts
+    os.mkdir(m1.p("shared"))
+    seen_within("shared", lambda: listing(m2.p("shared")) == [])
+
+    def work(m: HostMount, tag: str) -> None:
+        for i in range(40):
+            write(m.p("shared", f"{tag}{i:02d}"), f"{tag} {i}".encode())
+        for i in range(0, 40, 4):
+            write(m.p("shared", f"{tag}{i:02d}"), f"{tag} {i} again".encode())
+        for i in range(1, 40, 4):
+            os.unlink(m.p("shared", f"{tag}{i:02d}"))
+
+    threads = [threading.Thread(target=work, args=(m, tag)) for m, tag in ((m1, "a"), (m2, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = {f"{tag}{i:02d}": f"{tag} {i} again" if i % 4 == 0 else f"{tag} {i}"
+            for tag in "ab" for i in range(40) if i % 4 != 1}
+    for m in mounts:
+        delay = seen_within("both hosts' files", lambda: listing(m.p("shared")) == sorted(want),
+                            show=lambda: set(listing(m.p("shared")) or ()) ^ set(want))
+        assert delay <= BOUND
+        assert {n: content(m.p("shared", n)).decode() for n in want} == want
 
 
 def test_a_git_repository_in_one_mount_while_the_other_host_changes_it(mounts):
