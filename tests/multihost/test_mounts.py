@@ -248,3 +248,23 @@ def test_a_cwd_on_one_host_survives_changes_from_the_other_host_around_it(mounts
 
 
 CWD_CHILD = "import os, sys\nfor _ in sys.stdin: print(os.getcwd(), flush=True)"
+
+
+@pytest.mark.xfail(strict=True, reason="known: the change feed's watermark is the server-wide "
+                   "xmin, so any open transaction holding an xid (any database on the server, "
+                   "a long rename_prefix) holds back every mount's invalidations until it ends")
+def test_an_open_transaction_elsewhere_on_the_server_does_not_hold_back_the_change_feed(mounts,
+                                                                                        pg):
+    import psycopg
+
+    m1, m2 = mounts
+    assert listing(m2.path) == []  # complete: a new name is absent until the poller says
+    other = psycopg.connect(pg.socket_url("postgres"))  # another database, another client
+    try:
+        other.execute("SELECT pg_current_xact_id()")  # its transaction now holds an xid
+        write(m1.p("during"), b"written while that transaction is open")
+        seen_within("a file closed on host 1", lambda: content(m2.p("during")) is not None,
+                    timeout=3 * BOUND)
+    finally:
+        other.rollback()
+        other.close()
