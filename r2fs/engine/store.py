@@ -494,7 +494,7 @@ class Bucket:
 
         def look(txn: Any) -> tuple[dict | None, tuple[str, dict] | None]:
             meta.prefetch(txn, [("buckets", self.name.encode())], [(self.name, key)],
-                          [(self.name, prefix, None)])
+                          [(self.name, prefix, None, 1)])
             self._require_bucket(txn)
             m = self._get(txn, key)
             if m is not None:
@@ -566,7 +566,8 @@ class Bucket:
             last = None
             truncated = False
             after = start
-            meta.prefetch(txn, [("buckets", self.name.encode())], scans=[(self.name, prefix, after)])
+            meta.prefetch(txn, [("buckets", self.name.encode())],
+                          scans=[(self.name, prefix, after, min(limit + 1, 1000))])
             self._require_bucket(txn)
             if limit <= 0:
                 return objects, prefixes, last, truncated

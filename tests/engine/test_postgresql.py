@@ -171,6 +171,7 @@ async def test_round_trips_per_operation(pg_cluster, monkeypatch):
     assert n == 1 and info.size == 3
     n, listing = await trips(b.list(prefix="d/", limit=1))
     assert n == 1 and [o.key for o in listing.objects] == ["d/a"]
+    assert "LIMIT 2)" in sent[0]  # (no page of 64 inline objects for one name)
     del sent[:]
     with pytest.raises(NoSuchKey):
         await b.head("d/nope")

@@ -142,11 +142,13 @@ class MetaEngine(ABC):
 
     def prefetch(self, txn: Txn, records: Iterable[tuple[str, bytes]] = (),
                  objects: Iterable[tuple[str, str]] = (),
-                 scans: Iterable[tuple[str, str, bytes | None]] = ()) -> None:
+                 scans: Iterable[tuple[str, str, bytes | None, int]] = ()) -> None:
         """A hint: the transaction is about to get these (table, key) records and
-        (bucket, key) objects, and to `objects.scan(bucket, prefix, after)` for each of
-        `scans`. A networked engine fetches them (a scan's first page) in one round trip
-        and answers from memory; an embedded one has nothing to gain and ignores it."""
+        (bucket, key) objects, and for each (bucket, prefix, after, n) of `scans` to read
+        the first n entries of `objects.scan(bucket, prefix, after)` (it may read on).
+        A networked engine fetches all that in one round trip -- and no more than n
+        entries of a scan, whose values may be large inline objects -- and answers
+        from memory; an embedded one has nothing to gain and ignores it."""
 
     @abstractmethod
     def get(self, txn: Txn, table: str, key: bytes) -> Any: ...

@@ -79,7 +79,7 @@ PRUNE_EVERY = 2000
 ID_BLOCK = 64
 #: Keys one prefetch statement reads at most.
 PREFETCH_MAX = 256
-#: Rows of a scan's first page (prefetched with `prefetch(scans=...)`).
+#: Rows of a scan's first page, unless a prefetch said how many the caller needs.
 FIRST_PAGE = 64
 
 _TBL = {name: i for i, name in enumerate(TABLES)}
@@ -339,7 +339,8 @@ class PgTxn:
         self.single = single
         self.layer = _Layer(None)
         self._seen: dict[tuple[Any, bytes], bytes | None] = {}
-        self._pages: dict[tuple[Any, bytes, bytes | None], list[tuple[bytes, bytes]]] = {}
+        #: (space, lo, hi) -> (first page's rows, rows asked): prefetched scans
+        self._pages: dict[tuple[Any, bytes, bytes | None], tuple[list, int]] = {}
         self.begun = False  # BEGIN goes out with the first statement (one round trip, not two)
 
     @property
@@ -441,15 +442,15 @@ class PgTxn:
         return value
 
     def prefetch(self, items: list[tuple[Any, bytes]],
-                 scans: list[tuple[Any, bytes, bytes | None]] = ()) -> None:
-        """Read every (space, key) not known yet, and the first page of each scan
-        (space, lo, hi), in one statement (one snapshot, one round trip); later fetches
+                 scans: list[tuple[Any, bytes, bytes | None, int]] = ()) -> None:
+        """Read every (space, key) not known yet, and the first n rows of each scan
+        (space, lo, hi, n), in one statement (one snapshot, one round trip); later fetches
         and `range`s starting there are answered from memory."""
         want = []
         for space, key in items:
             if not self._cached(space, key)[0] and (space, key) not in want:
                 want.append((space, key))
-        scans = [sc for sc in scans if sc not in self._pages]
+        scans = [sc for sc in scans if sc[:3] not in self._pages]
         if len(want) == 1 and not scans:
             self.fetch(*want[0])
             return
@@ -457,7 +458,7 @@ class PgTxn:
             self._prefetch(want[at:at + PREFETCH_MAX], scans if at == 0 else [])
 
     def _prefetch(self, want: list[tuple[Any, bytes]],
-                  scans: list[tuple[Any, bytes, bytes | None]]) -> None:
+                  scans: list[tuple[Any, bytes, bytes | None, int]]) -> None:
         if not want and not scans:
             return
         if not scans and len(want) <= PREPARE_MAX:
@@ -466,8 +467,8 @@ class PgTxn:
         else:
             arms = [f"SELECT {i}, NULL::bytea, v FROM {_where(sp, k)}"
                     for i, (sp, k) in enumerate(want)]
-            arms += [f"({self._page_sql(sp, lo, True, hi, FIRST_PAGE, str(len(want) + j) + ', ')})"
-                     for j, (sp, lo, hi) in enumerate(scans)]
+            arms += [f"({self._page_sql(sp, lo, True, hi, n, str(len(want) + j) + ', ')})"
+                     for j, (sp, lo, hi, n) in enumerate(scans)]
             if not arms:
                 return
             res = self.query(" UNION ALL ".join(arms))
@@ -484,7 +485,7 @@ class PgTxn:
             self._seen[ck] = got.get(i)
         for sc, rows in zip(scans, pages):
             rows.sort()
-            self._pages[sc] = rows
+            self._pages[sc[:3]] = (rows, sc[3])
 
     def range(self, space: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) with lo <= key < hi in key order: the server's rows merged with
@@ -494,8 +495,12 @@ class PgTxn:
         i = 0
         page = FIRST_PAGE
         start, inclusive = lo, True
+        first = self._pages.pop((space, lo, hi), None)  # (prefetched, as many as asked)
         while True:
-            rows = self._page(space, start, inclusive, hi, page)
+            if first is not None:
+                (rows, page), first = first, None
+            else:
+                rows = self._page(space, start, inclusive, hi, page)
             for k, v in rows:
                 k = bytes(k)
                 while i < len(extra) and extra[i][0] < k:
@@ -511,7 +516,7 @@ class PgTxn:
             if len(rows) < page:
                 break
             start, inclusive = bytes(rows[-1][0]), False
-            page = min(page * 4, 2048)
+            page = min(max(page * 4, FIRST_PAGE), 2048)
         while i < len(extra):
             if extra[i][1] is not _DELETED:
                 yield extra[i]
@@ -519,10 +524,6 @@ class PgTxn:
 
     def _page(self, space: Any, start: bytes, inclusive: bool, hi: bytes | None,
               limit: int) -> list[tuple[bytes, bytes]]:
-        if inclusive:
-            rows = self._pages.pop((space, start, hi), None)
-            if rows is not None and (len(rows) >= limit or len(rows) < FIRST_PAGE):
-                return rows[:limit]  # (prefetched: all there is, or enough)
         res = self.query(self._page_sql(space, start, inclusive, hi, limit))
         return [(_bytea(res.get_value(r, 0)), _bytea(res.get_value(r, 1)))
                 for r in range(res.ntuples)]
@@ -734,10 +735,11 @@ class PgMeta(MetaEngine):
 
     def prefetch(self, txn: PgTxn, records: Iterable[tuple[str, bytes]] = (),
                  objects: Iterable[tuple[str, str]] = (),
-                 scans: Iterable[tuple[str, str, bytes | None]] = ()) -> None:
+                 scans: Iterable[tuple[str, str, bytes | None, int]] = ()) -> None:
         txn.prefetch([(_TBL[t], k) for t, k in records]
                      + [(("o", b.encode()), k.encode("utf-8")) for b, k in objects],
-                     [(("o", b.encode()),) + _scan_bounds(p, after) for b, p, after in scans])
+                     [(("o", b.encode()), *_scan_bounds(p, after), max(1, int(n)))
+                      for b, p, after, n in scans])
 
     def _replace(self, dead: psycopg.Connection) -> psycopg.Connection:
         """A fresh connection for one that failed (the idle ones likely died with it)."""
