@@ -79,11 +79,11 @@ def make_shared(tmp_path, pg, s3_nodes=()):
 
 
 class HostMount:
-    """`r2fs mount` run in a host's network namespace. Entered with `nsenter --net` alone
+    """`r2fs mount` run in a host's network namespace (or this one: ns None). Entered with `nsenter --net` alone
     (`ip netns exec` also unshares the mount namespace: the mount would be invisible
     here). Always stopped by the fixture that made it, whatever state it is in."""
 
-    def __init__(self, ns: str, cluster_dir: str, bucket: str, path: str,
+    def __init__(self, ns: str | None, cluster_dir: str, bucket: str, path: str,
                  options: str | None = None) -> None:
         self.ns, self.cluster_dir, self.bucket, self.path = ns, cluster_dir, bucket, path
         self.options = options
@@ -93,8 +93,9 @@ class HostMount:
 
     def start(self) -> None:
         from r2fs.cli.fuse_cmds import is_r2fs_mount
-        argv = ["nsenter", f"--net=/run/netns/{self.ns}", sys.executable, "-m", "r2fs.cli",
-                "--cluster", self.cluster_dir, "mount", self.bucket, self.path]
+        argv = ([] if self.ns is None else ["nsenter", f"--net=/run/netns/{self.ns}"]) + [
+            sys.executable, "-m", "r2fs.cli", "--cluster", self.cluster_dir, "mount",
+            self.bucket, self.path]
         proc = subprocess.run(argv + (["-o", self.options] if self.options else []),
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0 or not is_r2fs_mount(self.path):
