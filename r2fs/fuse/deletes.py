@@ -7,6 +7,11 @@ a moment later (gather.py) one `Bucket.delete([...])` commits every unlink that
 arrived meanwhile, in one transaction; then directories that would vanish
 get their marker (dirs.keep_parent), as a synchronous unlink did.
 
+rmdir of an empty directory joins the same group commits: its marker key
+(`dir/`, ETag None: whatever it is) is deleted with the unlinks of its
+entries, in the same transaction; no marker is then made for a directory
+whose own marker is being deleted or created (dirattrs.py).
+
 Until then the object is still in the bucket: the mount hides it
 (`hidden`), and everything that decides from the bucket's state -- rmdir,
 rename, mkdir/symlink over the name, a publication at the same key, readdir
@@ -17,13 +22,14 @@ for at most ~PUBLISH_TICK more, as they see deferred publications late.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from ..engine.types import DirTouch
 from .context import MountContext
 from .gather import GroupCommit
 from .dirs import keep_parent
 from .journal import Journal
-from .names import split
+from .names import dir_prefix, split
 
 log = logging.getLogger("r2fs.fuse")
 
@@ -38,17 +44,20 @@ class DeferredDeletes(GroupCommit):
         self._journal = journal
         self._pending: dict[str, int] = {}  # path -> journal id
         self._touches: dict[str, DirTouch] = {}  # marker key -> its parent-times change
+        #: directories whose marker is still to be created (dirattrs.py): never made here
+        self.creating: Callable[[str], object] = lambda path: None
 
     def hidden(self, path: str) -> bool:
-        """Unlinked here, not yet deleted from the bucket."""
-        return path in self._pending
+        """Unlinked (or, a directory, removed) here, not yet deleted from the bucket."""
+        return bool(self._pending) and (path in self._pending or dir_prefix(path) in self._pending)
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, path: str, etag: str, touch: tuple[DirTouch, ...] = ()) -> None:
+    def add(self, path: str, etag: str | None, touch: tuple[DirTouch, ...] = ()) -> None:
         """Unlink `path` (the version with `etag`) in the next group commit. Either thread.
-        `touch`: its parent's new times, committed with the delete."""
+        `path` a marker key (`dir/`) and `etag` None: rmdir. `touch`: its parent's new
+        times, committed with the delete."""
         for t in touch:
             self._touches[t.key] = t  # (the latest change of each directory)
         if path in self._pending:
@@ -71,7 +80,12 @@ class DeferredDeletes(GroupCommit):
             for p, jid in batch:
                 del self._pending[p]
                 self._journal.done(jid)
-            for path in {split(p)[0]: p for p, _ in batch if split(p)[0]}.values():
+            keys = [p[:-1] if p.endswith("/") else p for p, _ in batch]
+            removed = {p[:-1] for p, _ in batch if p.endswith("/")}
+            for path in {split(p)[0]: p for p in keys if split(p)[0]}.values():
+                parent = split(path)[0]
+                if parent in removed or self.hidden(parent) or self.creating(parent):
+                    continue  # (removed with it, or to be removed, or made soon)
                 try:
                     await keep_parent(self._ctx, path)  # (its directory would vanish)
                 except Exception:  # noqa: BLE001

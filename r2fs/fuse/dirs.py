@@ -31,6 +31,7 @@ class Node:
     attrs: A.PosixAttrs
     size: int
     info: ObjectInfo | None  # the file object, or the directory marker (None: implicit/root)
+    fixed_ino: int = 0  # a directory made here whose marker is not committed yet: its number
 
     @property
     def is_dir(self) -> bool:
@@ -41,6 +42,8 @@ class Node:
         """The persistent inode number (an implicit directory's comes from its path)."""
         if self.path == "":
             return ROOT
+        if self.fixed_ino:
+            return self.fixed_ino
         if self.info is not None and self.info.ino:
             return self.info.ino
         return implicit_ino(self.path)
@@ -126,8 +129,9 @@ async def make_marker(ctx: MountContext, path: str, attrs: A.PosixAttrs, *,
                                 only_if=only_if, ino=ino, touch=touch)
 
 
-async def entries(ctx: MountContext, path: str) -> list[Node]:
-    """The visible entries of directory `path`, in key order (the snapshot for readdir)."""
+async def entries(ctx: MountContext, path: str, hidden: list[str] | None = None) -> list[Node]:
+    """The visible entries of directory `path`, in key order (the snapshot for readdir).
+    `hidden` collects names that are there but not shown (they make rmdir ENOTEMPTY)."""
     prefix = dir_prefix(path)
     out: dict[str, Node] = {}
     subdirs: list[str] = []
@@ -136,13 +140,19 @@ async def entries(ctx: MountContext, path: str) -> list[Node]:
         listing = await ctx.bucket.list(prefix=prefix, delimiter="/", cursor=cursor, limit=1000)
         for info in listing.objects:
             name = info.key[len(prefix):]
-            if info.key == prefix or not visible_name(name):
+            if info.key == prefix:
+                continue
+            if not visible_name(name):
+                if hidden is not None:
+                    hidden.append(name)
                 continue
             out[name] = file_node(ctx, prefix + name, info)
         for sub in listing.delimited_prefixes:
             name = sub[len(prefix):-1]
             if visible_name(name):
                 subdirs.append(name)
+            elif hidden is not None:
+                hidden.append(name)
         if not listing.truncated:
             break
         cursor = listing.cursor

@@ -35,6 +35,7 @@ from ..engine.types import ObjectInfo
 from . import attrs as A
 from .context import MountContext
 from .deletes import DeferredDeletes
+from .dirattrs import DeferredDirAttrs
 from .journal import Journal, condition
 from .names import is_under
 from .dirs import parent_touch
@@ -108,6 +109,7 @@ class OpenFiles:
         self._fh = itertools.count(1)
         self.journal: Journal | None = None  # set by the mount: enables deferred publication
         self.deletes: DeferredDeletes | None = None  # set by the mount: unlinks not yet committed
+        self.markers: DeferredDirAttrs | None = None  # set by the mount: directories not yet made
         self._held: dict[int, tuple[float, OpenFile, int]] = {}  # ino -> (due, file, bytes)
         self._held_bytes = 0
         self._wake = trio.Event()
@@ -268,11 +270,29 @@ class OpenFiles:
         return True
 
     def _deferrable(self, of: OpenFile, now: float) -> bool:
+        return self._bulk(of.buf.size, now)
+
+    def _bulk(self, size: int, now: float) -> bool:
         ctx = self._ctx
         return (now - self._last_close < BULK_WINDOW and self.journal is not None
-                and ctx.nursery is not None and of.buf.size <= ctx.inline_threshold
+                and ctx.nursery is not None and size <= ctx.inline_threshold
                 and len(self._held) < HELD_MAX_FILES
-                and self._held_bytes + of.buf.size <= HELD_MAX_BYTES)
+                and self._held_bytes + size <= HELD_MAX_BYTES)
+
+    def bulk_now(self, size: int) -> bool:
+        """Whether a new object of `size` bytes made now (a symlink) is published deferred."""
+        return self._bulk(size, self._ctx.now())
+
+    def symlink_now(self, ino: int, attrs: A.PosixAttrs, path: str, target: bytes) -> OpenFile:
+        """A new symlink (`bulk_now` said so): in memory, journaled and held for the
+        publisher like a small file closed in bulk (no handle stays open on it)."""
+        of = self.create(ino, attrs)
+        n = of.buf.write_now(0, memoryview(target))
+        assert n == len(target)  # (a new buffer: nothing to read first)
+        self._last_close = self._ctx.now()
+        self._journal_and_hold(of, path, target)
+        self._drop(of)  # the creation's reference; the hold keeps it
+        return of
 
     def _journal_and_hold(self, of: OpenFile, path: str, content: bytes) -> None:
         ctx = self._ctx
@@ -285,7 +305,7 @@ class OpenFiles:
         elif of.pending and of.cond is None:
             of.cond = ""
         of.jid = journal.put(ctx.bucket_name, path, content, A.to_metadata(of.attrs, of.meta),
-                             of.http, of.cond)
+                             of.http, of.cond, ino=of.ino)
         if not of.held:
             of.refs += 1
             ctx.table.pin(of.ino)
@@ -327,6 +347,8 @@ class OpenFiles:
                     self._inflight[of.ino] = (of, trio.Event())
                 if due and self.deletes is not None and len(self.deletes):
                     await self.deletes.settle()  # a publication may take a name just unlinked
+                if due and self.markers is not None and self.markers.has_new:
+                    await self.markers.settle()  # (files appear in their directories' markers)
                 for i in range(0, len(due), BATCH_MAX):
                     nursery.start_soon(self._publish_batch, due[i:i + BATCH_MAX], limit, nursery)
                 # at most one round per PUBLISH_TICK: what falls due meanwhile goes together

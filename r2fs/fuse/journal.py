@@ -15,17 +15,23 @@ A remount (any mount of the cluster) replays journals whose mount is gone
 only if the object there is still the version the file was based on (or
 still absent) -- a newer write from elsewhere wins, as it did live.
 
-Format 2 (`CLUSTER/fuse-journal/<random>.journal`; 1 = the same without
-`del` records, still read): header `R2FJ` + u16
+Format 3 (`CLUSTER/fuse-journal/<random>.journal`; 2 = the same without
+`n` and without unconditional `del`, 1 = 2 without `del` records; both
+still read): header `R2FJ` + u16
 version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
 (crc mismatch, short record) ends the replay there. Records:
   {t: "put", i: id, b: bucket, k: key, d: sealed content, m: custom metadata,
-   h: http metadata, c: condition, w: close time}
+   h: http metadata, c: condition, w: close time, n: inode number}
+                           a closed file, a symlink, or a directory marker
+                           (`k` ends in "/": mkdir); `n` is the number the
+                           mount reserved for it (absent in format 2: the
+                           engine's, a new one for a new object)
   {t: "move", i, k, c}     the unpublished file was renamed
   {t: "attrs", i, m}       attributes changed before publication
   {t: "done", i}           published, superseded or unlinked: nothing to replay
   {t: "del", i, b, k, e}   unlinked here, the delete not yet committed: delete
-                           `k` if it still has ETag `e` (deletes.py)
+                           `k` if it still has ETag `e` (deletes.py); e = None
+                           (rmdir: `k` is a marker): delete it whatever it is
 The content is sealed with the cluster's master key (`fuse-journal`
 context): no plaintext at rest. Condition `c`: None = unconditional, "" =
 only if absent, otherwise the ETag the object must still have.
@@ -51,8 +57,8 @@ from ..engine.types import Conditional
 log = logging.getLogger("r2fs.fuse")
 
 MAGIC = b"R2FJ"
-VERSION = 2
-READABLE = (1, 2)
+VERSION = 3
+READABLE = (1, 2, 3)
 HEADER = MAGIC + struct.pack("<H", VERSION)
 _REC = struct.Struct("<II")
 CONTEXT = "fuse-journal"
@@ -106,21 +112,23 @@ class Journal:
         seg.size += len(data)
 
     def put(self, bucket: str, key: str, content: bytes, meta: dict[str, str],
-            http: dict[str, str] | None, cond: str | None) -> int:
-        """Record a closed file's content; returns its journal id."""
+            http: dict[str, str] | None, cond: str | None, ino: int | None = None) -> int:
+        """Record a closed file's content (or a new symlink or directory marker) and
+        the inode number it is to be published with; returns its journal id."""
         if self._current.size > SEGMENT_LIMIT:
             self._rotate()
         jid = self._next
         self._next += 1
         sealed = self._cluster.seal_secret(content, CONTEXT)
         self._append(self._current, {"t": "put", "i": jid, "b": bucket, "k": key, "d": sealed,
-                                     "m": meta, "h": http, "c": cond, "w": time.time()})
+                                     "m": meta, "h": http, "c": cond, "w": time.time(), "n": ino})
         self._current.outstanding.add(jid)
         self._segments[jid] = self._current
         return jid
 
-    def delete(self, bucket: str, key: str, etag: str) -> int:
-        """Record an unlink whose delete is committed a moment later; returns its journal id."""
+    def delete(self, bucket: str, key: str, etag: str | None) -> int:
+        """Record an unlink (or rmdir: `key` a marker, `etag` None) whose delete is
+        committed a moment later; returns its journal id."""
         if self._current.size > SEGMENT_LIMIT:
             self._rotate()
         jid = self._next
@@ -252,14 +260,15 @@ async def _publish(cluster: Cluster, r: dict[str, Any]) -> bool | None:
     deleting = r["t"] == "del"
     try:
         b = cluster.bucket(bucket)
-        if deleting:  # an unlink the dead mount had not committed yet
-            if (await b.head(key)).etag != r["e"]:
+        if deleting:  # an unlink (rmdir) the dead mount had not committed yet
+            if r["e"] is not None and (await b.head(key)).etag != r["e"]:
                 raise PreconditionFailed(key)
-            await b.delete(key)
+            if not await b.delete(key) and r["e"] is not None:
+                raise NoSuchKey(key)
         else:
             content = cluster.open_secret(r["d"], CONTEXT)
             await b.put(key, content, custom_metadata=r["m"], http_metadata=r["h"],
-                        only_if=condition(r["c"]))
+                        only_if=condition(r["c"]), ino=r.get("n"))
     except (PreconditionFailed, NoSuchKey):
         log.info("journal: %s/%s changed elsewhere after it was %s here; the newer version stays",
                  bucket, key, "unlinked" if deleting else "closed")

@@ -111,7 +111,8 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
     ops = R2Operations(ctx)
     ops.files.journal = Journal(cluster, jdir)
     ops.deletes = ops.files.deletes = DeferredDeletes(ctx, ops.files.journal)
-    ops.dir_attrs = DeferredDirAttrs(ctx)
+    ops.dir_attrs = ops.files.markers = DeferredDirAttrs(ctx, ops.files.journal)
+    ops.deletes.creating = ops.dir_attrs.creating
     poller = ChangePoller(ctx, own, lambda ino: ops.files.get(ino) is not None,
                           ops.changed_elsewhere, ops.forget_all_paths)
     state = StateLock()  # request thread <-> trio thread (docs/architecture.md)
@@ -155,6 +156,7 @@ async def serve(cluster: Cluster, bucket_name: str, mountpoint: str, opts: Mount
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
+            await ops.dir_attrs.settle()  # (new directories before the files in them)
             await ops.files.commit_all()
             await ops.deletes.settle()
             await ops.dir_attrs.settle()
@@ -239,6 +241,7 @@ async def _on_signals(ops: R2Operations, mountpoint: str, quit: trio.Event) -> N
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %s: flushing and unmounting", signal.Signals(signum).name)
+            await ops.dir_attrs.settle()
             await ops.files.commit_all()
             await ops.deletes.settle()
             await ops.dir_attrs.settle()

@@ -81,6 +81,9 @@ class R2Operations:
         # Directories' (mode, gid) as last seen, for what new entries inherit from a
         # set-group-id directory; kept apart from _nodes, which a change inside drops.
         self._dir_modes: dict[str, tuple[int, int]] = {}
+        # Listed directories holding keys the mount does not show (`a//b`): rmdir
+        # must ask the bucket (ENOTEMPTY), not the listing.
+        self._opaque: set[str] = set()
         self.files.on_commit = self._committed
         self.files.on_abandon = self._abandoned
 
@@ -207,7 +210,12 @@ class R2Operations:
 
     def _pending_attrs(self, node: Node) -> Node:
         """A directory whose attribute change is not committed yet shows the new attributes."""
-        pending = self.dir_attrs.get(node.path) if self.dir_attrs is not None and node.is_dir else None
+        if self.dir_attrs is None or not node.is_dir:
+            return node
+        pending = self.dir_attrs.get(node.path)
+        new = self.dir_attrs.creating(node.path)
+        if new is not None:  # made here (the bucket may show it implicitly): its number
+            node = replace(node, fixed_ino=new.ino or 0)
         return node if pending is None else replace(node, attrs=pending[0])
 
     def _listed_absent(self, path: str) -> bool:
@@ -237,6 +245,17 @@ class R2Operations:
             del self._listed[p]
         self._nodes_gen += 1
 
+    def _local_file(self, node: Node) -> int | None:
+        """The inode of a file open (or held) here at `node`'s path that is not the object the
+        bucket lists there (renamed over it, not yet published): the name is that file's."""
+        known = self.table.known(node.path)
+        if known is None or known == node.ino or node.is_dir or self.files.get(known) is None:
+            return None
+        return known
+
+    def deletes_hidden(self, path: str) -> bool:
+        return self.deletes is not None and self.deletes.hidden(path)
+
     def changed_elsewhere(self, *paths: str) -> None:
         """The change poller saw other writers change these paths (and their directories)."""
         self.forget_paths(*paths)
@@ -258,7 +277,12 @@ class R2Operations:
         self._nodes_gen += 1
 
     async def _keep_parent(self, path: str) -> None:
-        self.forget_paths(split(path)[0])
+        parent = split(path)[0]
+        self.forget_paths(parent)
+        if self.dir_attrs is not None and self.dir_attrs.creating(parent) is not None:
+            return  # its marker is made soon (dirattrs.py)
+        if self.deletes is not None and self.deletes.hidden(parent):
+            return  # removed here, its marker's delete not committed yet
         await keep_parent(self.ctx, path)
 
     async def _exists(self, path: str) -> Node | None:
@@ -311,6 +335,9 @@ class R2Operations:
         node = self._nodes.get(path)
         if node is not None:
             return node
+        new = self.dir_attrs.creating(path) if self.dir_attrs is not None else None
+        if new is not None:  # made here, its marker not committed yet
+            return Node(path, new.attrs, 0, None, fixed_ino=new.ino or 0)
         self._check_listed(path)
         raise WouldBlock
 
@@ -338,8 +365,7 @@ class R2Operations:
             return self._open_entry(of)
         if inode == ROOT:
             return self._entry(ROOT, self._root, 0)
-        node = self._known_node(self.table.path(inode))
-        return self._entry(inode, node.attrs, node.size)
+        return self._node_entry_now(inode, self._known_node(self.table.path(inode)))
 
     def now_setattr(self, inode: int, attr: fuse.EntryAttributes, fields: fuse.SetattrFields,
                     fh: int | None, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
@@ -507,7 +533,8 @@ class R2Operations:
                     return
                 self.dir_attrs.set(path, new_attrs, new_meta, ino=inode)  # committed with others soon
                 cached = self._nodes.get(path)
-                self._remember(path, Node(path, new_attrs, 0, cached.info if cached else node.info))
+                self._remember(path, Node(path, new_attrs, 0, cached.info if cached else node.info,
+                                          fixed_ino=inode))
                 return
             of = await self.files.acquire(inode, path, node.info)
         else:
@@ -533,7 +560,21 @@ class R2Operations:
 
     # --- names -------------------------------------------------------------------------
 
+    def now_readlink(self, inode: int, ctx: fuse.RequestContext) -> bytes:
+        """A symlink made here and not yet published: its target is in memory."""
+        of = self.files.get(inode)
+        if of is None or not stat.S_ISLNK(of.attrs.mode):
+            raise WouldBlock
+        data = of.buf.read_now(0, of.buf.size)
+        if data is None:
+            raise WouldBlock
+        return bytes(data)
+
     async def readlink(self, inode: int, ctx: fuse.RequestContext) -> bytes:
+        of = self.files.get(inode)
+        if of is not None and stat.S_ISLNK(of.attrs.mode):
+            async with of.lock:
+                return bytes(await of.buf.read(0, of.buf.size))
         node = await resolve(self.ctx, self.table.path(inode))  # (cached nodes carry no content)
         if not stat.S_ISLNK(node.attrs.mode) or node.info is None:
             raise fail(errno.EINVAL)
@@ -541,12 +582,14 @@ class R2Operations:
 
     async def _create_object(self, parent: int, name: bytes, kind: int, perm: int,
                              ctx: fuse.RequestContext, content: bytes = b"",
-                             rdev: int = 0) -> fuse.EntryAttributes:
-        """A new object committed at once (symlinks, mknod): create-only, so never a clobber."""
+                             rdev: int = 0, checked: bool = False) -> fuse.EntryAttributes:
+        """A new object committed at once (symlinks, mknod): create-only, so never a clobber.
+        `checked`: the caller settled pending deletes and found the name free."""
         path = self._child(parent, name)
-        await self._settle_deletes(path)
-        if await self._exists(path) is not None:
-            raise fail(errno.EEXIST)
+        if not checked:
+            await self._settle_deletes(path)
+            if await self._exists(path) is not None:
+                raise fail(errno.EEXIST)
         attrs = await self._new_attrs(path, kind, perm, ctx)
         meta = A.to_metadata(attrs)
         if rdev:
@@ -572,10 +615,73 @@ class R2Operations:
         keep = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
         return await self._create_object(parent_inode, name, kind, mode, ctx, rdev=keep)
 
+    def _free_now(self, path: str) -> None:
+        """The name is known to be free without asking the bucket, else WouldBlock."""
+        if (self.deletes is None or self.deletes.hidden(path) or not self._listed_absent(path)
+                or self.table.known(path) is not None and self.files.get(self.table.known(path))):
+            raise WouldBlock
+
+    def now_symlink(self, parent_inode: int, name: bytes, target: bytes,
+                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        """In bulk (tar, rsync, cp -a): published like a small file closed in bulk."""
+        path = self._child(parent_inode, name)
+        self._free_now(path)
+        return self._symlink_deferred(path, bytes(target), ctx)
+
+    def _symlink_deferred(self, path: str, target: bytes,
+                          ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        """A new symlink held in memory, journaled, published by the next publisher round
+        (handles.py); WouldBlock when it must be committed now (a lone symlink)."""
+        if not self.files.bulk_now(len(target)):
+            raise WouldBlock
+        assert self.ctx.inos is not None
+        attrs = self._new_attrs_now(path, stat.S_IFLNK, A.SYMLINK_PERM, ctx)
+        ino = self.ctx.inos.take_now()
+        if ino is None:
+            raise WouldBlock
+        self.table.bind(path, ino)
+        self._dir_changed(path, now=attrs.ctime_ns)  # (committed with the publication)
+        of = self.files.symlink_now(ino, attrs, path, target)
+        self.table.looked_up(ino)
+        self._listing_add(path)
+        return self._open_entry(of)
+
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        path = self._child(parent_inode, name)
+        await self._settle_deletes(path)
+        if await self._exists(path) is not None:
+            raise fail(errno.EEXIST)
+        try:
+            return self._symlink_deferred(path, bytes(target), ctx)
+        except WouldBlock:  # a lone symlink (or no number reserved): committed now
+            pass
         return await self._create_object(parent_inode, name, stat.S_IFLNK, A.SYMLINK_PERM, ctx,
-                                         bytes(target))
+                                         bytes(target), checked=True)
+
+    def now_mkdir(self, parent_inode: int, name: bytes, mode: int,
+                  ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        """A new directory shown at once; its marker is committed with others (dirattrs.py)."""
+        path = self._child(parent_inode, name)
+        self._free_now(path)
+        return self._mkdir_deferred(path, mode, ctx)
+
+    def _mkdir_deferred(self, path: str, mode: int, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+        if self.dir_attrs is None or self.ctx.inos is None:
+            raise WouldBlock
+        attrs = self._new_attrs_now(path, stat.S_IFDIR, mode, ctx)  # (before taking a number)
+        ino = self.ctx.inos.take_now()
+        if ino is None:
+            raise WouldBlock
+        self._seen_dir(path, attrs)  # (what its new entries inherit)
+        self.dir_attrs.create(path, attrs, ino, self._dir_changed(path, now=attrs.ctime_ns,
+                                                                  late=True))
+        self.forget_paths(path)
+        self._listing_add(path)
+        self._listed[path] = set()
+        self.table.bind(path, ino)
+        self.table.looked_up(ino)
+        return self._entry(ino, attrs, 0)
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: fuse.RequestContext) -> fuse.EntryAttributes:
@@ -583,6 +689,12 @@ class R2Operations:
         await self._settle_deletes(path)
         if await self._exists(path) is not None:
             raise fail(errno.EEXIST)
+        if self.dir_attrs is not None and self.ctx.inos is not None:
+            while True:
+                try:
+                    return self._mkdir_deferred(path, mode, ctx)
+                except WouldBlock:  # no inode number reserved, or the directory unseen
+                    await self._unblock_new(path)
         attrs = await self._new_attrs(path, stat.S_IFDIR, mode, ctx)
         marker = await make_marker(self.ctx, path, attrs, create_only=True,
                                    touch=self._dir_changed(path, now=attrs.ctime_ns))
@@ -620,7 +732,7 @@ class R2Operations:
         hard-linked file (the other names' st_nlink must change with it)."""
         return self.deletes is not None and node.info is not None and node.nlink <= 1
 
-    async def _drop_replaced(self, of: OpenFile, path: str) -> None:
+    async def _drop_replaced(self, of: OpenFile, path: str, touch: tuple[DirTouch, ...] = ()) -> None:
         """An unpublished file leaves `path`: if it was to replace an object there, that goes too.
 
         (git renames `master.lock` over `master`, then `pack-refs` unlinks
@@ -629,9 +741,9 @@ class R2Operations:
         if not of.cond:  # None: never published anything; "": nothing there to replace
             return
         if self.deletes is not None:
-            self.deletes.add(path, of.cond)
+            self.deletes.add(path, of.cond, touch)
         else:
-            await self.ctx.bucket.delete(path)
+            await self.ctx.bucket.delete(path, touch=touch)
         of.cond = ""
 
     async def _settle_deletes(self, path: str | None = None) -> None:
@@ -655,8 +767,8 @@ class R2Operations:
             if of is not None and of.users > 0 and not others:
                 await of.buf.materialize()  # the open handles keep the content, locally
             self.forget_paths(path, *others)  # (the other names' st_nlink changed)
-            if of is not None and of.pending:
-                await self._drop_replaced(of, path)
+            if of is not None and of.pending:  # (its parent's times move all the same)
+                await self._drop_replaced(of, path, self._dir_changed(path, late=True))
             elif not await self.ctx.bucket.delete(path, touch=self._dir_changed(path)):
                 raise fail(errno.ENOENT)
             self.table.detach(path)
@@ -667,6 +779,37 @@ class R2Operations:
         if of is None or not of.pending:  # (an unpublished file's parent is as it was)
             await self._keep_parent(path)
 
+    def now_rmdir(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
+        """An empty directory whose complete listing the mount knows (rm -rf read it just
+        before): removed here now, its marker deleted in the unlinks' group commit."""
+        path = self._child(parent_inode, name)
+        if self.deletes is None or self.dir_attrs is None:
+            raise WouldBlock
+        if self.deletes.hidden(path):
+            raise fail(errno.ENOENT)
+        names = self._listed.get(path)  # (only directories have one)
+        if names is None or path in self._opaque or self.dir_attrs.running:
+            raise WouldBlock
+        if names:  # (it holds files and directories made here and not yet committed, too)
+            raise fail(errno.ENOTEMPTY)
+        known = self.table.known(path)
+        if known is not None and self.files.get(known) is not None:
+            raise WouldBlock
+        self._rmdir_deferred(path)
+
+    def _rmdir_deferred(self, path: str) -> None:
+        assert self.deletes is not None and self.dir_attrs is not None
+        if self.dir_attrs.cancel_new(path):
+            self._dir_changed(path)  # (never in the bucket: nothing to delete)
+        else:
+            self.deletes.add(dir_prefix(path), None, self._dir_changed(path, late=True))
+        self.dir_attrs.drop_tree(path)
+        self.forget_paths(path)
+        self.table.detach(path)
+        self._listing_discard(path)
+        self._listing_drop_tree(path)
+        self._opaque.discard(path)
+
     async def rmdir(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
         path = self._child(parent_inode, name)
         node = await self._resolve(path)
@@ -674,8 +817,14 @@ class R2Operations:
             raise fail(errno.ENOTDIR)
         await self.files.settle(path)  # closed files not yet published count as entries
         await self._settle_deletes()  # and unlinked ones do not
+        if self.dir_attrs is not None and self.dir_attrs.creating_under(path):
+            await self.dir_attrs.settle()  # and directories made here do
         if await has_entries(self.ctx, path):
             raise fail(errno.ENOTEMPTY)
+        if self.deletes is not None and self.dir_attrs is not None:
+            await self.dir_attrs.settle()  # (no marker put may land after its delete)
+            self._rmdir_deferred(path)
+            return
         self.forget_paths(path)
         if self.dir_attrs is not None:
             self.dir_attrs.drop_tree(path)
@@ -955,13 +1104,16 @@ class R2Operations:
             try:
                 return self.now_create(parent_inode, name, mode, flags, ctx)
             except WouldBlock:  # no inode number reserved, or the directory unseen
-                path = self._child(parent_inode, name)
-                parent = split(path)[0]
-                if parent and parent not in self._dir_modes:
-                    self._seen_dir(parent, (await self._resolve(parent)).attrs)
-                    continue
-                assert self.ctx.inos is not None
-                await self.ctx.inos.refill()
+                await self._unblock_new(self._child(parent_inode, name))
+
+    async def _unblock_new(self, path: str) -> None:
+        """What a fast path that makes `path` lacked: its directory's mode, or inode numbers."""
+        parent = split(path)[0]
+        if parent and parent not in self._dir_modes:
+            self._seen_dir(parent, (await self._resolve(parent)).attrs)
+            return
+        assert self.ctx.inos is not None
+        await self.ctx.inos.refill()
 
     def now_create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                    ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
@@ -1082,13 +1234,25 @@ class R2Operations:
         out = [(".", d.ino, me.attrs, 0),
                ("..", parent or d.ino, (parent_node or me).attrs, 0)]
         gen = self._nodes_gen
-        listed = [self._pending_attrs(n) for n in await entries(self.ctx, d.path)
+        hidden: list[str] = []
+        listed = [self._pending_attrs(n) for n in await entries(self.ctx, d.path, hidden)
                   if self.deletes is None or not self.deletes.hidden(n.path)]
         names = {split(node.path)[1] for node in listed}
         if gen == self._nodes_gen:  # nothing changed meanwhile: the listing is complete
             for node in listed:
-                self._remember(node.path, node)
+                if self._local_file(node) is None:
+                    self._remember(node.path, node)
             self._listed[d.path] = set(names)
+            if hidden:
+                self._opaque.add(d.path)
+            else:
+                self._opaque.discard(d.path)
+        for path, p in self.dir_attrs.creating_in(d.path) if self.dir_attrs is not None else ():
+            if split(path)[1] not in names and not self.deletes_hidden(path):
+                listed.append(Node(path, p.attrs, 0, None, fixed_ino=p.ino or 0))
+                names.add(split(path)[1])
+                if d.path in self._listed:
+                    self._listed[d.path].add(split(path)[1])
         for path, of in self.files.pending_in(d.path):
             if split(path)[1] not in names:
                 listed.append(Node(path, of.attrs, of.buf.size, None))
@@ -1101,6 +1265,8 @@ class R2Operations:
             known = self.table.known(node.path)
             if node.info is None and not node.is_dir and known is not None:
                 ino = known  # a file not published yet: the number the mount gave it
+            elif self._local_file(node) is not None:
+                ino = known  # (replaced here by a file not published yet: that one, not the bucket's)
             self.table.bind(node.path, ino)
             d.links[ino] = (node.nlink, node.rdev)
             out.append((split(node.path)[1], ino, self._node_attrs(node), node.size))

@@ -111,3 +111,24 @@ def test_unpublished_file_renamed_over_an_object_then_unlinked(mnt):
     assert not os.path.exists(mnt.p("other"))
     assert sorted(k for k in keys(mnt) if k in ("master", "other", "final")) == ["final"]
     assert read(mnt.p("final")) == b"third"
+
+
+def test_listing_while_a_renamed_file_waits_for_publication(mnt):
+    """git's ref update (master.lock renamed over master) then `find`/readdir before the
+    publication: the listing must not give the name back to the old object (the new
+    file lost its name and was never published: the ref went back)."""
+    write(mnt.p("master"), b"first")
+    time.sleep(0.5)
+    assert mnt.api(lambda b: b.head("master")).size == len(b"first")
+    for name in ("other", "master.lock"):  # closes in bulk: master.lock stays unpublished
+        write(mnt.p(name), b"second")
+    ino = os.stat(mnt.p("master.lock")).st_ino
+    os.rename(mnt.p("master.lock"), mnt.p("master"))
+    assert "master" in os.listdir(mnt.path)  # readdir from offset 0: a bucket snapshot
+    assert os.stat(mnt.p("master")).st_ino == ino
+    assert read(mnt.p("master")) == b"second"
+    time.sleep(0.6)
+    assert os.stat(mnt.p("master")).st_ino == ino
+    assert read(mnt.p("master")) == b"second"
+    info = mnt.api(lambda b: b.head("master"))
+    assert (info.ino, info.size) == (ino, len(b"second"))
