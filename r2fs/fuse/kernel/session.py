@@ -40,6 +40,37 @@ BUFFER_SIZE = MAX_WRITE + 4096
 #: Requests a trio task may abandon when INTERRUPT arrives (nothing half-done stays behind).
 INTERRUPTIBLE = {"lookup", "getattr", "readlink", "open", "read", "statfs", "getxattr",
                  "listxattr", "opendir", "readdir"}
+#: How often requests in trio are checked for callers being killed (see `_watch`).
+WATCH_INTERVAL = 0.5
+PF_EXITING = 0x4  # /proc/PID/stat flags: the task is exiting
+SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL in /proc/PID/status signal masks
+
+
+def dying(pid: int) -> bool:
+    """Whether task `pid` is being killed: SIGKILL pending, or exiting because of a signal.
+
+    The kernel keeps a caller whose request reached the daemon until it is
+    answered -- even after SIGKILL, and uninterruptibly for FLUSH while the
+    process exits (its files close). Such a caller will never see the answer.
+    An ordinary exit (exit code, no signal) is not dying: its close() must
+    still commit before the process is gone. Tasks /proc does not show are
+    not guessed at (pid 0: the kernel's own writeback).
+    """
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rpartition(b")")[2].split()
+        flags, exit_code = int(rest[6]), int(rest[49]) if len(rest) > 49 else 0  # fields 9, 52
+        if flags & PF_EXITING and exit_code & 0x7F:
+            return True
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & SIGKILL_BIT:
+                    return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
 
 
 class WouldBlock(Exception):
@@ -91,7 +122,10 @@ class Session:
         self._view = memoryview(self._buf)
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
-        self._inflight: dict[int, trio.CancelScope] = {}  # trio thread only
+        # requests running in trio: unique -> (cancel scope, op, caller pid, start); trio thread only
+        self._inflight: dict[int, tuple[trio.CancelScope, str, int, float]] = {}
+        self._answered: set[int] = set()  # answered EINTR early: their own reply is dropped
+        self._pid = 0  # the caller of the request being decoded (request thread)
         self._fast: dict[str, Callable[..., Any]] = {}
         self._thread: threading.Thread | None = None
         self.ended = threading.Event()
@@ -121,6 +155,7 @@ class Session:
                 self._fast[name[4:]] = getattr(self.fs, name)
         self._thread = threading.Thread(target=self._loop, name="fuse-requests", daemon=True)
         self._thread.start()
+        nursery.start_soon(self._watch)
 
     async def wait_ended(self) -> None:
         """Until the kernel ends the connection (unmount)."""
@@ -145,6 +180,7 @@ class Session:
                     continue
                 length, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack(buf, 0)
                 ctx = RequestContext(uid, gid, pid)
+                self._pid = pid
                 handler = handlers.get(opcode)
                 self.requests += 1
                 try:
@@ -228,12 +264,12 @@ class Session:
         if slow_args is not None:
             args = slow_args()  # (copies what points into the read buffer)
         assert self._token is not None
-        self._token.run_sync_soon(self._spawn, unique, op, args, encode)
+        self._token.run_sync_soon(self._spawn, unique, op, args, encode, self._pid)
 
-    def _spawn(self, unique: int, op: str, args: tuple, encode: Callable[[Any], tuple] | None) -> None:
+    def _spawn(self, unique: int, op: str, args: tuple, encode: Callable[[Any], tuple] | None,
+               pid: int = 0) -> None:
         scope = trio.CancelScope()
-        if op in INTERRUPTIBLE:
-            self._inflight[unique] = scope
+        self._inflight[unique] = (scope, op, pid, trio.current_time())
         assert self._nursery is not None
         self._nursery.start_soon(self._serve, unique, op, args, encode, scope)
 
@@ -245,18 +281,21 @@ class Session:
                     result = await getattr(self.fs, op)(*args)
                     parts = encode(result) if encode is not None else None
                 except FUSEError as exc:
-                    self.reply_error(unique, exc.errno)
+                    if unique not in self._answered:
+                        self.reply_error(unique, exc.errno)
                     return
                 except Exception:  # noqa: BLE001 - a bug costs this request an EIO
                     log.exception("internal error in %s", op)
-                    self.reply_error(unique, errno.EIO)
+                    if unique not in self._answered:
+                        self.reply_error(unique, errno.EIO)
                     return
-                if parts is not None:
+                if parts is not None and unique not in self._answered:
                     self.reply(unique, *parts)
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and unique not in self._answered:
                 self.reply_error(unique, errno.EINTR)
         finally:
             self._inflight.pop(unique, None)
+            self._answered.discard(unique)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -300,9 +339,37 @@ class Session:
         self._token.run_sync_soon(self._cancel, target)
 
     def _cancel(self, target: int) -> None:
-        scope = self._inflight.get(target)
-        if scope is not None:
+        """INTERRUPT (trio thread): an interruptible request is abandoned and answered EINTR
+        at once (its task may still be unwinding, e.g. waiting for a worker thread); any
+        other request is answered EINTR at once if its caller is being killed -- the
+        change itself runs to completion in the background, as if the caller had died
+        just after it."""
+        entry = self._inflight.get(target)
+        if entry is None or target in self._answered:
+            return
+        scope, op, pid, _ = entry
+        if op in INTERRUPTIBLE:
             scope.cancel()
+            self._answer_eintr(target)
+        elif dying(pid):
+            self._answer_eintr(target)
+
+    def _answer_eintr(self, unique: int) -> None:
+        self._answered.add(unique)
+        self.reply_error(unique, errno.EINTR)
+
+    async def _watch(self) -> None:
+        """No request holds a killed caller for long: a caller that gets SIGKILL while
+        its request waits here, or that is exiting because of a signal (its FLUSH, which
+        the kernel sends without INTERRUPT), is answered EINTR within WATCH_INTERVAL."""
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            limit = trio.current_time() - WATCH_INTERVAL
+            for unique, (scope, op, pid, started) in list(self._inflight.items()):
+                if started <= limit and unique not in self._answered and dying(pid):
+                    if op in INTERRUPTIBLE:
+                        scope.cancel()
+                    self._answer_eintr(unique)
 
     def _lookup(self, unique: int, nodeid: int, body: memoryview, ctx: RequestContext) -> None:
         self._call(unique, "lookup", (nodeid, _name(body), ctx), _entry)
