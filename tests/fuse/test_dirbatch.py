@@ -48,7 +48,7 @@ def burst(m) -> dict[str, int]:
         write(os.path.join(d, "sub", "f"), b"file %d" % i)
         os.symlink(f"sub/f", os.path.join(d, "ln"))  # right after a close: in bulk
         os.chmod(os.path.join(d, "sub"), 0o750)
-        for name in (f"t{i}", f"t{i}/sub", f"t{i}/ln"):
+        for name in (f"t{i}", f"t{i}/sub", f"t{i}/ln", f"t{i}/sub/f"):  # (f: held, unpublished)
             inos[name] = os.lstat(m.p(name)).st_ino
     return inos
 
