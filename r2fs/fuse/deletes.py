@@ -4,8 +4,8 @@ An unlink of a file nobody has open is answered at once: the name leaves
 the mount (inode table, node cache, listings) and the journal records the
 delete (a `del` record: survives kill -9 like a deferred publication), and
 a moment later (gather.py) one `Bucket.delete([...])` commits every unlink that
-arrived meanwhile, in one transaction; then directories that would vanish
-get their marker (dirs.keep_parent), as a synchronous unlink did.
+arrived meanwhile, in one transaction; directories that would vanish get
+their marker just before it (dirs.keep_before), so they never vanish.
 
 rmdir of an empty directory joins the same group commits: its marker key
 (`dir/`, ETag None: whatever it is) is deleted with the unlinks of its
@@ -27,7 +27,7 @@ from typing import Callable
 from ..engine.types import DirTouch
 from .context import MountContext
 from .gather import GroupCommit
-from .dirs import keep_parent
+from .dirs import keep_before
 from .journal import Journal
 from .names import dir_prefix, split
 
@@ -68,6 +68,7 @@ class DeferredDeletes(GroupCommit):
     async def _commit_pending(self) -> None:
         while self._pending:
             batch = list(self._pending.items())[:BATCH_MAX]
+            await self._keep_parents([p for p, _ in batch])
             try:
                 touch, self._touches = tuple(self._touches.values()), {}
                 await self._ctx.bucket.delete([p for p, _ in batch], touch=touch)
@@ -80,13 +81,16 @@ class DeferredDeletes(GroupCommit):
             for p, jid in batch:
                 del self._pending[p]
                 self._journal.done(jid)
-            keys = [p[:-1] if p.endswith("/") else p for p, _ in batch]
-            removed = {p[:-1] for p, _ in batch if p.endswith("/")}
-            for path in {split(p)[0]: p for p in keys if split(p)[0]}.values():
-                parent = split(path)[0]
-                if parent in removed or self.hidden(parent) or self.creating(parent):
-                    continue  # (removed with it, or to be removed, or made soon)
-                try:
-                    await keep_parent(self._ctx, path)  # (its directory would vanish)
-                except Exception:  # noqa: BLE001
-                    log.exception("could not keep the directory of %s", path)
+
+    async def _keep_parents(self, keys: list[str]) -> None:
+        """Directories the batch would empty get their marker first (dirs.keep_before)."""
+        going = set(keys)
+        removed = {k[:-1] for k in keys if k.endswith("/")}
+        parents = {split(k[:-1] if k.endswith("/") else k)[0] for k in keys} - {""}
+        for parent in parents:
+            if parent in removed or self.hidden(parent) or self.creating(parent):
+                continue  # (removed with it, or to be removed, or made soon)
+            try:
+                await keep_before(self._ctx, parent, going)
+            except Exception:  # noqa: BLE001
+                log.exception("could not keep directory %s", parent)

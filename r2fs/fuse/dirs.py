@@ -116,9 +116,30 @@ async def keep_parent(ctx: MountContext, path: str) -> None:
     prefix = dir_prefix(parent)
     listing = await ctx.bucket.list(prefix=prefix, limit=1)
     if not listing.objects:  # (the marker keeps the number the implicit directory had)
-        await make_marker(ctx, parent, A.new_attrs(stat.S_IFDIR, A.DEFAULT_DIR_PERM,
-                                                   ctx.owner.uid, ctx.owner.gid),
-                          ino=implicit_ino(parent))
+        await _implicit_marker(ctx, parent)
+
+
+async def keep_before(ctx: MountContext, parent: str, going: set[str]) -> None:
+    """Before deleting the keys `going`: give directory `parent` a marker if they are all it
+    holds, so it never vanishes for a moment (a lookup between the delete and a marker
+    made after it found nothing). One point read for a directory with a marker."""
+    prefix = dir_prefix(parent)
+    try:
+        await ctx.bucket.head(prefix)
+        return
+    except NoSuchKey:
+        pass
+    n = sum(k.startswith(prefix) for k in going)
+    listing = await ctx.bucket.list(prefix=prefix, limit=n + 1)
+    if listing.objects and all(o.key in going for o in listing.objects):
+        await _implicit_marker(ctx, parent)
+
+
+async def _implicit_marker(ctx: MountContext, parent: str) -> None:
+    """A marker for a directory that exists only implicitly (it keeps the number it had)."""
+    await make_marker(ctx, parent, A.new_attrs(stat.S_IFDIR, A.DEFAULT_DIR_PERM,
+                                               ctx.owner.uid, ctx.owner.gid),
+                      ino=implicit_ino(parent))
 
 
 async def make_marker(ctx: MountContext, path: str, attrs: A.PosixAttrs, *,
