@@ -957,6 +957,12 @@ class R2Operations:
             dst_info = dst.info if dst is not None else None
             if dst is not None and flags & fuse.RENAME_NOREPLACE:
                 raise fail(errno.EEXIST)
+            if dst is not None and dst.nlink > 1:
+                # one name of a hard-linked file: a publication there would write the
+                # content all its names share; publish first, the bucket's rename
+                # replaces just that name (and moves the other names' ctime)
+                await self._commit(sof)
+                return False
         if vof is not None and flags & fuse.RENAME_NOREPLACE:
             raise fail(errno.EEXIST)
         async with _locked(sof, vof):

@@ -132,3 +132,20 @@ def test_listing_while_a_renamed_file_waits_for_publication(mnt):
     assert read(mnt.p("master")) == b"second"
     info = mnt.api(lambda b: b.head("master"))
     assert (info.ino, info.size) == (ino, len(b"second"))
+
+
+def test_unpublished_file_renamed_over_one_name_of_a_hard_link(mnt):
+    """rsync/tar: a temp file renamed over one name of a hard-linked file replaces that name
+    only; the other name keeps its content (a publication at the name would have written
+    the content both share)."""
+    write(mnt.p("f"), b"original")
+    os.link(mnt.p("f"), mnt.p("h"))
+    time.sleep(0.5)
+    for name in ("other", "tmp"):  # closes in bulk: tmp stays unpublished
+        write(mnt.p(name), b"new content")
+    os.rename(mnt.p("tmp"), mnt.p("h"))
+    assert read(mnt.p("h")) == b"new content" and read(mnt.p("f")) == b"original"
+    assert os.stat(mnt.p("f")).st_nlink == 1
+    time.sleep(0.6)
+    assert read(mnt.p("h")) == b"new content" and read(mnt.p("f")) == b"original"
+    assert mnt.api(lambda b: b.head("f")).size == len(b"original")
