@@ -307,16 +307,23 @@ def tally(name: str, native: list, mount: list) -> tuple[int, list[tuple[str, st
     return agree, diffs
 
 
+#: A known difference whose reason starts so shows only now and then (a race in r2fs,
+#: docs/semantics.md): the check may agree or differ.
+SOMETIMES = "sometimes:"
+
+
 def check(sides: Sides, case: Case, known: dict[str, str] | None = None) -> None:
     """Run `case` on both sides; every check must agree, except the labels in `known`
-    (documented differences, docs/semantics.md), which must still differ."""
+    (documented differences, docs/semantics.md), which must still differ (unless their
+    reason starts with SOMETIMES)."""
     native, mount = run_case(sides, case)
     assert native, "a case that checks nothing"
     _, diffs = tally(case.__name__, native, mount)
     known = known or {}
     unexpected = [d for label, d in diffs if label not in known]
     assert not unexpected, "\n".join(unexpected)
-    fixed = set(known) - {label for label, _ in diffs}
+    fixed = {k for k, why in known.items() if not why.startswith(SOMETIMES)} - {
+        label for label, _ in diffs}
     assert not fixed, f"documented differences no longer differ: {sorted(fixed)}"
 
 
@@ -325,6 +332,21 @@ def parametrize(cases: list) -> Any:
     import pytest
     rows = [c if isinstance(c, tuple) else (c, {}) for c in cases]
     return pytest.mark.parametrize("case,known", rows, ids=[c.__name__ for c, _ in rows])
+
+
+def snapshot(root: str) -> dict[str, tuple]:
+    """Every entry under `root` with what must survive a remount: type, mode, owner,
+    size, nlink, inode number, mtime and ctime (directories: no size, nlink)."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            d = stat.S_ISDIR(st.st_mode)
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_uid, st.st_gid, None if d else st.st_size,
+                                             None if d else st.st_nlink, st.st_ino, st.st_mtime_ns,
+                                             st.st_ctime_ns)
+    return out
 
 
 @contextmanager
@@ -345,6 +367,12 @@ def sides_for_module(options: str = "allow_other") -> Iterator[Sides]:
         m.start()
         os.chmod(mnt, 0o755)
         yield Sides(native, mnt)
+        before = snapshot(mnt)
+        m.stop()
+        m.start()
+        after = snapshot(mnt)
+        lost = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
+        assert not lost, f"changed by a remount (path: (before, after)): {lost}"
     finally:
         if m is not None:
             m.stop()

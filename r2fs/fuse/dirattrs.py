@@ -19,7 +19,7 @@ rename, rmdir of a parent, file publications and unmount settle first.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..engine.errors import PreconditionFailed
 from ..engine.store import PutItem
@@ -125,6 +125,20 @@ class DeferredDirAttrs(GroupCommit):
         self._forget(path)
         return True
 
+    def touch(self, path: str, ns: int) -> None:
+        """Entries of `path` changed at `ns`: a marker not committed yet (or being
+        committed) carries the new mtime/ctime, else its put would undo the times the
+        entry change committed (the marker is written whole). Either thread."""
+        p = self._pending.get(path)
+        if p is not None:  # (its commit is on its way already)
+            p.attrs = _times(p.attrs, ns)
+            if self._journal is not None and p.jid is not None:
+                self._journal.attrs(p.jid, A.to_metadata(p.attrs, p.meta))
+            return
+        c = self._committing.get(path)
+        if c is not None:  # (its put may land after the entry change: put again)
+            self._ctx.in_trio(self.set, path, _times(c.attrs, ns), c.meta, c.ino)
+
     def drop_tree(self, path: str) -> None:
         """The directory (and all below) is gone: nothing to commit there."""
         for p in [p for p in self._pending if is_under(p, path)]:
@@ -168,3 +182,7 @@ class DeferredDirAttrs(GroupCommit):
             if p.jid is not None and self._journal is not None:
                 self._journal.done(p.jid)
         # (a failed commit leaves the journal records for a remount)
+
+
+def _times(a: A.PosixAttrs, ns: int) -> A.PosixAttrs:
+    return replace(a, mtime_ns=max(a.mtime_ns, ns), ctime_ns=max(a.ctime_ns, ns))

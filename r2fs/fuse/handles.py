@@ -58,6 +58,9 @@ class OpenFile:
     cond: str | None = None  # publish condition (journal.condition): the version it replaces
     refs: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
+    #: when it (unpublished) last changed its directory's entries -- created, renamed
+    #: here: the times its publication gives the directory (not its own later ctime)
+    entry_ns: int = 0
 
     @property
     def dirty(self) -> bool:
@@ -157,7 +160,8 @@ class OpenFiles:
                          chunk_size=ctx.chunk_size, staging_dir=ctx.staging_dir,
                          nursery=ctx.nursery, encoders=ctx.encoders, token=ctx.trio_token)
         buf.changed = True
-        of = OpenFile(ino=ino, buf=buf, attrs=attrs, meta={}, http=None, pending=True, refs=1)
+        of = OpenFile(ino=ino, buf=buf, attrs=attrs, meta={}, http=None, pending=True, refs=1,
+                      entry_ns=attrs.ctime_ns)
         self._files[ino] = of
         ctx.table.pin(ino)
         return of
@@ -499,8 +503,8 @@ class OpenFiles:
     @staticmethod
     def _created(of: OpenFile, path: str) -> tuple:
         """A file created through the mount appears in its directory with this commit:
-        the directory's times change with it (to the creation time)."""
-        return parent_touch(path, of.attrs.ctime_ns, late=True) if of.pending else ()
+        the directory's times change with it (to the creation or local rename time)."""
+        return parent_touch(path, of.entry_ns or of.attrs.ctime_ns, late=True) if of.pending else ()
 
     def _published(self, of: OpenFile, info: ObjectInfo) -> None:
         """`of`'s changes are the bucket's version `info` now."""

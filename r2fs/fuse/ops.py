@@ -151,6 +151,8 @@ class R2Operations:
             if len(self._dir_times) >= NODE_CACHE_MAX:
                 self._dir_times.clear()
             self._dir_times[parent] = now
+            if self.dir_attrs is not None:
+                self.dir_attrs.touch(parent, now)  # (its pending chmod must not undo them)
             self.forget_paths(parent)
             if parent == "":
                 self._root = replace(self._root, mtime_ns=now, ctime_ns=now)
@@ -868,7 +870,8 @@ class R2Operations:
         self.forget_paths(old, new)
         self.table.move(old, new, tree=False)
         self.files.moved(sof, new, "")
-        self._dir_changed(old, new)  # (here; the publication commits the new parent's)
+        sof.entry_ns = A.now_ns()
+        self._dir_changed(old, new, now=sof.entry_ns)  # (here; the publication commits the new parent's)
         self._listing_discard(old)
         self._listing_add(new)
 
@@ -982,7 +985,8 @@ class R2Operations:
             await self._drop_replaced(sof, old)
             self.table.move(old, new, tree=False)
             self.files.moved(sof, new, dst_info.etag if dst_info is not None else replaces)
-            self._dir_changed(old, new)  # (here; the publication commits the new parent's)
+            sof.entry_ns = A.now_ns()
+            self._dir_changed(old, new, now=sof.entry_ns)  # (here; the publication commits the new parent's)
         return True
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,

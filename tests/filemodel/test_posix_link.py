@@ -81,7 +81,8 @@ def link_permissions(s: Sweep) -> None:
     s.stat("mine", "rw/mine", NLINK)
 
 
-CASES = [link_counts_and_times, link_every_kind, link_errors, link_permissions]
+KNOWN_GAP = "sometimes: the mount may not know the other names of a hard-linked file (docs/semantics.md)"
+CASES = [(link_counts_and_times, {"times after unlink": KNOWN_GAP}), link_every_kind, link_errors, link_permissions]
 
 
 @parametrize(CASES)

@@ -138,7 +138,8 @@ def rename_noreplace(s: Sweep) -> None:
     s.stat("c", "c")
 
 
-CASES = [rename_every_kind, rename_over_existing, rename_errors, rename_permissions, rename_sticky,
+KNOWN_GAP = "sometimes: the mount may not know the other names of a hard-linked file (docs/semantics.md)"
+CASES = [rename_every_kind, (rename_over_existing, {"replaced file's other name": KNOWN_GAP}), rename_errors, rename_permissions, rename_sticky,
          rename_noreplace]
 
 

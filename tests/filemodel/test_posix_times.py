@@ -88,7 +88,11 @@ def _case(label: str, fn, paths: tuple[str, ...]):
     return case
 
 
-CASES = [_case(*row) for row in OPS]
+#: the other names of a hard-linked file: their ctime moves only if the mount knows them
+KNOWN = {"unlink a link": "sometimes: the mount may not know the other names (docs/semantics.md)",
+         "rename over link": "sometimes: the mount may not know the other names (docs/semantics.md)"}
+CASES = [(_case(*row), {f"{row[0]}: times": KNOWN[row[0]]} if row[0] in KNOWN else {})
+         for row in OPS]
 
 
 @parametrize(CASES)

@@ -124,8 +124,9 @@ def unlink_link_ctime(s: Sweep) -> None:
     s.changed("other name's ctime", snap)
 
 
+KNOWN_GAP = "sometimes: the mount may not know the other names of a hard-linked file (docs/semantics.md)"
 CASES = [unlink_every_kind, unlink_open_file, unlink_errors, rmdir_cases, permissions, sticky,
-         unlink_link_ctime]
+         (unlink_link_ctime, {"other name's ctime": KNOWN_GAP})]
 
 
 @parametrize(CASES)
