@@ -893,7 +893,6 @@ class R2Operations:
             raise fail(errno.EEXIST)
         if dst is not None and not src.is_dir and dst.ino == src.ino:
             return  # two names of one file: POSIX says rename does nothing
-        touch = self._dir_changed(old, new)
         if src.is_dir:
             await self.files.settle(old)  # its closed, unpublished files must move too
             await self.files.settle(new)  # and count as entries of the target
@@ -906,6 +905,7 @@ class R2Operations:
                 if await has_entries(self.ctx, new):
                     raise fail(errno.ENOTEMPTY)
                 replace_keys = [dir_prefix(new)]
+            touch = self._dir_changed(old, new)  # (only now: a refused rename changes nothing)
             self.forget_all_paths()
             try:
                 await self.ctx.bucket.rename_prefix(dir_prefix(old), dir_prefix(new),
@@ -915,6 +915,7 @@ class R2Operations:
         else:
             if dst is not None and dst.is_dir:
                 raise fail(errno.EISDIR)
+            touch = self._dir_changed(old, new)
             victim = self.table.known(new)
             vof = self.files.get(victim) if victim is not None else None
             self.forget_paths(*(self.table.paths(victim) if victim is not None else ()))
