@@ -148,11 +148,6 @@ class Journal:
         if seg is not None:
             self._append(seg, {"t": "attrs", "i": jid, "m": meta})
 
-    def sync(self) -> None:
-        """Make every record so far durable (fsync() of a journaled file; blocking)."""
-        for seg in {id(s): s for s in (self._current, *self._segments.values())}.values():
-            os.fdatasync(seg.fd)
-
     def done(self, jid: int) -> None:
         """Published, superseded or gone: nothing left to replay for `jid`."""
         seg = self._segments.pop(jid, None)

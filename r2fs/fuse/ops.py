@@ -1196,9 +1196,7 @@ class R2Operations:
             await self.files.flush(of)  # small files: journaled now, published a moment later
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        of = self.files.handle(fh).file
-        async with of.lock:
-            await self.files.fsync(of)
+        await self._commit(self.files.handle(fh).file)
 
     async def release(self, fh: int) -> None:
         h = self.files.close_handle(fh)
