@@ -16,6 +16,7 @@ import trio
 
 from . import config as cfgmod, nodeops
 from .chunks import ChunkStore
+from .feed import ChangeFeed
 from .keys import MasterKey
 from .meta import MetaEngine, Txn
 from .nodes import NodeStore, place
@@ -86,6 +87,10 @@ class Core:
 
     def change_seq(self) -> int:
         return self.meta.change_seq()
+
+    def change_feed(self) -> ChangeFeed:
+        """A reader of the changes committed from now on (a mount's change poller)."""
+        return ChangeFeed(self.meta)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Sleep until a metadata change may have been committed (by any process on any

@@ -1,10 +1,10 @@
 """Noticing changes made by other writers (S3 gateway, Python API, other mounts).
 
 The kernel caches names and attributes (entry/attr timeouts) and file pages.
-Every `poll_interval` this task reads the cluster's change sequence; for each
-changed key of our bucket that the mount did not change itself, it tells the
-kernel to forget what it cached about that path and the directories on the
-way to it. Together with `open()` checking the object's version
+Every `poll_interval` (at once on PostgreSQL's NOTIFY) this task reads the
+cluster's change feed (`Cluster.change_feed`); for each changed key of our
+bucket that the mount did not change itself, it tells the kernel to forget
+what it cached about that path and the directories on the way to it. Together with `open()` checking the object's version
 (close-to-open, handled in ops.py) this bounds staleness to about one poll.
 """
 
@@ -33,7 +33,7 @@ class ChangePoller:
         self._is_open = is_open
         self._forget = forget  # the mount's own memory of paths (ops.R2Operations)
         self._forget_all = forget_all
-        self.seq = ctx.cluster.change_seq()
+        self.feed = ctx.cluster.change_feed()
         self.session: Session | None = None  # kernel notifications go here once mounted
 
     async def run(self) -> None:
@@ -45,22 +45,16 @@ class ChangePoller:
                 log.exception("change poll failed")
 
     async def poll_once(self) -> None:
-        cluster = self._ctx.cluster
-        if cluster.change_seq() == self.seq:
-            return
         paths: set[str] = set()
         everything = False
         while True:
-            changes = cluster.changes_since(self.seq)
-            if not changes:
-                break
+            changes = self.feed.read()  # one statement on PostgreSQL
             for ch in changes:
-                self.seq = max(self.seq, ch.seq)
                 if ch.key == "" and ch.bucket == "":
                     everything = True
                 elif ch.bucket == self._ctx.bucket_name and not self._own.is_own(ch.key):
                     paths.add(ch.key[:-1] if ch.key.endswith("/") else ch.key)
-            if len(changes) < 10000:
+            if not self.feed.more:
                 break
         self._own.expire()
         if everything:

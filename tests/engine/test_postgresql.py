@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from helpers import ok
-from r2fs.engine import metasnap
+from r2fs.engine import feed, metasnap
 from r2fs.engine.errors import (ClusterError, MetadataUnavailable, NoSuchKey, PreconditionFailed,
                                 UnsupportedFormat)
 from r2fs.engine.meta import postgresql as pgmod
@@ -284,6 +284,124 @@ async def test_change_feed_pruned_past_a_poller_says_refresh_everything(pg_clust
     (ch,) = pg_cluster.changes_since(seq)
     assert (ch.bucket, ch.key) == ("", "") and ch.seq == pg_cluster.change_seq()
     assert [c.key for c in pg_cluster.changes_since(ch.seq)] == []
+
+
+def _late(pg_url: str, bucket: str, keys: list[str]) -> psycopg.Connection:
+    """An open transaction (its own connection) that has written change rows for `keys`
+    and not committed: it holds an xid lower than every commit made after this."""
+    conn = psycopg.connect(pg_url)
+    for i, k in enumerate(keys):
+        conn.execute("INSERT INTO r2fs_changes (ord, bucket, key) VALUES (%s, %s, %s)",
+                     (i, bucket, k))
+    return conn
+
+
+async def test_change_feed_reads_past_an_open_transaction_then_delivers_its_late_changes(
+        pg_cluster, pg_url):
+    """A reader is not held back by an open transaction (any on the server: here one in
+    another database, and one in this one that writes changes), and the changes of the
+    one that commits late, with lower seqs than changes already read, still come."""
+    await pg_cluster.create_bucket("feed")
+    b = pg_cluster.bucket("feed")
+    feed = pg_cluster.change_feed()
+    elsewhere = psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres")
+    late = _late(pg_url, "feed", ["late"])
+    try:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # holds an xid, another database
+        await b.put("early", b"1")
+        (early,) = feed.read()
+        assert early.key == "early"
+        assert feed.read() == []
+        late.commit()
+        (got,) = feed.read()
+        assert got.key == "late" and got.seq < early.seq  # lower seq, delivered after
+        assert feed.read() == []
+        elsewhere.rollback()
+        await b.put("next", b"2")
+        assert [c.key for c in feed.read()] == ["next"]
+        assert feed.read() == []
+    finally:
+        late.close()
+        elsewhere.close()
+
+
+async def test_change_feed_cut_by_its_limit_delivers_every_change_once(pg_cluster, pg_url):
+    await pg_cluster.create_bucket("cut")
+    b = pg_cluster.bucket("cut")
+    meta = pg_cluster.meta
+    cursor = meta.feed_start()
+    late = _late(pg_url, "cut", [f"late{i}" for i in range(7)])
+    aborted = _late(pg_url, "cut", ["never"])
+    try:
+        for i in range(5):
+            await b.put(f"k{i}", b"x")
+        got: list[str] = []
+        batch = meta.feed_read(cursor, 2)
+        while batch.changes or batch.more:
+            got += [k for _, _, k in batch.changes]
+            batch = meta.feed_read(batch.cursor, 2)
+        assert got == [f"k{i}" for i in range(5)]
+        late.commit()
+        aborted.rollback()
+        for i in range(5, 8):
+            await b.put(f"k{i}", b"x")
+        got = []
+        batch = meta.feed_read(batch.cursor, 2)
+        while batch.changes or batch.more:
+            got += [k for _, _, k in batch.changes]
+            batch = meta.feed_read(batch.cursor, 2)
+        assert sorted(got) == sorted([f"late{i}" for i in range(7)] + ["k5", "k6", "k7"])
+        assert not batch.cursor.pending  # nothing left waiting
+    finally:
+        late.close()
+        aborted.close()
+
+
+async def test_change_feed_pruned_before_a_reader_got_there_says_refresh_everything(pg_cluster,
+                                                                                   pg_url):
+    await pg_cluster.create_bucket("prune")
+    b = pg_cluster.bucket("prune")
+    behind = pg_cluster.change_feed()
+    for i in range(5):
+        await b.put(f"k{i}", b"x")
+    assert pg_cluster.meta.prune_changes(keep=2) == 3
+    assert behind.read() == [feed.EVERYTHING]
+    assert behind.read() == []
+    # a transaction the reader saw in progress, whose rows a prune deleted after it ended
+    waiting = pg_cluster.change_feed()
+    late = _late(pg_url, "prune", ["late"])
+    await b.put("a", b"x")
+    assert [c.key for c in waiting.read()] == ["a"]
+    late.commit()
+    late.close()
+    for i in range(3):
+        await b.put(f"b{i}", b"x")
+    assert pg_cluster.meta.prune_changes(keep=2) == 5  # k3, k4, late, a, b0
+    assert waiting.read() == [feed.EVERYTHING]
+    await b.put("after", b"x")
+    assert [c.key for c in waiting.read()] == ["after"]
+
+
+async def test_rows_committed_below_the_prune_mark_stay_for_readers_waiting_on_them(pg_cluster,
+                                                                                    pg_url):
+    """A transaction open while a prune passed its xid leaves its rows below the mark:
+    later prunes keep them, and a reader that saw it in progress after that prune reads
+    them (no refresh: a reader that had not looked since could not tell)."""
+    await pg_cluster.create_bucket("mark")
+    b = pg_cluster.bucket("mark")
+    waiting = pg_cluster.change_feed()
+    late = _late(pg_url, "mark", ["late"])
+    try:
+        for i in range(5):
+            await b.put(f"k{i}", b"x")
+        assert [c.key for c in waiting.read()] == [f"k{i}" for i in range(5)]
+        assert pg_cluster.meta.prune_changes(keep=2) == 3
+        assert waiting.read() == []  # sees it still in progress, after that prune
+        late.commit()
+        assert pg_cluster.meta.prune_changes(keep=0) == 2  # k3, k4; not "late"
+        assert [c.key for c in waiting.read()] == ["late"]
+    finally:
+        late.close()
 
 
 async def test_notify_wakes_a_waiting_poller(pg_cluster):

@@ -288,9 +288,6 @@ def test_a_cwd_on_one_host_survives_changes_from_the_other_host_around_it(mounts
 CWD_CHILD = "import os, sys\nfor _ in sys.stdin: print(os.getcwd(), flush=True)"
 
 
-@pytest.mark.xfail(strict=True, reason="known: the change feed's watermark is the server-wide "
-                   "xmin, so any open transaction holding an xid (any database on the server, "
-                   "a long rename_prefix) holds back every mount's invalidations until it ends")
 def test_an_open_transaction_elsewhere_on_the_server_does_not_hold_back_the_change_feed(mounts,
                                                                                         pg):
     import psycopg

@@ -21,7 +21,7 @@ Tables (values are msgpack, see `pack`):
   gcq       chunk id -> time                   chunks whose refcount reached 0
   uploads   upload id -> {bucket, key, initiated, h, c}
   parts     upload id + part number (u32 BE) -> {etag, md5, size, uploaded, ch}
-  changes   the change feed (`record_change`, `changes_since`)
+  changes   the change feed (`record_change`, `changes_since`, `feed_read`)
   records   namespace NUL name -> value       (access keys, settings of other layers)
   counters  bucket NUL name -> int            (operation metering)
   journal   chunk id -> {...}                 (replication journal, local uploads)
@@ -35,6 +35,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import msgpack
@@ -53,6 +54,16 @@ CHANGE_HISTORY = 100_000
 
 CHUNK_LIVE = 0
 CHUNK_DELETING = 1
+
+
+@dataclass
+class FeedBatch:
+    """What one `MetaEngine.feed_read` returns."""
+
+    cursor: Any
+    changes: list[tuple[int, str, str]]  # (seq, bucket, key)
+    lost: bool = False  # changes were pruned unread: assume anything changed
+    more: bool = False  # a limit cut the batch: read again
 
 
 def pack(value: Any) -> bytes:
@@ -180,6 +191,26 @@ class MetaEngine(ABC):
     @abstractmethod
     def changes_since(self, seq: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
         """(oldest kept seq, up to `limit` changes (seq, bucket, key) after `seq`)."""
+
+    # following the feed (a mount's change poller) ...................................
+
+    def feed_start(self) -> Any:
+        """A cursor at the end of the feed (opaque; handed back to `feed_read`): every
+        change committed before this call is behind it, every later one ahead."""
+        return self.change_seq()
+
+    def feed_read(self, cursor: Any, limit: int) -> "FeedBatch":
+        """Changes ahead of `cursor` that can be read now (at most about `limit`), and
+        the cursor past them. Never skips a change: one committed late with a lower
+        sequence number than some already read still comes (engines with concurrent
+        writers, PostgreSQL, deliver changes out of seq order). `lost` means changes
+        ahead of the cursor were pruned first: the reader must assume anything changed.
+        This default is for an engine whose seqs are final in commit order (LMDB)."""
+        oldest, changes = self.changes_since(cursor, limit)
+        if cursor + 1 < oldest:
+            return FeedBatch(self.feed_start(), [], lost=True)
+        return FeedBatch(changes[-1][0] if changes else cursor, changes,
+                         more=len(changes) >= limit)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return soon after a change is committed, or after `timeout` seconds (async).

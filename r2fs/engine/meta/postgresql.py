@@ -60,7 +60,8 @@ from psycopg import errors as pgerrors
 from psycopg.generators import execute as pg_execute
 
 from ..errors import ClusterError, MetadataUnavailable, UnsupportedFormat
-from .interface import CHANGE_HISTORY, TABLES, MetaEngine, ObjectIndex, pack, unpack
+from .interface import (CHANGE_HISTORY, TABLES, FeedBatch, MetaEngine, ObjectIndex, pack,
+                        unpack)
 
 T = TypeVar("T")
 log = logging.getLogger("r2fs.meta.postgresql")
@@ -911,23 +912,28 @@ class PgMeta(MetaEngine):
                 log.warning("pruning the change feed failed (retried later): %s", e)
 
     def prune_changes(self, keep: int = CHANGE_HISTORY) -> int:
-        """Delete all but the newest `keep` changes; remember how far (for `changes_since`)."""
+        """Delete all but the newest `keep` changes; remember how far (for the feed's readers).
+
+        Only rows above the mark of earlier prunes go: a transaction that commits after
+        a prune passed its xid leaves rows below the mark, and they stay (a reader that
+        saw it in progress reads them later, see `feed_read`; they are rare -- the
+        transaction was open while `keep` newer changes were made). One statement, so
+        the mark it starts from and the rows it deletes are of one snapshot."""
         conn = self._conn()
         ok = False
         try:
-            with conn.transaction():
-                row = conn.execute(
-                    "SELECT xid::text, ord FROM r2fs_changes ORDER BY xid DESC, ord DESC "
-                    "OFFSET %s LIMIT 1", (keep,)).fetchone()
-                n = 0
-                if row is not None:
-                    cur = conn.execute("DELETE FROM r2fs_changes "
-                                       "WHERE (xid, ord) <= (%s::xid8, %s)", row)
-                    n = cur.rowcount
-                    pos = (int(row[0]) << ORD_BITS) + row[1]
-                    conn.execute("UPDATE r2fs_feed SET pruned = greatest(pruned, %s)", (pos,))
+            row = conn.execute(
+                "WITH r AS (SELECT xid, ord FROM r2fs_changes ORDER BY xid DESC, ord DESC "
+                "OFFSET %s LIMIT 1), "
+                "f AS (SELECT pruned FROM r2fs_feed), "
+                "d AS (DELETE FROM r2fs_changes c USING r, f "
+                "WHERE (c.xid, c.ord) <= (r.xid, r.ord) AND (c.xid, c.ord) > "
+                "(((f.pruned >> 24)::text)::xid8, (f.pruned & 16777215)::int) RETURNING 1) "
+                "UPDATE r2fs_feed SET pruned = greatest(pruned, "
+                "(SELECT (xid::text::bigint << 24) + ord FROM r)) WHERE EXISTS (SELECT 1 FROM r) "
+                "RETURNING (SELECT count(*) FROM d)", (keep,)).fetchone()
             ok = True
-            return n
+            return 0 if row is None else int(row[0])
         finally:
             self._release(conn, ok)
 
@@ -957,6 +963,85 @@ class PgMeta(MetaEngine):
                 out.append(((x << ORD_BITS) + o, res.get_value(r, 2).decode("utf-8"),
                             res.get_value(r, 3).decode("utf-8")))
         return pruned + 1, out
+
+    # following the feed without waiting for older transactions ------------------------------
+
+    def feed_start(self) -> "FeedCursor":
+        """Past everything committed now: every xid below the snapshot's xmax, but those
+        still in progress (their rows are read when they end)."""
+        res = self.view(lambda txn: txn.query(
+            "SELECT pruned, " + _SNAPSHOT + " FROM r2fs_feed"))
+        mark, xmax, xip = _snapshot_row(res, 0)
+        return FeedCursor((xmax << ORD_BITS) - 1, {x: (-1, mark) for x in xip})
+
+    def feed_read(self, cursor: "FeedCursor", limit: int) -> FeedBatch:
+        """One statement, one snapshot: the prune mark, the snapshot's in-progress xids,
+        the visible rows after the cursor's position, and the rows of the transactions
+        it holds as pending that have since ended.
+
+        Why not `changes_since`: its rows stop at the server-wide xmin, so any open
+        transaction anywhere on the server (another database, a psql session, a long
+        rename_prefix) would hold back every mount's feed until it ends. Here every
+        visible row after the position is read at once; a transaction still in
+        progress below the new position (its xid is lower than a row read, so its rows,
+        when it commits, land behind the position) is remembered with how far its rows
+        were read, and its rows are read by xid once it has ended. So a change that
+        commits late with a lower seq is delivered late, never skipped.
+
+        Pruning (rows up to the mark deleted) is detected: a position below the mark
+        may have lost rows ahead of it; a pending transaction's unread rows may be gone
+        if they lie below the mark and a prune ran since it was last seen in progress
+        (a prune deletes only above the mark it read, and it could see the rows only
+        if it ran after the transaction ended)."""
+        pos = cursor.pos
+        px, po = pos >> ORD_BITS, pos & _ORD_MASK
+        sql = ("SELECT -1::bigint, NULL::int, NULL::text, NULL::text, pruned, " + _SNAPSHOT
+               + " FROM r2fs_feed UNION ALL (SELECT xid::text::bigint, ord, bucket, key, "
+               "NULL, NULL, NULL FROM r2fs_changes "
+               f"WHERE (xid, ord) > ('{int(px)}'::xid8, {int(po)}) ORDER BY xid, ord "
+               f"LIMIT {int(limit)})")
+        if cursor.pending:
+            vals = ", ".join(f"('{int(x)}'::xid8, {int(o)})"
+                             for x, (o, _) in sorted(cursor.pending.items()))
+            sql += (" UNION ALL (SELECT -2 - c.xid::text::bigint, c.ord, c.bucket, c.key, "
+                    "NULL, NULL, NULL FROM r2fs_changes c JOIN (VALUES " + vals + ") "
+                    "p(x, o) ON c.xid = p.x AND c.ord > p.o ORDER BY c.xid, c.ord "
+                    f"LIMIT {int(limit)})")
+        res = self.view(lambda txn: txn.query(sql))
+        main: list[tuple[int, str, str]] = []
+        late: list[tuple[int, str, str]] = []
+        mark = xmax = 0
+        xip: list[int] = []
+        for r in range(res.ntuples):
+            x = int(res.get_value(r, 0))
+            if x == -1:
+                mark, xmax, xip = _snapshot_row(res, r, col=4)
+                continue
+            row = ((x << ORD_BITS) if x >= 0 else ((-2 - x) << ORD_BITS)) + int(res.get_value(r, 1))
+            (main if x >= 0 else late).append(
+                (row, res.get_value(r, 2).decode("utf-8"), res.get_value(r, 3).decode("utf-8")))
+        in_progress = set(xip)
+        if pos < mark or any(_unread_pruned(x, o, m, mark)
+                             for x, (o, m) in cursor.pending.items() if x not in in_progress):
+            return FeedBatch(FeedCursor((xmax << ORD_BITS) - 1, {x: (-1, mark) for x in xip}),
+                             [], lost=True)
+        pending: dict[int, tuple[int, int]] = {}
+        late_cut = len(late) >= limit
+        last_late = late[-1][0] >> ORD_BITS if late_cut else None
+        for x, (o, m) in cursor.pending.items():
+            if x in in_progress:
+                pending[x] = (o, mark)  # seen in progress now: no prune so far took its rows
+            elif last_late is not None and x >= last_late:
+                if x == last_late:
+                    pending[x] = (late[-1][0] & _ORD_MASK, mark)  # read this far
+                else:
+                    pending[x] = (o, m)  # ended, not read yet (the batch was cut)
+        new_pos = main[-1][0] if main else pos
+        for x in xip:
+            if x < new_pos >> ORD_BITS and x not in pending:
+                pending[x] = (-1, mark)  # behind the new position, still to commit
+        return FeedBatch(FeedCursor(new_pos, pending), late + main,
+                         more=late_cut or len(main) >= limit)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when a change was committed (NOTIFY), or after `timeout` seconds."""
@@ -999,6 +1084,42 @@ class PgMeta(MetaEngine):
         while pg.notifies() is not None:
             got = True
         return got
+
+
+#: The prune mark's columns: the statement's snapshot's xmax, and its in-progress xids.
+_SNAPSHOT = ("pg_snapshot_xmax(pg_current_snapshot())::text::bigint, "
+             "(SELECT string_agg(x::text, ',') FROM pg_snapshot_xip(pg_current_snapshot()) x)")
+_ORD_MASK = (1 << ORD_BITS) - 1
+
+
+def _snapshot_row(res: Any, r: int, col: int = 0) -> tuple[int, int, list[int]]:
+    """(prune mark, xmax, in-progress xids) from `_SNAPSHOT`'s columns after the mark."""
+    xip = res.get_value(r, col + 2)
+    return (int(res.get_value(r, col)), int(res.get_value(r, col + 1)),
+            [int(x) for x in xip.split(b",")] if xip else [])
+
+
+def _unread_pruned(xid: int, read_to: int, seen_mark: int, mark: int) -> bool:
+    """Whether rows of transaction `xid` after ordinal `read_to` may have been pruned:
+    prunes since it was last seen (at prune mark `seen_mark`) deleted rows in
+    (seen_mark, mark] only."""
+    return (xid << ORD_BITS) + read_to < mark and seen_mark < ((xid + 1) << ORD_BITS) - 1
+
+
+class FeedCursor:
+    """Where a reader of the PostgreSQL change feed is: every row at or below position
+    `pos` is read, except rows of the transactions in `pending` (xid -> (ordinal read
+    up to, -1: none; the prune mark when it was last seen in progress or read)),
+    which were in progress or not fully read."""
+
+    __slots__ = ("pos", "pending")
+
+    def __init__(self, pos: int, pending: dict[int, tuple[int, int]]) -> None:
+        self.pos = pos
+        self.pending = pending
+
+    def __repr__(self) -> str:
+        return f"FeedCursor({self.pos}, {self.pending})"
 
 
 class _Failed:
