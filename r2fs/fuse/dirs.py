@@ -76,15 +76,12 @@ async def resolve(ctx: MountContext, path: str) -> Node:
     """The node at `path`; ENOENT if neither a file nor a directory is there."""
     if path == "":
         return dir_node(ctx, "", None)
-    try:
-        return file_node(ctx, path, await ctx.bucket.head(path))
-    except NoSuchKey:
-        pass
     prefix = dir_prefix(path)
-    listing = await ctx.bucket.list(prefix=prefix, limit=1)
-    if not listing.objects:
+    info, first = await ctx.bucket.head_and_first(path, prefix)  # (one PG round trip)
+    if info is not None:
+        return file_node(ctx, path, info)
+    if first is None:
         raise fail(errno.ENOENT)
-    first = listing.objects[0]
     return dir_node(ctx, path, first if first.key == prefix else None)
 
 

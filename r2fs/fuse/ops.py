@@ -63,6 +63,7 @@ class R2Operations:
         self._root = A.from_metadata({}, stat.S_IFDIR, ctx.owner, ctx.mounted_ns)
         self._root_meta: dict[str, str] = {}
         self._cache_version: dict[int, str] = {}  # ino -> version the page cache holds
+        self._kernel_size: dict[int, int] = {}  # ino -> st_size the kernel was last given
         self._statfs: tuple[float, fuse.StatvfsData] | None = None
         # What paths are, as last read from the bucket: lookup/getattr answer from
         # here (the kernel asks again after every change in a directory). Every
@@ -107,6 +108,7 @@ class R2Operations:
         e.st_gid = attrs.gid
         e.st_rdev = rdev
         e.st_size = size
+        self._kernel_size[ino] = size
         e.st_blksize = BLKSIZE
         e.st_blocks = (size + 511) // 512
         e.st_atime_ns = attrs.atime_ns
@@ -360,6 +362,7 @@ class R2Operations:
             self.table.forget(ino, n)
             if not self.table.exists(ino):
                 self._cache_version.pop(ino, None)
+                self._kernel_size.pop(ino, None)
 
     def now_getattr(self, inode: int, ctx: fuse.RequestContext | None = None) -> fuse.EntryAttributes:
         of = self.files.get(inode)
@@ -1095,6 +1098,7 @@ class R2Operations:
         try:
             if stat.S_ISLNK(of.attrs.mode):
                 raise fail(errno.ELOOP)
+            await self._opened_newer(of, path)
             if flags & os.O_TRUNC:  # (any access mode: the kernel checked write permission)
                 async with of.lock:
                     if of.buf.size:
@@ -1108,6 +1112,25 @@ class R2Operations:
         except BaseException:
             await self.files.release(of)
             raise
+
+    async def _opened_newer(self, of: OpenFile, path: str) -> None:
+        """Open read a newer version than this mount knew (rewritten elsewhere; the poller
+        is not there yet): lookup/getattr must not answer from the old one, and if the
+        kernel was given another size, its cached attributes go before the open reply --
+        else its reads stop at the old i_size until the poller drops them."""
+        node = self._nodes.get(path)
+        base = of.buf.base
+        if node is not None and node.info is not None and base is not None \
+                and node.info.version != base.version:
+            self.forget_paths(path)
+        told = self._kernel_size.get(of.ino)
+        if told is None or told == of.buf.size or self.session is None:
+            return
+        del self._kernel_size[of.ino]
+        try:  # (attributes only: a notification must not come from a trio task step)
+            await trio.to_thread.run_sync(self.session.invalidate_inode, of.ino, True)
+        except OSError as exc:
+            log.debug("invalidate_inode %d: %s", of.ino, exc)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: fuse.RequestContext) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
@@ -1167,6 +1190,7 @@ class R2Operations:
     def _written(self, of: OpenFile, kill_suidgid: bool) -> None:
         now = A.now_ns()
         a = _killed_suidgid(of.attrs) if kill_suidgid else of.attrs
+        self._kernel_size[of.ino] = of.buf.size  # (the kernel grew its i_size with the write)
         if a is not of.attrs:
             of.meta_dirty = True
         of.attrs = replace(a, mtime_ns=now, ctime_ns=now)
