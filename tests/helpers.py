@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
+import sys
 
 
 def rand(n: int, seed: int = 0) -> bytes:
@@ -63,3 +65,25 @@ def run_on_a_terminal(cmd: list[str], env: dict[str, str], timeout: float) -> tu
         os.close(master)
         if slave >= 0:
             os.close(slave)
+
+
+def stop_mount(path: str, timeout: float = 30) -> None:
+    """Unmount the r2fs mount at `path` whatever state it is in, and see its daemon gone;
+    never raises. `r2fs umount` (the daemon's final flush), then `fusermount3 -u -z` if that
+    fails, then SIGKILL for a daemon still there after `timeout` seconds. The one way every
+    test's fixtures take a mount down (tests/fuse, tests/multihost, ...)."""
+    from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount, wait_for_exit
+    pid = daemon_pid(path)
+    if is_r2fs_mount(path):
+        try:
+            done = subprocess.run([sys.executable, "-m", "r2fs.cli", "umount", path],
+                                  capture_output=True, timeout=120).returncode == 0
+        except subprocess.TimeoutExpired:
+            done = False
+        if not done:
+            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    if pid is not None and not wait_for_exit(pid, timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

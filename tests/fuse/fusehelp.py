@@ -9,7 +9,6 @@ mount behind.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 
 import trio
 
-from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount, wait_for_exit
+from helpers import stop_mount
+from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount
 from r2fs.engine.store import Cluster
 
 BUCKET = "fuse-test"
@@ -68,15 +68,7 @@ class Mount:
 
     def stop(self) -> None:
         """Unmount whatever state the mount is in; never raises."""
-        pid = daemon_pid(self.path)
-        if is_r2fs_mount(self.path):
-            if r2fs("umount", self.path, check=False).returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
-        if pid is not None and not wait_for_exit(pid, 30):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        stop_mount(self.path)
 
     def api(self, fn):
         """Run `async fn(bucket)` against the same cluster through the Python API."""

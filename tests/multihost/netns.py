@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from helpers import stop_mount
 from r2fs.engine import config as cfgmod
 from r2fs.engine.store import Cluster
 
@@ -103,17 +104,4 @@ class HostMount:
 
     def stop(self) -> None:
         """Unmount (lazily if need be), wait for the daemon, kill it as a last resort."""
-        import signal
-
-        from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount, wait_for_exit
-        pid = daemon_pid(self.path)
-        if is_r2fs_mount(self.path):
-            umount = subprocess.run([sys.executable, "-m", "r2fs.cli", "umount", self.path],
-                                    capture_output=True, timeout=120)
-            if umount.returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
-        if pid is not None and not wait_for_exit(pid, 30):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        stop_mount(self.path)

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from helpers import stop_mount
+
 R2FS = [sys.executable, "-m", "r2fs"]
 
 
@@ -25,8 +27,7 @@ def mounted(gateway, s3, bucket_name, tmp_path):
     try:
         yield path
     finally:
-        if subprocess.run([*R2FS, "umount", path], capture_output=True, timeout=60).returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+        stop_mount(path)
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> bool:

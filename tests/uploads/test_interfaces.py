@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from helpers import stop_mount
 from r2fs.engine.replicator import backlog
 from r2fs.engine.simulate import set_simulation
 from r2fs.engine.store import Cluster
@@ -123,7 +124,7 @@ def _fuse_available() -> bool:
 
 @pytest.mark.skipif(not _fuse_available(), reason="no FUSE on this machine")
 async def test_mount_in_local_mode(cdir, tmp_path):
-    from r2fs.cli.fuse_cmds import daemon_pid, is_r2fs_mount, wait_for_exit
+    from r2fs.cli.fuse_cmds import is_r2fs_mount
 
     await far_cluster_home_down(cdir)
     mnt = tmp_path / "mnt"
@@ -145,9 +146,5 @@ async def test_mount_in_local_mode(cdir, tmp_path):
         assert_home_placement(cdir, chunks=3)
         assert (mnt / "file.bin").read_bytes() == data
     finally:
-        pid = daemon_pid(str(mnt))
-        if is_r2fs_mount(str(mnt)) and r2fs(cdir, "umount", mnt).returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        if pid is not None and not wait_for_exit(pid, 30):
-            os.kill(pid, signal.SIGKILL)
+        stop_mount(str(mnt))
     assert await read_via_api(cdir, "file.bin") == data
