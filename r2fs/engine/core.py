@@ -92,10 +92,11 @@ class Core:
         """A reader of the changes committed from now on (a mount's change poller)."""
         return ChangeFeed(self.meta)
 
-    async def wait_for_change(self, timeout: float) -> None:
+    async def wait_for_change(self, timeout: float, others_only: bool = False) -> None:
         """Sleep until a metadata change may have been committed (by any process on any
-        host), at most `timeout` seconds: what a change poller waits on between polls."""
-        await self.meta.wait_for_change(timeout)
+        host; `others_only`: by another process), at most `timeout` seconds: what a
+        change poller waits on between polls."""
+        await self.meta.wait_for_change(timeout, others_only)
 
     # --- placement -----------------------------------------------------------------
 

@@ -38,7 +38,10 @@ class ChangePoller:
 
     async def run(self) -> None:
         while True:
-            await self._ctx.cluster.wait_for_change(self._ctx.options.poll_interval)
+            # (not woken by this mount's own commits: a feed read that finds only
+            # changes it expects; they are read with the next foreign ones)
+            await self._ctx.cluster.wait_for_change(self._ctx.options.poll_interval,
+                                                    others_only=True)
             try:
                 await self.poll_once()
             except Exception:  # noqa: BLE001 - never let the poller take the mount down

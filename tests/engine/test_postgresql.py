@@ -167,6 +167,7 @@ async def test_round_trips_per_operation(pg_cluster, monkeypatch):
         return len(sent), out
 
     assert (await trips(b.put("d/a", b"aaa")))[0] == 2
+    assert "EXECUTE r2fs_cm_0_1_1 (" in sent[1]  # the commit: a prepared statement
     n, info = await trips(b.head("d/a"))
     assert n == 1 and info.size == 3
     n, listing = await trips(b.list(prefix="d/", limit=1))
@@ -421,6 +422,33 @@ async def test_notify_wakes_a_waiting_poller(pg_cluster):
             await trio.sleep(0.2)
             await pg_cluster.bucket("wake").put("k", b"v")
         assert woke_after and woke_after[0] < 5
+    finally:
+        other.close()
+
+
+async def test_a_poller_for_others_only_is_not_woken_by_its_own_commits(pg_cluster):
+    await pg_cluster.create_bucket("own")
+    other = Cluster.open(pg_cluster.path)
+    try:
+        await pg_cluster.wait_for_change(0.01, others_only=True)  # LISTEN is set up
+        woke: list[str] = []
+
+        async def waiter():
+            t = time.monotonic()
+            await pg_cluster.wait_for_change(3, others_only=True)
+            woke.append("early" if time.monotonic() - t < 2.5 else "timeout")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(waiter)
+            await trio.sleep(0.2)
+            for i in range(5):
+                await pg_cluster.bucket("own").put(f"k{i}", b"v")  # our own: no wake
+        assert woke == ["timeout"]
+        async with trio.open_nursery() as n:
+            n.start_soon(waiter)
+            await trio.sleep(0.2)
+            await other.bucket("own").put("theirs", b"v")  # another process's
+        assert woke == ["timeout", "early"]
     finally:
         other.close()
 

@@ -212,11 +212,13 @@ class MetaEngine(ABC):
         return FeedBatch(changes[-1][0] if changes else cursor, changes,
                          more=len(changes) >= limit)
 
-    async def wait_for_change(self, timeout: float) -> None:
+    async def wait_for_change(self, timeout: float, others_only: bool = False) -> None:
         """Return soon after a change is committed, or after `timeout` seconds (async).
 
         For change pollers: an engine that can push (PostgreSQL's NOTIFY) wakes
-        them at once; this default just waits, and the poller looks anyway."""
+        them at once; this default just waits, and the poller looks anyway.
+        `others_only`: not for commits of this engine (this process) -- a mount's,
+        whose every commit is its own change, expected by its poller."""
         await trio.sleep(timeout)
 
     # --- shared helpers ------------------------------------------------------------
