@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 
 _lock = threading.Lock()
@@ -39,6 +40,21 @@ def release_free_heap() -> bool:
     """Return the heap's free pages to the kernel; True if glibc did release some."""
     fn = _malloc_trim()
     return bool(fn(0)) if fn is not None else False
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident() -> tuple[int, int]:
+    """(resident bytes, of which file-backed or shared) of this process, from
+    /proc/self/statm (one small read: cheap enough for every maintenance round);
+    (0, 0) where there is no /proc."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            fields = f.read().split()
+        return int(fields[1]) * _PAGE, int(fields[2]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0, 0
 
 
 #: The metadata's memory map (LMDB, opened without MDB_WRITEMAP: the map is

@@ -57,6 +57,15 @@ TRIM_IDLE = 4.0
 #: window alone let ~9 run together (a mount's 1 GiB cold read peaked at
 #: 213-229 MiB RSS, with this and the smaller window and fill queue 138-144).
 NODE_READS = 3
+#: The maintenance round drops the LMDB map's pages (every page a metadata read
+#: touched stays in the RSS) only when the file-backed and shared part of the
+#: process's RSS is above UPKEEP_MAP (the map is most of it; L1's fill frames the
+#: rest), or the whole RSS above UPKEEP_HIGH (a big transfer: the bound matters
+#: more); both read cheaply from /proc/self/statm. Why not every round: then
+#: every later metadata read was a minor fault again -- a mount's small-file
+#: stat cost 50 instead of 25-30 µs of CPU per request.
+UPKEEP_MAP = 32 << 20
+UPKEEP_HIGH = 128 << 20
 INDEX_EVERY = 10.0
 #: A snapshot older than this is from a process that died without cleaning up.
 SNAPSHOT_STALE = 30.0
@@ -545,10 +554,16 @@ class ChunkReader:
             if l1 is not None and time.monotonic() - last_index >= INDEX_EVERY:
                 l1.save_index()
                 last_index = time.monotonic()
-            # every round: an rm -rf of a source tree touched ~90 MiB of the map in 10 s
-            # (~4 ms per call, mostly walking the map's empty page tables)
+            self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Give idle pools back, and the LMDB map's pages if they are a large part of
+        the RSS (an rm -rf of a source tree touched ~90 MiB of the map in 10 s; ~4 ms
+        per call, mostly walking the map's empty page tables)."""
+        rss, shared = memory.resident()
+        if shared > UPKEEP_MAP or rss > UPKEEP_HIGH:
             memory.release_metadata_map()
-            self.trim(TRIM_IDLE)
+        self.trim(TRIM_IDLE)
 
     def trim(self, idle: float) -> int:
         """Give the memory of idle buffer pools back to the system (pools unused for
