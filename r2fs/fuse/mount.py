@@ -7,6 +7,7 @@ still dirty is flushed before the process exits.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -173,14 +174,15 @@ def stats_path(staging_dir: str, pid: int | None = None) -> str:
 
 
 async def _publish_stats(session: Session, path: str) -> None:
-    """Keep the request count readable from outside (every 0.5 s, when it changed)."""
+    """Keep the request count readable from outside (every 0.5 s, when it changed), and how
+    many of them, by op, had to run in trio (not answered from memory)."""
     last = -1
     try:
         while True:
             if session.requests != last:
                 last = session.requests
                 with open(path + ".tmp", "w") as f:
-                    f.write(f'{{"requests": {last}}}\n')
+                    json.dump({"requests": last, "slow": dict(session.slow)}, f)
                 os.replace(path + ".tmp", path)
             await trio.sleep(0.5)
     finally:

@@ -118,6 +118,7 @@ class Session:
         self.killpriv_v2 = False
         self.minor = 0
         self.requests = 0  # answered or dispatched, for the bench
+        self.slow: dict[str, int] = {}  # requests run in trio, by op (the bench prints them)
         self._buf = bytearray(BUFFER_SIZE)
         self._view = memoryview(self._buf)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -263,6 +264,7 @@ class Session:
                 return
         if slow_args is not None:
             args = slow_args()  # (copies what points into the read buffer)
+        self.slow[op] = self.slow.get(op, 0) + 1
         assert self._token is not None
         self._token.run_sync_soon(self._spawn, unique, op, args, encode, self._pid)
 
