@@ -223,6 +223,10 @@ class SimulatedNode:
         self._enter("listing", may_fail=False)
         return self.inner.names()
 
+    def entries(self) -> Iterator[tuple[str, int, int, bool]]:
+        self._enter("listing", may_fail=False)
+        return self.inner.entries()
+
     def usage(self) -> tuple[int, int]:
         self._enter("usage", may_fail=False)
         return self.inner.usage()
