@@ -472,6 +472,12 @@ class Bucket:
                 meta.record_change(txn, self.name, t.key)
 
     async def head(self, key: str) -> ObjectInfo:
+        return self.head_now(key)
+
+    def head_now(self, key: str) -> ObjectInfo:
+        """`head` without the event loop, for a caller on another thread (a mount's request
+        thread answers an open from it when the metadata is embedded: a read of LMDB's map
+        does not wait for the network; on PostgreSQL it would)."""
         self._check_key(key)
 
         def look(txn: Any) -> dict | None:
@@ -1454,13 +1460,15 @@ class Cluster(Core):
         return await _in_thread(self._seal_inline_now, data)
 
     async def _open_inline(self, info: ObjectInfo) -> bytes:
-        blob = info.inline_data or b""
+        if len(info.inline_data or b"") <= SMALL_INLINE_CRYPTO:
+            return self.open_inline_now(info)
+        return await _in_thread(self.open_inline_now, info)
 
-        def work() -> bytes:
-            cid, sealed = blob[:32], blob[32:]
-            return self.chunks.unseal(cid, sealed)
+    def open_inline_now(self, info: ObjectInfo) -> bytes:
+        """The content of an inline object (decrypted here: no event loop needed)."""
+        blob = info.inline_data or b""
         try:
-            return work() if len(blob) <= SMALL_INLINE_CRYPTO else await _in_thread(work)
+            return self.chunks.unseal(blob[:32], blob[32:])
         except DataUnavailable as exc:
             raise type(exc)(f"{info.bucket}/{info.key}: {exc}") from None
 

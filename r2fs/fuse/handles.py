@@ -142,9 +142,14 @@ class OpenFiles:
         if of is None:
             if info is None:
                 info = await self._ctx.bucket.head(path)
-            of = self._new(ino, info)
-            # another task may have raced us through `head`
-            of = self._files.setdefault(ino, of)
+            return self.adopt(ino, info)
+        of.refs += 1
+        self._ctx.table.pin(ino)
+        return of
+
+    def adopt(self, ino: int, info: ObjectInfo) -> OpenFile:
+        """`acquire` of a file nobody has open, whose object `info` the caller just read."""
+        of = self._files.setdefault(ino, self._new(ino, info))  # (another task may have raced us)
         of.refs += 1
         self._ctx.table.pin(ino)
         return of
@@ -201,6 +206,10 @@ class OpenFiles:
                     await self.commit(of, conditional=publish)
         finally:
             self._drop(of)
+
+    def drop_now(self, of: OpenFile) -> None:
+        """Undo an `adopt` (nothing to commit: the file was only read)."""
+        self._drop(of)
 
     def _drop(self, of: OpenFile) -> None:
         """One reference less; the last one frees the buffer."""
