@@ -114,6 +114,7 @@ class OpenFiles:
         self.deletes: DeferredDeletes | None = None  # set by the mount: unlinks not yet committed
         self.markers: DeferredDirAttrs | None = None  # set by the mount: directories not yet made
         self._held: dict[int, tuple[float, OpenFile, int]] = {}  # ino -> (due, file, bytes)
+        self._synced: dict[int, OpenFile] = {}  # held by fsync() (published even if open)
         self._held_bytes = 0
         self._wake = trio.Event()
         self._next_due = math.inf  # when the publisher wakes next on its own
@@ -201,7 +202,10 @@ class OpenFiles:
         A held file's hold commits it (`publish`): other releases leave it be.
         """
         try:
-            if of.users == 1 and of.dirty and (publish or not of.held):
+            # (a file journaled by fsync() is published even while open: fsync promised
+            # other interfaces would see it a moment later, not at close)
+            synced = publish and self._synced.pop(of.ino, None) is of
+            if (of.users == 1 or synced) and of.dirty and (publish or not of.held):
                 async with of.lock:
                     await self.commit(of, conditional=publish)
         finally:
@@ -261,7 +265,9 @@ class OpenFiles:
         if path is None or not of.dirty:
             return
         now = self._ctx.now()
-        deferred, self._last_close = self._deferrable(of, now), now
+        # (a file an fsync() journaled and holds: its close joins that hold)
+        deferred = self._deferrable(of, now) or (of.held and of.jid is not None)
+        self._last_close = now
         if not deferred:
             await self.commit(of)
             return
@@ -273,7 +279,7 @@ class OpenFiles:
         if path is None or not of.dirty:
             return True
         now = self._ctx.now()
-        if not self._deferrable(of, now):
+        if not (self._deferrable(of, now) or (of.held and of.jid is not None)):
             return False  # (the async flush decides again, and commits)
         content = of.buf.read_now(0, of.buf.size)
         if content is None:
@@ -306,6 +312,30 @@ class OpenFiles:
         self._journal_and_hold(of, path, target)
         self._drop(of)  # the creation's reference; the hold keeps it
         return of
+
+    async def fsync(self, of: OpenFile) -> None:
+        """fsync(): durable before it returns (caller holds `of.lock`).
+
+        A new small file not published yet goes to the close journal, fdatasync'd:
+        durable on this host (a remount replays it), published a moment later like
+        a closed file, and nothing to commit at all if it is unlinked before that
+        (sqlite's -journal: created, written, fsynced twice, unlinked per commit --
+        four metadata commits, now none). Everything else commits.
+        """
+        path = self._ctx.table.path_or_none(of.ino)
+        ctx = self._ctx
+        if (path is not None and of.dirty and of.pending and of.buf.base is None
+                and of.buf.changed and self.journal is not None and ctx.nursery is not None
+                and of.buf.size <= ctx.inline_threshold and len(self._held) < HELD_MAX_FILES
+                and self._held_bytes + of.buf.size <= HELD_MAX_BYTES):
+            old, of.jid = of.jid, None  # (superseded only once the new record is in)
+            self._journal_and_hold(of, path, await of.buf.read(0, of.buf.size))
+            self._synced[of.ino] = of
+            if old is not None:
+                self.journal.done(old)
+            await trio.to_thread.run_sync(self.journal.sync)
+            return
+        await self.commit(of)
 
     def _journal_and_hold(self, of: OpenFile, path: str, content: bytes) -> None:
         ctx = self._ctx
@@ -344,6 +374,8 @@ class OpenFiles:
 
     def orphaned(self, of: OpenFile | None) -> None:
         """Its name is gone (unlinked/replaced): its journal record must not come back."""
+        if of is not None:
+            self._synced.pop(of.ino, None)
         if of is not None and of.jid is not None and self.journal is not None:
             self.journal.done(of.jid)
             of.jid = None
@@ -517,6 +549,7 @@ class OpenFiles:
 
     def _published(self, of: OpenFile, info: ObjectInfo) -> None:
         """`of`'s changes are the bucket's version `info` now."""
+        self._synced.pop(of.ino, None)
         of.meta = dict(info.custom_metadata)
         of.meta_dirty = False
         of.pending = False

@@ -7,8 +7,10 @@ change mode, owner and times and rename right after close(). Instead, at
 close() its complete content and attributes are appended here (no fsync: a
 write that reached the kernel survives the death of the process, exactly
 like a close() on a local disk), and the mount publishes it a moment later,
-many files per metadata commit (handles.py). `fsync()` still commits
-synchronously, so fsync() keeps meaning power-loss durability.
+many files per metadata commit (handles.py). `fsync()` of such a file
+(new, small, not published yet: sqlite's `-journal`) appends it here too and
+fdatasyncs the segment (`Journal.sync`), so fsync() keeps meaning power-loss
+durability on this host; every other fsync() commits synchronously.
 
 A remount (any mount of the cluster) replays journals whose mount is gone
 (their lock is free): each file still unpublished is put at its last name,
@@ -69,6 +71,14 @@ def journal_dir(cluster_path: str) -> str:
     return os.path.join(cluster_path, "fuse-journal")
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def condition(c: str | None) -> Conditional | None:
     """The store condition for a journal condition."""
     if c is None:
@@ -86,6 +96,7 @@ class _Segment:
         os.write(self.fd, HEADER)
         self.size = len(HEADER)
         self.outstanding: set[int] = set()
+        self.named = False  # its directory entry fsynced (`Journal.sync`)
 
     def remove(self) -> None:
         try:
@@ -100,7 +111,9 @@ class Journal:
     def __init__(self, cluster: Cluster, directory: str) -> None:
         self._cluster = cluster
         self._dir = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _fsync_dir(os.path.dirname(os.path.abspath(directory)))
         self._current = _Segment(directory)
         self._segments: dict[int, _Segment] = {}  # id -> segment holding its put
         self._next = 1
@@ -147,6 +160,17 @@ class Journal:
         seg = self._segments.get(jid)
         if seg is not None:
             self._append(seg, {"t": "attrs", "i": jid, "m": meta})
+
+    def sync(self) -> None:
+        """Make every record so far durable (fsync() of a journaled file; blocking).
+
+        A segment's name is made durable too, once: a power loss must not take
+        away the file that the fdatasync'd records are in."""
+        for seg in {id(s): s for s in (self._current, *self._segments.values())}.values():
+            os.fdatasync(seg.fd)
+            if not seg.named:
+                _fsync_dir(self._dir)
+                seg.named = True
 
     def done(self, jid: int) -> None:
         """Published, superseded or gone: nothing left to replay for `jid`."""

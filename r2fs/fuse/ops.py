@@ -1274,7 +1274,9 @@ class R2Operations:
             await self.files.flush(of)  # small files: journaled now, published a moment later
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._commit(self.files.handle(fh).file)
+        of = self.files.handle(fh).file
+        async with of.lock:
+            await self.files.fsync(of)
 
     async def release(self, fh: int) -> None:
         h = self.files.close_handle(fh)

@@ -11,6 +11,7 @@ go -- and the mount must keep working once the node answers again.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -72,10 +73,23 @@ def _cont(server: MotoServer) -> None:
     os.killpg(server.proc.pid, signal.SIGCONT)
 
 
-def _killed_promptly(proc: subprocess.Popen, started: str) -> float:
-    """Wait until `proc` is blocked in the mount, SIGKILL it; seconds until it is gone."""
+FSYNC_NR = {"x86_64": 74, "aarch64": 82}.get(platform.machine())
+
+
+def _syscall(proc: subprocess.Popen) -> int | None:
+    """The system call `proc` is blocked in (/proc/PID/syscall), None if running."""
+    with open(f"/proc/{proc.pid}/syscall") as f:
+        first = f.read().split()[0]
+    return None if first == "running" else int(first)
+
+
+def _killed_promptly(proc: subprocess.Popen, started: str, syscall: int | None = None) -> float:
+    """Wait until `proc` is blocked in the mount (in `syscall` if given), SIGKILL it;
+    seconds until it is gone."""
     time.sleep(1.5)
     assert proc.poll() is None, f"{started} did not block: {proc.communicate()}"
+    if syscall is not None:
+        assert _syscall(proc) == syscall, f"{started} is not blocked where the test means"
     t = time.monotonic()
     proc.kill()
     try:
@@ -100,11 +114,17 @@ def test_killed_reader_of_a_stalled_node_exits_promptly(stalled):
 def test_killed_writer_in_fsync_to_a_stalled_node_exits_promptly(stalled):
     mnt, server = stalled
     _stop(server)
+    # unbuffered: a buffered file object keeps up to st_blksize (1 MiB here) in the
+    # process until close, so its fsync() would come first, of an empty file -- one
+    # that fsync() rightly makes durable in the close journal without the node.
+    # These bytes are in the mount and not inline, so fsync() must store chunks.
     writer = subprocess.Popen([sys.executable, "-c", "import os\n"
-                               f"f = open({mnt.p('new')!r}, 'wb')\n"
-                               f"f.write(os.urandom({3 * CHUNK}))\n"
-                               "os.fsync(f.fileno())\n"])
-    took = _killed_promptly(writer, "writer")
+                               f"fd = os.open({mnt.p('new')!r}, os.O_WRONLY | os.O_CREAT)\n"
+                               f"data = memoryview(os.urandom({3 * CHUNK}))\n"
+                               "while data:\n"
+                               "    data = data[os.write(fd, data):]\n"
+                               "os.fsync(fd)\n"])
+    took = _killed_promptly(writer, "writer", FSYNC_NR)
     assert took < 3.0, f"the killed writer took {took:.1f} s to go"
     _cont(server)
     deadline = time.monotonic() + 60  # the commit it started runs on (or fails) by itself

@@ -98,9 +98,12 @@ def test_fsync_statfs_mknod_link(mnt):
     p = mnt.p("synced")
     fd = os.open(p, os.O_CREAT | os.O_WRONLY)
     os.write(fd, b"durable")
-    os.fsync(fd)
-    info = mnt.api(lambda b: b.head("synced"))  # committed before close
+    os.fsync(fd)  # a new small file: journaled (durable), published a moment later,
+    info = published(mnt, "synced", timeout=10)  # also while open (docs/semantics.md)
     assert info.size == 7
+    os.write(fd, b"!")
+    os.fsync(fd)  # an object now: committed before fsync returns
+    assert mnt.api(lambda b: b.head("synced")).size == 8
     os.close(fd)
     sv = os.statvfs(mnt.path)
     assert sv.f_blocks > 0 and 0 < sv.f_bavail <= sv.f_blocks and sv.f_namemax == 255
