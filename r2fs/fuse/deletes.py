@@ -54,15 +54,16 @@ class DeferredDeletes(GroupCommit):
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, path: str, etag: str | None, touch: tuple[DirTouch, ...] = ()) -> None:
-        """Unlink `path` (the version with `etag`) in the next group commit. Either thread.
-        `path` a marker key (`dir/`) and `etag` None: rmdir. `touch`: its parent's new
-        times, committed with the delete."""
+    def add(self, path: str, etag: str | None, touch: tuple[DirTouch, ...] = (),
+            version: str | None = None) -> None:
+        """Unlink `path` (`version`, if known: what a replay deletes; else the one with
+        `etag`) in the next group commit. Either thread. `path` a marker key (`dir/`)
+        and `etag` None: rmdir. `touch`: its parent's new times, committed with the delete."""
         for t in touch:
             self._touches[t.key] = t  # (the latest change of each directory)
         if path in self._pending:
             return
-        self._pending[path] = self._journal.delete(self._ctx.bucket_name, path, etag)
+        self._pending[path] = self._journal.delete(self._ctx.bucket_name, path, etag, version)
         self._ctx.in_trio(self._kick)
 
     async def _commit_pending(self) -> None:

@@ -17,10 +17,9 @@ A remount (any mount of the cluster) replays journals whose mount is gone
 only if the object there is still the version the file was based on (or
 still absent) -- a newer write from elsewhere wins, as it did live.
 
-Format 3 (`CLUSTER/fuse-journal/<random>.journal`; 2 = the same without
-`n` and without unconditional `del`, 1 = 2 without `del` records; both
-still read): header `R2FJ` + u16
-version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
+Format 4 (`CLUSTER/fuse-journal/<random>.journal`; 3 = the same without
+`v` in `del`, 2 = 3 without `n` and without unconditional `del`, 1 = 2
+without `del` records; all still read): header `R2FJ` + u16 version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
 (crc mismatch, short record) ends the replay there. Records:
   {t: "put", i: id, b: bucket, k: key, d: sealed content, m: custom metadata,
    h: http metadata, c: condition, w: close time, n: inode number}
@@ -31,9 +30,14 @@ version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
   {t: "move", i, k, c}     the unpublished file was renamed
   {t: "attrs", i, m}       attributes changed before publication
   {t: "done", i}           published, superseded or unlinked: nothing to replay
-  {t: "del", i, b, k, e}   unlinked here, the delete not yet committed: delete
-                           `k` if it still has ETag `e` (deletes.py); e = None
-                           (rmdir: `k` is a marker): delete it whatever it is
+  {t: "del", i, b, k, e, v}  unlinked here, the delete not yet committed: delete
+                           `k` if it is still version `v` (deletes.py) -- not by
+                           ETag: an identical file made again after the unlink
+                           has the same ETag, and a lost `done` (power loss)
+                           must not delete it; `v` None (formats 1-3, or an
+                           unpublished file's replaced object): if it still has
+                           ETag `e`; e = None too (rmdir: `k` is a marker):
+                           delete it whatever it is
 The content is sealed with the cluster's master key (`fuse-journal`
 context): no plaintext at rest. Condition `c`: None = unconditional, "" =
 only if absent, otherwise the ETag the object must still have.
@@ -59,8 +63,8 @@ from ..engine.types import Conditional
 log = logging.getLogger("r2fs.fuse")
 
 MAGIC = b"R2FJ"
-VERSION = 3
-READABLE = (1, 2, 3)
+VERSION = 4
+READABLE = (1, 2, 3, 4)
 HEADER = MAGIC + struct.pack("<H", VERSION)
 _REC = struct.Struct("<II")
 CONTEXT = "fuse-journal"
@@ -139,14 +143,16 @@ class Journal:
         self._segments[jid] = self._current
         return jid
 
-    def delete(self, bucket: str, key: str, etag: str | None) -> int:
-        """Record an unlink (or rmdir: `key` a marker, `etag` None) whose delete is
-        committed a moment later; returns its journal id."""
+    def delete(self, bucket: str, key: str, etag: str | None, version: str | None = None) -> int:
+        """Record an unlink of `key` -- the object with `version` if known, else with
+        `etag` -- (or rmdir: `key` a marker, both None) whose delete is committed a
+        moment later; returns its journal id."""
         if self._current.size > SEGMENT_LIMIT:
             self._rotate()
         jid = self._next
         self._next += 1
-        self._append(self._current, {"t": "del", "i": jid, "b": bucket, "k": key, "e": etag})
+        self._append(self._current, {"t": "del", "i": jid, "b": bucket, "k": key, "e": etag,
+                                     "v": version})
         self._current.outstanding.add(jid)
         self._segments[jid] = self._current
         return jid
@@ -285,9 +291,12 @@ async def _publish(cluster: Cluster, r: dict[str, Any]) -> bool | None:
     try:
         b = cluster.bucket(bucket)
         if deleting:  # an unlink (rmdir) the dead mount had not committed yet
-            if r["e"] is not None and (await b.head(key)).etag != r["e"]:
-                raise PreconditionFailed(key)
-            if not await b.delete(key) and r["e"] is not None:
+            version, etag = r.get("v"), r["e"]
+            if version is not None or etag is not None:
+                info = await b.head(key)
+                if (info.version != version) if version is not None else (info.etag != etag):
+                    raise PreconditionFailed(key)
+            if not await b.delete(key) and (version is not None or etag is not None):
                 raise NoSuchKey(key)
         else:
             content = cluster.open_secret(r["d"], CONTEXT)

@@ -767,7 +767,8 @@ class R2Operations:
         self._listing_discard(path)
         # the parent's times move now (here) and in the group commit (late: an
         # explicit utimes of the directory meanwhile wins)
-        self.deletes.add(path, node.info.etag, self._dir_changed(path, late=True))
+        self.deletes.add(path, node.info.etag, self._dir_changed(path, late=True),
+                         version=node.info.version)  # (a replay deletes by version)
 
     def _deferrable(self, node: Node) -> bool:
         """Whether an unlink of closed `node` can join a group commit: not a name of a

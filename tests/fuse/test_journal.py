@@ -1,4 +1,4 @@
-"""The FUSE close journal's formats (journal.py): format 3 written, 1 and 2 still replayed.
+"""The FUSE close journal's formats (journal.py): format 4 written, 1 to 3 still replayed.
 
 Journals are written by hand here exactly as each format's writer laid them
 out, then replayed as a mount does at start (`journal.replay`).
@@ -61,6 +61,37 @@ def test_formats_2_and_3_replay_and_an_unknown_one_stays(tmp_path):
             assert "old" not in keys and "dir/" not in keys and "never" not in keys
             assert os.path.exists(future)  # refused by version, left for a newer r2fs
             assert sorted(os.listdir(d)) == ["v99.journal"]
+        finally:
+            c.close()
+    trio.run(main)
+
+
+def test_a_replayed_unlink_deletes_only_the_version_it_unlinked(tmp_path):
+    """Format 4: `del` names the version. An unlink, then the same bytes written at the
+    same name (same ETag), then a power loss that takes the journal's unsynced `done`
+    records: the replay must not delete the new file (by ETag it did)."""
+    path = str(tmp_path / "c")
+    make_cluster(path)
+
+    async def main() -> None:
+        c = Cluster.open(path)
+        try:
+            b = c.bucket(BUCKET)
+            d = J.journal_dir(path)
+            old = await b.put("x", b"same bytes")
+            gone = await b.put("y", b"unlinked, delete not committed")
+            j = J.Journal(c, d)  # the mount's journal, as deletes.py records unlinks
+            j.delete(BUCKET, "x", old.etag, old.version)
+            j.delete(BUCKET, "y", gone.etag, gone.version)
+            await b.delete("x")  # the group commit ran ...
+            new = await b.put("x", b"same bytes")  # ... and the name was written again
+            assert new.etag == old.etag and new.version != old.version
+            j.close()  # the mount dies before any `done` is durable: the file stays
+            assert len(os.listdir(d)) == 1
+            assert await J.replay(c, d) == 1  # y's delete only
+            assert (await b.head("x")).version == new.version
+            assert "y" not in [o.key for o in (await b.list(limit=10)).objects]
+            assert os.listdir(d) == []
         finally:
             c.close()
     trio.run(main)
