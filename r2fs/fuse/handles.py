@@ -265,8 +265,7 @@ class OpenFiles:
         if path is None or not of.dirty:
             return
         now = self._ctx.now()
-        # (a file an fsync() journaled and holds: its close joins that hold)
-        deferred = self._deferrable(of, now) or (of.held and of.jid is not None)
+        deferred = self._deferrable(of, now) or self._joins_hold(of)
         self._last_close = now
         if not deferred:
             await self.commit(of)
@@ -279,7 +278,7 @@ class OpenFiles:
         if path is None or not of.dirty:
             return True
         now = self._ctx.now()
-        if not (self._deferrable(of, now) or (of.held and of.jid is not None)):
+        if not (self._deferrable(of, now) or self._joins_hold(of)):
             return False  # (the async flush decides again, and commits)
         content = of.buf.read_now(0, of.buf.size)
         if content is None:
@@ -290,6 +289,13 @@ class OpenFiles:
 
     def _deferrable(self, of: OpenFile, now: float) -> bool:
         return self._bulk(of.buf.size, now)
+
+    def _joins_hold(self, of: OpenFile) -> bool:
+        """A file an fsync() journaled and holds: its close joins that hold -- while it
+        is still small (grown past the inline threshold, e.g. truncated to a terabyte,
+        its content is no journal record: the close commits)."""
+        return (self._synced.get(of.ino) is of and of.held and of.jid is not None
+                and of.buf.size <= self._ctx.inline_threshold)
 
     def _bulk(self, size: int, now: float) -> bool:
         ctx = self._ctx

@@ -188,3 +188,26 @@ async def _change_seq(bucket) -> int:
 
 async def _body(bucket, key: str) -> bytes:
     return await (await bucket.get(key)).read()
+
+
+def test_a_held_small_file_grown_to_a_terabyte_closes_and_reads(mnt):
+    """A small file held for publication (closed in bulk, or journaled by fsync) that a
+    truncate grows to 1 TB is no journal record any more: its next close commits it
+    (it read the whole terabyte into memory for the journal: MemoryError, EIO)."""
+    big = 10**12
+    for name in ("first", "bulk"):  # the second close comes in bulk: held
+        with open(mnt.p(name), "wb") as f:
+            f.write(b"x")
+    os.truncate(mnt.p("bulk"), big)
+    fd = os.open(mnt.p("synced"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"y")
+    os.fsync(fd)  # journaled and held
+    os.ftruncate(fd, big)
+    os.close(fd)
+    for name, first in (("bulk", b"x"), ("synced", b"y")):
+        with open(mnt.p(name), "rb") as f:  # reopen and close: no EIO
+            assert f.read(2) == first + b"\0"
+            f.seek(big - 3)
+            assert f.read() == b"\0" * 3
+        assert os.stat(mnt.p(name)).st_size == big
+        assert mnt.api(lambda b, n=name: b.head(n)).size == big  # committed

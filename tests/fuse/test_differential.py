@@ -19,7 +19,6 @@ import shutil
 import stat
 import time
 
-import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -65,10 +64,15 @@ def do_append(root: str, path: str, data: bytes):
 
 
 def do_read(root: str, path: str):
+    """Size, head and tail: a truncate may have made a terabyte (read whole, that was a
+    MemoryError in this test)."""
     if _special(os.path.join(root, path)):
         return "special"
     with open(os.path.join(root, path), "rb") as f:
-        return f.read()
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(200_000)
+        f.seek(max(0, size - 5000))
+        return size, head, f.read()
 
 
 def tree(root: str) -> dict:
@@ -215,8 +219,6 @@ def machine(mount_root: str, native_root: str):
     return MountVsNative
 
 
-@pytest.mark.xfail(strict=False, reason="known intermittent bug (session 6 CI): after a 1-byte write and a"
-                   " truncate to 1 TB, open() of the file gave EIO once in a long run; not reproduced alone")
 def test_mount_matches_native_directory(mnt, tmp_path):
     native = tmp_path / "native"
     native.mkdir()
