@@ -64,7 +64,7 @@ class DeferredDeletes(GroupCommit):
         if path in self._pending:
             return
         self._pending[path] = self._journal.delete(self._ctx.bucket_name, path, etag, version)
-        self._ctx.in_trio(self._kick)
+        self.kick_soon(self._ctx)
 
     async def _commit_pending(self) -> None:
         while self._pending:

@@ -97,7 +97,7 @@ class DeferredDirAttrs(GroupCommit):
                                 A.to_metadata(attrs), None, "", ino=ino)
         self._pending[path] = Pending(attrs, {}, ino, new=True, jid=jid, touch=touch)
         self._new += 1
-        self._ctx.in_trio(self._kick)
+        self.kick_soon(self._ctx)
 
     def set(self, path: str, attrs: A.PosixAttrs, meta: dict[str, str],
             ino: int | None = None) -> None:

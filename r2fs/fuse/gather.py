@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import trio
 
+from .context import MountContext
+
 #: How long changes gather before their group commit.
 GATHER = 0.05
 
@@ -20,6 +22,7 @@ class GroupCommit:
         self._wake = trio.Event()
         self._idle = trio.Event()  # set when a running commit ends
         self._running = False
+        self._kick_queued = False  # a _kick is on its way to the trio thread
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -31,12 +34,21 @@ class GroupCommit:
     def _kick(self) -> None:
         self._wake.set()
 
+    def kick_soon(self, ctx: MountContext) -> None:
+        """Wake the committer from either thread; one hand-off to trio per group commit,
+        not per change (each run_sync_soon wakes the trio thread: an rm -rf paid one per
+        file). A change that arrives before the commit starts needs none."""
+        if not self._kick_queued:
+            self._kick_queued = True
+            ctx.in_trio(self._kick)
+
     async def run(self) -> None:
         """The committer: GATHER after a change arrives, one commit of everything pending."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.sleep(GATHER)
+            self._kick_queued = False  # (what arrived until now is in this commit: no kick)
             await self._commit()
 
     async def settle(self) -> None:
