@@ -430,13 +430,14 @@ class OpenFiles:
                 nursery.start_soon(self._publish, of, limit)
         if not batch:
             return
+        touching = _newest_per_directory(batch)
         try:
             async with limit:
                 items = [PutItem(path, await of.buf.read(0, of.buf.size), http_metadata=of.http,
                                  custom_metadata=A.to_metadata(of.attrs, of.meta),
                                  only_if=condition(of.cond), keep_links=True, ino=of.ino,
-                                 touch=self._created(of, path))
-                         for of, path in batch]
+                                 touch=self._created(of, path) if i in touching else ())
+                         for i, (of, path) in enumerate(batch)]
                 results = await ctx.bucket.put_many(items)
             for (of, path), result in zip(batch, results):
                 if isinstance(result, PreconditionFailed):
@@ -588,3 +589,16 @@ class OpenFiles:
                     await self.commit(of, conditional=of.jid is not None and of.users <= 0)
             except Exception:  # noqa: BLE001 - keep flushing the others
                 log.exception("could not flush inode %d", of.ino)
+
+
+def _newest_per_directory(batch: list[tuple[OpenFile, str]]) -> set[int]:
+    """Which files of a batch move their directory's times: per directory, the one
+    created (or renamed in) last. The others' touches would rewrite the same marker
+    with older times in the same transaction (~6% of a small-file write's CPU)."""
+    newest: dict[str, tuple[int, int]] = {}
+    for i, (of, path) in enumerate(batch):
+        if of.pending:
+            parent, ns = path.rpartition("/")[0], of.entry_ns or of.attrs.ctime_ns
+            if parent not in newest or ns >= newest[parent][0]:
+                newest[parent] = (ns, i)
+    return {i for _, i in newest.values()}
