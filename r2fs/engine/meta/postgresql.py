@@ -695,6 +695,7 @@ class PgMeta(MetaEngine):
         self._ids_lock = threading.Lock()
         self._listen: psycopg.Connection | None = None
         self._listen_lock = threading.Lock()
+        self._turns = _Turns()
         try:
             self._prepare(create)
         except BaseException:
@@ -840,37 +841,42 @@ class PgMeta(MetaEngine):
         """Run `fns` in one SERIALIZABLE transaction, rerunning all of them on 40001/40P01."""
         attempt = 0
         reconnected = False
+        lost = False
         while True:
             attempt += 1
-            conn = self._conn()
-            ok = committing = False
-            try:
-                txn = PgTxn(conn, write=True)
-                results = [self._apply(txn, fn) for fn in fns]
-                if all(isinstance(r, _Failed) for r in results):
-                    if txn.begun:
-                        conn.execute("ROLLBACK")
-                else:
-                    committing = True
-                    txn.flush()
-                ok = True
-            except _RETRY as e:
-                if attempt >= MAX_ATTEMPTS:
-                    raise ClusterError(f"a metadata transaction lost {attempt} serialization races "
-                                       f"in a row ({_first_line(e)}); try again") from None
+            turn = self._turns.retry() if lost else self._turns.first()
+            with turn:
+                conn = self._conn()
+                ok = committing = False
+                try:
+                    txn = PgTxn(conn, write=True)
+                    results = [self._apply(txn, fn) for fn in fns]
+                    if all(isinstance(r, _Failed) for r in results):
+                        if txn.begun:
+                            conn.execute("ROLLBACK")
+                    else:
+                        committing = True
+                        txn.flush()
+                    ok = True
+                except _RETRY as e:
+                    if attempt >= MAX_ATTEMPTS:
+                        raise ClusterError(f"a metadata transaction lost {attempt} serialization "
+                                           f"races in a row ({_first_line(e)}); try again") from None
+                    lost = True
+                except psycopg.OperationalError as e:
+                    if not committing and not reconnected:
+                        reconnected = True  # a stale pooled connection (server restarted): again
+                        continue
+                    what = ("the commit's outcome is unknown (it may or may not have been applied)"
+                            if committing else "nothing was changed")
+                    raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}; {what}") from None
+                except psycopg.Error as e:
+                    raise ClusterError(f"{self.describe()}: {_first_line(e)}") from None
+                finally:
+                    self._release(conn, ok)
+            if not ok:  # lost a race: again, after a backoff, in this process's retry turn
                 time.sleep(random.uniform(0, min(0.2, 0.001 * 2 ** min(attempt, 8))))
                 continue
-            except psycopg.OperationalError as e:
-                if not committing and not reconnected:
-                    reconnected = True  # a stale pooled connection (server restarted): once more
-                    continue
-                what = ("the commit's outcome is unknown (it may or may not have been applied)"
-                        if committing else "nothing was changed")
-                raise MetadataUnavailable(f"{self.describe()}: {_first_line(e)}; {what}") from None
-            except psycopg.Error as e:
-                raise ClusterError(f"{self.describe()}: {_first_line(e)}") from None
-            finally:
-                self._release(conn, ok)
             if committing and txn.layer.changes:
                 self._note_recorded(len(txn.layer.changes))
             return results
@@ -1188,6 +1194,48 @@ class FeedCursor:
 
     def __repr__(self) -> str:
         return f"FeedCursor({self.pos}, {self.pending})"
+
+
+class _Turns:
+    """Transactions of one process that lost a serialization race run again one at a
+    time, and this process's new transactions wait while one does.
+
+    Why: a mount publishes bursts of files as concurrent group commits that all touch
+    one directory (its marker, neighbouring index pages); under SERIALIZABLE they
+    abort each other, and with plain retries the same ones kept colliding -- 30 lost
+    races in a row, 63 closed files never published (tools/bench meta, 2,000 files in
+    one directory). A retry now meets only the transactions already in flight.
+    Re-entrant per thread (a transaction function never waits on its own turn)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holder: int | None = None  # thread id of the transaction retrying now
+
+    @contextmanager
+    def first(self) -> Iterator[None]:
+        with self._cond:
+            while self._holder not in (None, threading.get_ident()):
+                self._cond.wait()
+        yield
+
+    @contextmanager
+    def retry(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._holder == me:  # (nested: already this thread's turn)
+                nested = True
+            else:
+                nested = False
+                while self._holder is not None:
+                    self._cond.wait()
+                self._holder = me
+        try:
+            yield
+        finally:
+            if not nested:
+                with self._cond:
+                    self._holder = None
+                    self._cond.notify_all()
 
 
 class _Failed:
