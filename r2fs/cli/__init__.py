@@ -143,6 +143,10 @@ def _report(exc: BaseException) -> int:
         print(f"r2fs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if isinstance(exc, KeyboardInterrupt):
+        # a second SIGINT must not cut this line into a traceback: `timeout -s INT`
+        # signals the command and then its whole process group, so two arrive
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("r2fs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(exc, BrokenPipeError):
