@@ -58,7 +58,19 @@ def pg_url(pg_server):
     return pg_server.new_database()
 
 
+#: Test files that change what the whole machine sees (`make install`'s links in
+#: /usr/local/bin and /sbin, PATH lookups of them): never run beside each other.
+MACHINE_WIDE = ("tests/ops/", "tests/fuse/test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    # `make test` runs two pytest-xdist workers with --dist loadgroup: each file is one
+    # group (its module-scoped mounts and servers stay on one worker, its tests in order),
+    # and the machine-wide files one group together.
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = "machine-wide" if path.startswith(MACHINE_WIDE) else path
+        item.add_marker(pytest.mark.xdist_group(group))
     if not PG_MODE:
         return
     skip = pytest.mark.skip(reason="LMDB-specific (R2FS_TEST_META=postgresql run)")
