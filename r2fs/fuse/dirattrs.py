@@ -114,7 +114,7 @@ class DeferredDirAttrs(GroupCommit):
                 jid = self._journal.put(self._ctx.bucket_name, dir_prefix(path), b"",
                                         A.to_metadata(attrs, meta), None, None, ino=ino)
             self._pending[path] = Pending(attrs, meta, ino, jid=jid)
-        self._kick()
+        self.kick_soon(self._ctx)  # (either thread: a directory's setattr is answered in both)
 
     def cancel_new(self, path: str) -> bool:
         """rmdir of a directory made here whose marker is not committed: forget it.
