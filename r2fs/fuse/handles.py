@@ -16,7 +16,9 @@ worker thread, one metadata commit) instead of one put each: that per-file
 overhead was most of the mount's CPU for small files. chmod/chown/utimens/
 rename that `rsync` and `tar` do right after close() land in that same
 commit. Attribute changes to a closed
-file are held the same way (LINGER). fsync() commits synchronously.
+file are held the same way (LINGER). fsync() commits synchronously, except
+for new small files and small in-place updates: journaled and fdatasync'd,
+committed a moment later (`OpenFiles.fsync`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ PUBLISH_TICK = 0.05
 #: Bounds on what is held unpublished (memory: held buffers live in RAM).
 HELD_MAX_FILES = 4096
 HELD_MAX_BYTES = 32 << 20
+#: fsync() of an in-place update with at most this many changed bytes is journaled
+PATCH_MAX = 1 << 20
 PUBLISHERS = 32  # publications in flight at once (the group commit batches them)
 BATCH_MAX = 256  # files per Bucket.put_many (one LMDB group commit holds 256)
 #: Only a close that follows another within this window is deferred: bulk
@@ -234,11 +238,13 @@ class OpenFiles:
             return
         self._hold(of, LINGER)
 
-    def _hold(self, of: OpenFile, delay: float) -> None:
+    def _hold(self, of: OpenFile, delay: float, nbytes: int | None = None) -> None:
+        """Hold `of` for the publisher; `nbytes` of the hold budget (default: its size)."""
         of.held = True
         due = self._ctx.now() + delay
-        self._held[of.ino] = (due, of, of.buf.size)
-        self._held_bytes += of.buf.size
+        nbytes = of.buf.size if nbytes is None else nbytes
+        self._held[of.ino] = (due, of, nbytes)
+        self._held_bytes += nbytes
         if due < self._next_due:  # (else the publisher is awake by then anyway)
             self._next_due = due
             self._ctx.in_trio(self._wake_publisher)
@@ -326,10 +332,34 @@ class OpenFiles:
         durable on this host (a remount replays it), published a moment later like
         a closed file, and nothing to commit at all if it is unlinked before that
         (sqlite's -journal: created, written, fsynced twice, unlinked per commit --
-        four metadata commits, now none). Everything else commits.
+        four metadata commits, now none). An in-place update of a published file
+        of at most PATCH_MAX changed bytes (a database's pages) goes there too, as
+        the changed ranges over the version it was made on (`Journal.patch`):
+        durable on this host, committed a moment later, many fsyncs per metadata
+        commit. Everything else commits.
         """
         path = self._ctx.table.path_or_none(of.ino)
         ctx = self._ctx
+        base = of.buf.base
+        if (path is not None and of.dirty and not of.pending and base is not None
+                and of.buf.changed and self.journal is not None and ctx.nursery is not None
+                and len(self._held) < HELD_MAX_FILES
+                and self._held_bytes + PATCH_MAX <= HELD_MAX_BYTES
+                and (patch := of.buf.patch(PATCH_MAX)) is not None):
+            size, limit, pieces = patch
+            old = of.jid
+            of.cond = base.etag  # (its publication replaces only that version)
+            of.jid = self.journal.patch(ctx.bucket_name, path, base, size, limit, pieces,
+                                        A.to_metadata(of.attrs, of.meta), of.http, of.ino)
+            if old is not None:
+                self.journal.done(old)  # (superseded: the new record holds all of it)
+            if not of.held:
+                of.refs += 1
+                ctx.table.pin(of.ino)
+                self._hold(of, PUBLISH_DELAY, PATCH_MAX)
+            self._synced[of.ino] = of
+            await trio.to_thread.run_sync(self.journal.sync)
+            return
         if (path is not None and of.dirty and of.pending and of.buf.base is None
                 and of.buf.changed and self.journal is not None and ctx.nursery is not None
                 and of.buf.size <= ctx.inline_threshold and len(self._held) < HELD_MAX_FILES

@@ -10,15 +10,18 @@ like a close() on a local disk), and the mount publishes it a moment later,
 many files per metadata commit (handles.py). `fsync()` of such a file
 (new, small, not published yet: sqlite's `-journal`) appends it here too and
 fdatasyncs the segment (`Journal.sync`), so fsync() keeps meaning power-loss
-durability on this host; every other fsync() commits synchronously.
+durability on this host; so does fsync() of an in-place update of a published
+file with few changed bytes (a `patch`: a database's pages, committed a moment
+later, many fsyncs per metadata commit); every other fsync() commits
+synchronously.
 
 A remount (any mount of the cluster) replays journals whose mount is gone
 (their lock is free): each file still unpublished is put at its last name,
 only if the object there is still the version the file was based on (or
 still absent) -- a newer write from elsewhere wins, as it did live.
 
-Format 4 (`CLUSTER/fuse-journal/<random>.journal`; 3 = the same without
-`v` in `del`, 2 = 3 without `n` and without unconditional `del`, 1 = 2
+Format 5 (`CLUSTER/fuse-journal/<random>.journal`; 4 = the same without
+`patch` records, 3 = 4 without `v` in `del`, 2 = 3 without `n` and without unconditional `del`, 1 = 2
 without `del` records; all still read): header `R2FJ` + u16 version; then records `u32 length | u32 crc32 | msgpack`. A torn tail
 (crc mismatch, short record) ends the replay there. Records:
   {t: "put", i: id, b: bucket, k: key, d: sealed content, m: custom metadata,
@@ -27,6 +30,13 @@ without `del` records; all still read): header `R2FJ` + u16 version; then record
                            (`k` ends in "/": mkdir); `n` is the number the
                            mount reserved for it (absent in format 2: the
                            engine's, a new one for a new object)
+  {t: "patch", i, b, k, v, e, s, l, p, d, m, h, n}
+                           fsync() of an in-place update not yet committed: lay
+                           the pieces `p` ([offset, length], their bytes sealed
+                           one after the other in `d`) over `k`, bytes past `l`
+                           zeros, size `s` -- only if `k` is still version `v`
+                           or has ETag `e` (a background merge changes the
+                           version, not the content)
   {t: "move", i, k, c}     the unpublished file was renamed
   {t: "attrs", i, m}       attributes changed before publication
   {t: "done", i}           published, superseded or unlinked: nothing to replay
@@ -58,13 +68,13 @@ import msgpack
 
 from ..engine.errors import NoSuchBucket, NoSuchKey, PreconditionFailed, R2fsError, UnsupportedFormat
 from ..engine.store import Cluster
-from ..engine.types import Conditional
+from ..engine.types import Conditional, ObjectInfo
 
 log = logging.getLogger("r2fs.fuse")
 
 MAGIC = b"R2FJ"
-VERSION = 4
-READABLE = (1, 2, 3, 4)
+VERSION = 5
+READABLE = (1, 2, 3, 4, 5)
 HEADER = MAGIC + struct.pack("<H", VERSION)
 _REC = struct.Struct("<II")
 CONTEXT = "fuse-journal"
@@ -125,7 +135,7 @@ class Journal:
     def _append(self, seg: _Segment, record: dict[str, Any]) -> None:
         body = msgpack.packb(record, use_bin_type=True)
         data = _REC.pack(len(body), zlib.crc32(body)) + body
-        os.pwrite(seg.fd, data, seg.size)  # no fsync: survives kill -9, fsync() commits for real
+        os.pwrite(seg.fd, data, seg.size)  # no fsync: survives kill -9; fsync() calls sync()
         seg.size += len(data)
 
     def put(self, bucket: str, key: str, content: bytes, meta: dict[str, str],
@@ -139,6 +149,23 @@ class Journal:
         sealed = self._cluster.seal_secret(content, CONTEXT)
         self._append(self._current, {"t": "put", "i": jid, "b": bucket, "k": key, "d": sealed,
                                      "m": meta, "h": http, "c": cond, "w": time.time(), "n": ino})
+        self._current.outstanding.add(jid)
+        self._segments[jid] = self._current
+        return jid
+
+    def patch(self, bucket: str, key: str, base: ObjectInfo, size: int, limit: int,
+              pieces: list[tuple[int, bytes]], meta: dict[str, str],
+              http: dict[str, str] | None, ino: int | None) -> int:
+        """Record an fsync()'d in-place update of `base` (not committed yet); its id."""
+        if self._current.size > SEGMENT_LIMIT:
+            self._rotate()
+        jid = self._next
+        self._next += 1
+        sealed = self._cluster.seal_secret(b"".join(d for _, d in pieces), CONTEXT)
+        self._append(self._current, {"t": "patch", "i": jid, "b": bucket, "k": key,
+                                     "v": base.version, "e": base.etag, "s": size, "l": limit,
+                                     "p": [[o, len(d)] for o, d in pieces], "d": sealed,
+                                     "m": meta, "h": http, "n": ino, "w": time.time()})
         self._current.outstanding.add(jid)
         self._segments[jid] = self._current
         return jid
@@ -232,7 +259,7 @@ def _pending(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     state: dict[int, dict[str, Any]] = {}
     for r in records:
         jid, kind = r.get("i"), r.get("t")
-        if kind in ("put", "del"):
+        if kind in ("put", "del", "patch"):
             state[jid] = dict(r)
         elif jid in state:
             if kind == "move":
@@ -290,7 +317,9 @@ async def _publish(cluster: Cluster, r: dict[str, Any]) -> bool | None:
     deleting = r["t"] == "del"
     try:
         b = cluster.bucket(bucket)
-        if deleting:  # an unlink (rmdir) the dead mount had not committed yet
+        if r["t"] == "patch":
+            await _patch(cluster, b, r)
+        elif deleting:  # an unlink (rmdir) the dead mount had not committed yet
             version, etag = r.get("v"), r["e"]
             if version is not None or etag is not None:
                 info = await b.head(key)
@@ -315,3 +344,27 @@ async def _publish(cluster: Cluster, r: dict[str, Any]) -> bool | None:
     log.info("journal: %s %s/%s, %s before the mount went away", "deleted" if deleting else "published",
              bucket, key, "unlinked" if deleting else "closed")
     return True
+
+
+async def _patch(cluster: Cluster, b: Any, r: dict[str, Any]) -> None:
+    """Lay an fsync()'d in-place update over the object it was made on."""
+    info = await b.head(r["k"])
+    if info.version != r["v"] and info.etag != r["e"]:
+        raise PreconditionFailed(r["k"])  # written elsewhere since: the newer version stays
+    data = cluster.open_secret(r["d"], CONTEXT)
+    at: dict[int, int] = {}  # offset -> where its bytes start in `data`
+    pos = 0
+    for o, n in r["p"]:
+        at[o] = pos
+        pos += n
+    writes = [(o, n) for o, n in r["p"]]
+
+    async def read(offset: int, length: int) -> bytes:
+        # (the engine asks for pieces of the ranges it was given)
+        start = max(o for o in at if o <= offset)
+        p = at[start] + offset - start
+        return data[p:p + length]
+
+    await b.update(r["k"], base=info, size=r["s"], limit=r["l"], writes=writes, read=read,
+                   custom_metadata=r["m"], http_metadata=r["h"],
+                   only_if=Conditional(etag_matches=info.etag), ino=r.get("n"))

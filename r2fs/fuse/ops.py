@@ -965,6 +965,8 @@ class R2Operations:
         if sof is not None and sof.pending:
             if old == new or await self._rename_unpublished(sof, old, new, flags):
                 return
+        elif sof is not None and sof.jid is not None:
+            await self.files.settle(old)  # an fsync()'d update journaled under `old`: commit it
         src = await self._resolve(old)
         if old == new:
             return

@@ -352,6 +352,15 @@ class FileBuffer:
                                          custom_metadata=custom, http_metadata=http,
                                          only_if=only_if, keep_links=True, touch=touch, ino=ino)
 
+    def patch(self, max_bytes: int) -> tuple[int, int, list[tuple[int, bytes]]] | None:
+        """The changes since `base` as (size, limit, [(offset, bytes)]) -- what laid over
+        `base` (`Bucket.update`) gives the current content: an fsync()'s journal
+        record. None if more than `max_bytes` are dirty."""
+        items = self.dirty.items()
+        if sum(n for _, n in items) > max_bytes:
+            return None
+        return self.size, self._limit, [(o, self._pread(n, o)) for o, n in items]
+
     def committed(self, info: ObjectInfo) -> None:
         """The current content was stored as `info` by someone else (a batched publication)."""
         self._committed(info)

@@ -8,6 +8,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -211,3 +212,33 @@ def test_a_held_small_file_grown_to_a_terabyte_closes_and_reads(mnt):
             assert f.read() == b"\0" * 3
         assert os.stat(mnt.p(name)).st_size == big
         assert mnt.api(lambda b, n=name: b.head(n)).size == big  # committed
+
+
+def test_fsyncs_of_in_place_updates_share_metadata_commits(mount_factory):
+    """fsync() of a page update of a published file goes to the close journal
+    (fdatasync'd; kill -9 / power loss: replayed, test above) and is committed a
+    moment later: many fsyncs per metadata commit, the content then over the API."""
+    m = mount_factory()
+    size = 1 << 20
+    content = bytearray(os.urandom(size))
+    with open(m.p("db"), "wb") as f:
+        f.write(content)
+    m.api(lambda b: b.head("db"))  # (a lone close commits)
+    seq = m.api(lambda b: _change_seq(b))
+    rnd = random.Random(3)
+    fd = os.open(m.p("db"), os.O_RDWR)
+    try:
+        for _ in range(40):
+            off = rnd.randrange(0, size - 4096)
+            piece = os.urandom(4096)
+            content[off:off + 4096] = piece
+            os.pwrite(fd, piece, off)
+            os.fsync(fd)
+        commits = m.api(lambda b: _change_seq(b)) - seq
+        assert commits < 20, f"{commits} metadata commits for 40 fsyncs"
+        deadline = time.monotonic() + 10
+        while m.api(lambda b: _body(b, "db")) != bytes(content):  # published while open
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.close(fd)

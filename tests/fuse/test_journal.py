@@ -95,3 +95,36 @@ def test_a_replayed_unlink_deletes_only_the_version_it_unlinked(tmp_path):
         finally:
             c.close()
     trio.run(main)
+
+
+def test_a_replayed_patch_lays_the_fsynced_ranges_over_its_version(tmp_path):
+    """Format 5: fsync() of an in-place update is a `patch` record (ranges over the
+    version it was made on). The replay applies it; not over a newer write."""
+    path = str(tmp_path / "c")
+    make_cluster(path)
+
+    async def main() -> None:
+        c = Cluster.open(path)
+        try:
+            b = c.bucket(BUCKET)
+            d = J.journal_dir(path)
+            body = bytearray(os.urandom(700_000))  # several chunks, not inline
+            db = await b.put("db", bytes(body))
+            other = await b.put("other", b"o" * 300_000)
+            j = J.Journal(c, d)
+            pieces = [(4096, b"P" * 4096), (600_000, b"Q" * 100)]
+            j.patch(BUCKET, "db", db, 800_000, 700_000, pieces, {"mode": "33188"}, None, None)
+            j.patch(BUCKET, "other", other, 10, 10, [(0, b"lost")], {"mode": "33188"}, None, None)
+            await b.put("other", b"newer elsewhere")
+            j.close()  # the mount dies before publishing
+            assert await J.replay(c, d) == 1
+            for o, data in pieces:
+                body[o:o + len(data)] = data
+            body.extend(bytes(100_000))
+            info = await b.head("db")
+            assert await b.read_range(info, 0, info.size) == bytes(body)
+            assert await b.read_range(await b.head("other"), 0, 100) == b"newer elsewhere"
+            assert os.listdir(d) == []
+        finally:
+            c.close()
+    trio.run(main)
