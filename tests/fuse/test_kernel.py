@@ -113,6 +113,22 @@ def test_negative_entries_give_way_to_other_writers(mnt):
 
 
 
+def test_a_directory_of_thousands_of_short_names_lists_whole(mnt):
+    """A readdir reply is one part per entry; the kernel (6.18) asks for buffers that
+    hold more than writev's 1,024 buffers: such a reply was refused with EINVAL and
+    the caller (ls) waited forever. Short names make the most entries per reply."""
+    d = mnt.p("many")
+    os.mkdir(d)
+    names = [f"{i:x}" for i in range(3000)]
+    for name in names:
+        os.close(os.open(os.path.join(d, name), os.O_CREAT | os.O_WRONLY, 0o644))
+    out = subprocess.run(["ls", "-f", d], capture_output=True, text=True, timeout=60, check=True)
+    assert sorted(set(out.stdout.split()) - {".", ".."}) == sorted(names)
+    assert sorted(os.listdir(d)) == sorted(names)
+    with os.scandir(d) as it:
+        assert sum(1 for _ in it) == len(names)
+
+
 def test_a_working_directory_survives_changes_from_elsewhere_below_it(mnt):
     """A foreign change under a directory must not unhash the directories on its way:
     a process working there (git, a shell) would get ENOENT from getcwd."""

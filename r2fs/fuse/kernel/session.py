@@ -33,6 +33,10 @@ from .api import FUSEError, RequestContext
 
 log = logging.getLogger("r2fs.fuse")
 
+#: Replies with more parts than this are joined into one buffer first (writev's
+#: IOV_MAX is 1024; one iovec goes to the header).
+_MAX_PARTS = 1023
+
 MAX_WRITE = 1 << 20
 MAX_PAGES = MAX_WRITE // 4096
 #: The read buffer holds the biggest request: a MAX_WRITE write plus its headers.
@@ -204,12 +208,20 @@ class Session:
     # --- replies -------------------------------------------------------------------------
 
     def reply(self, unique: int, *parts: bytes | memoryview) -> None:
+        """Answer `unique` with `parts`; a reply the kernel refuses is answered with EIO.
+
+        Why the join: writev takes at most IOV_MAX (1024) buffers, and a readdir reply
+        is one part per entry -- kernel 6.18 asks for readdir buffers large enough to
+        hold more than that, and the EINVAL left the caller waiting forever."""
         size = P.OUT_HEADER.size + sum(len(p) for p in parts)
+        if len(parts) >= _MAX_PARTS:
+            parts = (b"".join(parts),)
         try:
             os.writev(self.fd, [P.OUT_HEADER.pack(size, 0, unique), *parts])
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted / unmounted
-                log.error("FUSE reply failed: %s", exc)
+                log.error("FUSE reply failed (answered with EIO): %s", exc)
+                self.reply_error(unique, errno.EIO)
 
     def reply_error(self, unique: int, code: int) -> None:
         try:
