@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # Debian packages, one variable per area so that changes to one area do not collide.
 APT_CORE := gcc python3-dev python3-venv pkg-config
 APT_FUSE := fuse3  # fusermount3 only: r2fs speaks the FUSE protocol itself (r2fs/fuse/kernel/)
-APT_TOOLS := rsync git sqlite3 tar rclone
+APT_TOOLS := rsync git sqlite3 tar rclone strace  # strace: tests/fuse (fsync of a directory)
 APT_S3 := chromium
 APT_META := postgresql postgresql-15 iproute2
 APT_OPS :=

@@ -1409,7 +1409,16 @@ class R2Operations:
         self.now_releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # every directory change is committed when it is made
+        """Make this mount's deferred entry changes durable on this host.
+
+        Why: mkdir, unlink, rmdir and bulk-closed files are answered before their
+        metadata commit and kept in the journal; like a file's fsync(), a directory's
+        makes them survive power loss by fdatasync'ing the journal (the next mount
+        replays it). Programs that fsync a directory after creating or removing a
+        name in it (sqlite's -journal, mail and package tools) rely on that."""
+        journal = self.files.journal
+        if journal is not None:
+            await trio.to_thread.run_sync(journal.sync)
 
     # --- extended attributes ------------------------------------------------------
 

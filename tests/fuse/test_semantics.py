@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import stat
+import subprocess
 import threading
 import time
 
@@ -122,6 +123,32 @@ def test_fsync_statfs_mknod_link(mnt):
 
 
 # --- directories -------------------------------------------------------------------------
+
+def test_fsync_of_a_directory_makes_deferred_changes_durable(mnt):
+    """mkdir and unlink are answered before their commit and journaled; fsync() of the
+    directory must fdatasync that journal (seen with strace on the daemon)."""
+    os.mkdir(mnt.p("d"))
+    with open(mnt.p("d", "gone"), "wb") as f:
+        f.write(b"x")
+    trace = subprocess.Popen(["strace", "-f", "-qq", "-y", "-e", "trace=fdatasync,fsync",
+                              "-p", str(mnt.pid())], stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # attached to every thread
+        os.mkdir(mnt.p("d", "sub"))
+        os.unlink(mnt.p("d", "gone"))
+        fd = os.open(mnt.p("d"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        time.sleep(0.5)
+    finally:
+        trace.terminate()
+        _, err = trace.communicate(timeout=30)
+    synced = [line for line in err.splitlines() if "fdatasync(" in line and "fuse-journal" in line]
+    assert synced, err
+    assert sorted(os.listdir(mnt.p("d"))) == ["sub"]
+
 
 def test_mkdir_rmdir_and_markers(mnt):
     d = mnt.p("d")
