@@ -14,7 +14,7 @@ import errno
 import stat
 from dataclasses import dataclass
 
-from ..engine.errors import NoSuchKey
+from ..engine.errors import NoSuchKey, PreconditionFailed
 from ..engine.types import Conditional, DirTouch, ObjectInfo
 from . import attrs as A
 from .context import MountContext
@@ -133,10 +133,17 @@ async def keep_before(ctx: MountContext, parent: str, going: set[str]) -> None:
 
 
 async def _implicit_marker(ctx: MountContext, parent: str) -> None:
-    """A marker for a directory that exists only implicitly (it keeps the number it had)."""
-    await make_marker(ctx, parent, A.new_attrs(stat.S_IFDIR, A.DEFAULT_DIR_PERM,
-                                               ctx.owner.uid, ctx.owner.gid),
-                      ino=implicit_ino(parent))
+    """A marker for a directory that exists only implicitly (it keeps the number it had).
+
+    Only if it still has none: the callers saw no marker a moment ago, and a chmod or
+    utimes committed since (a directory's attribute changes are group-committed) must
+    not be overwritten by the defaults -- a lost chmod 0644 showed up as 0755."""
+    try:
+        await make_marker(ctx, parent, A.new_attrs(stat.S_IFDIR, A.DEFAULT_DIR_PERM,
+                                                   ctx.owner.uid, ctx.owner.gid),
+                          ino=implicit_ino(parent), create_only=True)
+    except PreconditionFailed:
+        pass  # a marker appeared meanwhile: the directory is kept, with its own attributes
 
 
 async def make_marker(ctx: MountContext, path: str, attrs: A.PosixAttrs, *,

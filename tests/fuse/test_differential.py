@@ -19,7 +19,6 @@ import shutil
 import stat
 import time
 
-import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -220,10 +219,6 @@ def machine(mount_root: str, native_root: str):
     return MountVsNative
 
 
-@pytest.mark.xfail(strict=False, reason="intermittent (1 run in ~10, session 7, after c4608cd): a "
-                   "directory's chmod 0644 lost, the mount showed 0755 in the tree invariant; not "
-                   "reproduced alone. (Session 6's EIO after a 1 TB truncate and this test's own "
-                   "MemoryError are fixed.)")
 def test_mount_matches_native_directory(mnt, tmp_path):
     native = tmp_path / "native"
     native.mkdir()
