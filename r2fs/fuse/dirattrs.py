@@ -137,7 +137,18 @@ class DeferredDirAttrs(GroupCommit):
             return
         c = self._committing.get(path)
         if c is not None:  # (its put may land after the entry change: put again)
-            self._ctx.in_trio(self.set, path, _times(c.attrs, ns), c.meta, c.ino)
+            self._ctx.in_trio(self._touch_again, path, _times(c.attrs, ns), c.meta, c.ino, ns)
+
+    def _touch_again(self, path: str, attrs: A.PosixAttrs, meta: dict[str, str],
+                     ino: int | None, ns: int) -> None:
+        """(trio, soon after `touch`) A marker was being committed when its entries
+        changed: put it again with the new times -- onto a change made since, if there
+        is one (a chmod right after the entry change), never over it: setting the
+        committing marker's whole attributes lost that chmod (0750 came back 0755)."""
+        if path in self._pending:
+            self.touch(path, ns)
+        else:
+            self.set(path, attrs, meta, ino)
 
     def drop_tree(self, path: str) -> None:
         """The directory (and all below) is gone: nothing to commit there."""
