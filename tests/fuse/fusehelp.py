@@ -101,6 +101,20 @@ def make_cluster(path: str, bucket: str = BUCKET) -> None:
     trio.run(main)
 
 
+def run_on_cluster(path: str, fn) -> None:
+    """A fresh cluster at `path` (with BUCKET), opened for `await fn(cluster)`, then closed:
+    engine-level tests of the mount's parts (journal, markers) without a mount."""
+    make_cluster(path)
+
+    async def main():
+        c = Cluster.open(path)
+        try:
+            await fn(c)
+        finally:
+            c.close()
+    trio.run(main)
+
+
 
 
 def published(m: "Mount", key: str, timeout: float = 2.0):

@@ -12,9 +12,8 @@ import os
 import stat
 import time
 
-import trio
 
-from fusehelp import BUCKET, make_cluster
+from fusehelp import BUCKET, run_on_cluster
 from r2fs.engine.store import Cluster
 from r2fs.fuse import attrs as A
 from r2fs.fuse import dirs
@@ -32,24 +31,19 @@ def _context(c: Cluster, tmp: str) -> MountContext:
 
 def test_a_marker_made_for_an_implicit_directory_keeps_a_chmod_committed_meanwhile(tmp_path):
     path = str(tmp_path / "c")
-    make_cluster(path)
 
-    async def main() -> None:
-        c = Cluster.open(path)
-        try:
-            ctx = _context(c, str(tmp_path))
-            b = ctx.bucket
-            await b.put("d/f", b"x")  # d exists implicitly
-            await b.put("e/f", b"y")
-            # d: a chmod lands between the caller's look for a marker and its put
-            await dirs.make_marker(ctx, "d", A.new_attrs(stat.S_IFDIR, 0o644, 0, 0))
-            await dirs._implicit_marker(ctx, "d")
-            meta = (await b.head("d/")).custom_metadata
-            assert stat.S_IMODE(int(meta["mode"])) == 0o644
-            # e: no marker yet -- the defaults
-            await dirs._implicit_marker(ctx, "e")
-            meta = (await b.head("e/")).custom_metadata
-            assert stat.S_IMODE(int(meta["mode"])) == A.DEFAULT_DIR_PERM
-        finally:
-            c.close()
-    trio.run(main)
+    async def main(c: Cluster) -> None:
+        ctx = _context(c, str(tmp_path))
+        b = ctx.bucket
+        await b.put("d/f", b"x")  # d exists implicitly
+        await b.put("e/f", b"y")
+        # d: a chmod lands between the caller's look for a marker and its put
+        await dirs.make_marker(ctx, "d", A.new_attrs(stat.S_IFDIR, 0o644, 0, 0))
+        await dirs._implicit_marker(ctx, "d")
+        meta = (await b.head("d/")).custom_metadata
+        assert stat.S_IMODE(int(meta["mode"])) == 0o644
+        # e: no marker yet -- the defaults
+        await dirs._implicit_marker(ctx, "e")
+        meta = (await b.head("e/")).custom_metadata
+        assert stat.S_IMODE(int(meta["mode"])) == A.DEFAULT_DIR_PERM
+    run_on_cluster(path, main)
