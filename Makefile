@@ -58,7 +58,7 @@ PG_CORE := tests/engine/test_store.py tests/engine/test_filemodel.py \
 # is one group on one worker (tests/conftest.py; the machine-wide ones share one group).
 # PYTEST_WORKERS=0 runs everything in this one process.
 PYTEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 test: deps
 	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)

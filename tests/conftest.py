@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -61,16 +62,30 @@ def pg_url(pg_server):
 #: Test files that change what the whole machine sees (`make install`'s links in
 #: /usr/local/bin and /sbin, PATH lookups of them): never run beside each other.
 MACHINE_WIDE = ("tests/ops/", "tests/fuse/test_demo.py")
+#: held by the one test file of MACHINE_WIDE running on this machine (any checkout)
+MACHINE_WIDE_LOCK = "/tmp/r2fs-tests-machine-wide.lock"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _machine_wide_files_one_at_a_time(request):
+    """`make test` runs two pytest-xdist workers, `--dist loadfile` (a file's module-scoped
+    mounts and servers stay on one worker, its tests in order). A file of MACHINE_WIDE
+    holds a machine-wide lock from its first test to its last, so no two of them overlap:
+    one removes the links another has just installed. (A lock, not xdist's loadgroup: with
+    pytest 9.2 loadgroup's marks no longer reach the scheduler, and every test went to
+    either worker -- CI: the fstab test found /sbin/mount.fuse.r2fs gone.)"""
+    if not request.node.nodeid.startswith(MACHINE_WIDE):
+        yield
+        return
+    with open(MACHINE_WIDE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pytest_collection_modifyitems(config, items):
-    # `make test` runs two pytest-xdist workers with --dist loadgroup: each file is one
-    # group (its module-scoped mounts and servers stay on one worker, its tests in order),
-    # and the machine-wide files one group together.
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        group = "machine-wide" if path.startswith(MACHINE_WIDE) else path
-        item.add_marker(pytest.mark.xdist_group(group))
     if not PG_MODE:
         return
     skip = pytest.mark.skip(reason="LMDB-specific (R2FS_TEST_META=postgresql run)")
